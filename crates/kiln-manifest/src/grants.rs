@@ -201,7 +201,7 @@ pub enum VersionChange {
 
 /// One difference in grants between two versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "change")]
+#[serde(rename_all = "camelCase", tag = "change", content = "detail")]
 pub enum GrantChange {
     ScopeAdded(String),
     ScopeRemoved(String),
@@ -355,5 +355,18 @@ mod tests {
         let two_dynamic =
             Grants { dynamic_webtriggers: [key("hook"), key("other")].into(), ..Grants::default() };
         assert_eq!(dynamic.classify(&two_dynamic), VersionChange::Minor);
+    }
+
+    #[test]
+    fn changes_round_trip_through_json() {
+        let change = VersionChange::Major(vec![
+            GrantChange::ScopeAdded("write:jira-work".into()),
+            GrantChange::EgressAdded { kind: ExternalKind::FetchBackend, entry: "api.example.com".into() },
+            GrantChange::ProvidersChanged,
+        ]);
+        let json = serde_json::to_string(&change).unwrap();
+        assert_eq!(serde_json::from_str::<VersionChange>(&json).unwrap(), change);
+        let minor = serde_json::to_string(&VersionChange::Minor).unwrap();
+        assert_eq!(serde_json::from_str::<VersionChange>(&minor).unwrap(), VersionChange::Minor);
     }
 }

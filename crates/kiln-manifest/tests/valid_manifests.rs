@@ -1,7 +1,13 @@
 //! Manifests of the shapes real Forge apps use are accepted, and parse into
 //! the grants and modules they declare.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test code: a panic is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
 
 use std::path::{Path, PathBuf};
 

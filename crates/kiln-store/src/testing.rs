@@ -1,0 +1,80 @@
+//! A store per backend, for tests in this and other crates.
+//!
+//! SQLite always runs. PostgreSQL runs when `KILN_TEST_POSTGRES_URL` names a
+//! server (CI sets it to the one on 127.0.0.1:5432); each store gets its own
+//! fresh schema so tests never see each other's rows. When the variable is
+//! unset the PostgreSQL case is skipped with a message, unless
+//! `KILN_REQUIRE_POSTGRES=1` says a missing database is a failure.
+
+use crate::{Store, StoreError};
+
+/// Environment variable naming the PostgreSQL server tests may use.
+pub const POSTGRES_URL_VAR: &str = "KILN_TEST_POSTGRES_URL";
+/// Set to `1` to make a missing PostgreSQL a test failure (CI does).
+pub const REQUIRE_POSTGRES_VAR: &str = "KILN_REQUIRE_POSTGRES";
+
+/// A store and whatever keeps it alive (the SQLite directory).
+#[derive(Debug)]
+pub struct TestStore {
+    pub name: &'static str,
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// One store on each available backend.
+pub async fn each_backend() -> Result<Vec<TestStore>, StoreError> {
+    let dir =
+        tempfile::tempdir().map_err(|source| StoreError::DataDir { path: std::env::temp_dir(), source })?;
+    let sqlite = Store::open_data_dir(&dir.path().join("data")).await?;
+    let mut out = vec![TestStore { name: "sqlite", store: sqlite, _dir: Some(dir) }];
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => {
+            let now = crate::now_millis() / 1000;
+            drop_stale_schemas(&url, now).await?;
+            let schema = format!("kiln_test_{now}_{}", uuid::Uuid::new_v4().simple());
+            let store = Store::open_postgres(&url, Some(&schema)).await?;
+            out.push(TestStore { name: "postgres", store, _dir: None });
+        }
+        _ if std::env::var(REQUIRE_POSTGRES_VAR).is_ok_and(|v| v == "1") => {
+            return Err(StoreError::Conflict(format!(
+                "{REQUIRE_POSTGRES_VAR}=1 but {POSTGRES_URL_VAR} is not set: the PostgreSQL tests cannot run"
+            )));
+        }
+        _ => {
+            #[expect(clippy::print_stderr, reason = "the skip must be visible in test output")]
+            {
+                eprintln!(
+                    "note: PostgreSQL backend skipped; set {POSTGRES_URL_VAR}=postgres://postgres@127.0.0.1:5432/test to run it"
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Schemas older than this were left by earlier test runs and are dropped.
+const STALE_SCHEMA_SECS: i64 = 3600;
+
+/// Drop the schemas earlier test runs left behind, so a shared test
+/// database does not grow without bound. Schema names carry their creation
+/// time; only those well past any test's lifetime are touched.
+async fn drop_stale_schemas(url: &str, now: i64) -> Result<(), StoreError> {
+    let pool = sqlx::PgPool::connect(url).await?;
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT schema_name::text FROM information_schema.schemata WHERE schema_name LIKE 'kiln\\_test\\_%'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for name in names {
+        let created = name.split('_').nth(2).and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        let plain = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if plain && now - created > STALE_SCHEMA_SECS {
+            // Another test process may drop the same schema at the same time.
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {name} CASCADE")))
+                .execute(&pool)
+                .await;
+        }
+    }
+    pool.close().await;
+    Ok(())
+}
