@@ -103,6 +103,17 @@ impl Store {
         Ok(store)
     }
 
+    /// A private, empty store that lives as long as this value: for dry runs
+    /// that must not create a data directory, and for tests.
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new().in_memory(true).foreign_keys(true);
+        // One connection: each in-memory connection is its own database.
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        let store = Store { db: Db::Sqlite(pool) };
+        store.migrate().await?;
+        Ok(store)
+    }
+
     /// Connect to PostgreSQL at `url`; `schema`, when given, is created if
     /// missing and used for every table (tests use one schema each).
     pub async fn open_postgres(url: &str, schema: Option<&str>) -> Result<Store, StoreError> {

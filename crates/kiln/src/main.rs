@@ -1,0 +1,337 @@
+//! The `kiln` command.
+//!
+//! Each subcommand parses its arguments into domain types (an invalid site,
+//! environment or version is a usage error, exit 2), calls one `kiln-apps`
+//! operation, and prints the outcome as text or JSON. Exit status: 0 success,
+//! 1 a refused or failed action, 2 bad input or usage.
+//!
+//! Commands from the design brief that are not here yet (`dev`, `serve`,
+//! `invoke`, `lint`, `scan`, ...) are not stubbed: clap reports them as
+//! unknown until they exist.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
+
+mod output;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_apps::{AppError, Consent, DeployRequest};
+use kiln_store::Store;
+use kiln_types::{AppId, Environment, Product, SiteUrl, Version};
+
+/// Kiln: a self-hosted, security-first platform for Jira and Confluence apps.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+struct Cli {
+    /// Where Kiln keeps its state [default: $KILN_DATA_DIR, else the user data directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate, bundle and store a new version of the app in APP_DIR
+    Deploy(DeployArgs),
+    /// Install the latest version of the app on a site
+    Install(InstallArgs),
+    /// Move an installation to the latest version, showing new permissions for consent
+    Upgrade(UpgradeArgs),
+    /// Move an installation back to an earlier version within its consent
+    Rollback(RollbackArgs),
+    /// List the app's versions and which installations run which
+    Versions(VersionsArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// The app directory, holding manifest.yml and src/
+    #[arg(default_value = ".")]
+    app_dir: PathBuf,
+    #[command(flatten)]
+    env: EnvArg,
+    /// Validate and print the version decision without storing anything
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct EnvArg {
+    /// The environment: development, staging, production, or a custom one
+    #[arg(short = 'e', long = "environment", default_value = "development", value_parser = parse_env)]
+    environment: Environment,
+}
+
+#[derive(Debug, Args)]
+struct AppArg {
+    /// The app: a directory holding its manifest.yml, or its app id (ari:cloud:ecosystem::app/...)
+    #[arg(long, default_value = ".")]
+    app: String,
+}
+
+#[derive(Debug, Args)]
+struct SiteArgs {
+    /// The site, e.g. https://example.atlassian.net
+    #[arg(long, value_parser = parse_site)]
+    site: SiteUrl,
+    /// The product [default: read from the app's modules]
+    #[arg(long, value_parser = parse_product)]
+    product: Option<Product>,
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    #[command(flatten)]
+    site: SiteArgs,
+    #[command(flatten)]
+    env: EnvArg,
+    #[command(flatten)]
+    app: AppArg,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct UpgradeArgs {
+    #[command(flatten)]
+    site: SiteArgs,
+    #[command(flatten)]
+    env: EnvArg,
+    #[command(flatten)]
+    app: AppArg,
+    /// Accept the new permissions without asking (for scripts)
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
+#[derive(Debug, Args)]
+struct RollbackArgs {
+    #[command(flatten)]
+    site: SiteArgs,
+    #[command(flatten)]
+    env: EnvArg,
+    #[command(flatten)]
+    app: AppArg,
+    /// The version to return to [default: the one the installation ran before]
+    #[arg(long, value_parser = parse_version)]
+    to: Option<Version>,
+}
+
+#[derive(Debug, Args)]
+struct VersionsArgs {
+    #[command(flatten)]
+    env: EnvArg,
+    #[command(flatten)]
+    app: AppArg,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn parse_env(s: &str) -> Result<Environment, String> {
+    Environment::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_site(s: &str) -> Result<SiteUrl, String> {
+    SiteUrl::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_product(s: &str) -> Result<Product, String> {
+    s.parse().map_err(|e: kiln_types::IdError| e.to_string())
+}
+
+fn parse_version(s: &str) -> Result<Version, String> {
+    s.parse().map_err(|e: kiln_types::IdError| e.to_string())
+}
+
+/// A failure with the exit status it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<AppError> for Failure {
+    fn from(e: AppError) -> Self {
+        Failure { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+impl From<kiln_store::StoreError> for Failure {
+    fn from(e: kiln_store::StoreError) -> Self {
+        Failure { code: 1, message: e.to_string() }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { code: 2, message: message.into() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {}", f.message.trim_end());
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let data_dir = data_dir(cli.data_dir)?;
+    match cli.command {
+        Command::Deploy(args) => deploy(&data_dir, args).await,
+        Command::Install(args) => {
+            let store = open(&data_dir).await?;
+            let app = app_id(&args.app.app)?;
+            let outcome =
+                kiln_apps::install(&store, &app, &args.env.environment, &args.site.site, args.site.product)
+                    .await?;
+            match args.format {
+                Format::Json => output::json(&outcome),
+                Format::Text => print!("{}", output::install(&outcome)),
+            }
+            Ok(())
+        }
+        Command::Upgrade(args) => upgrade(&data_dir, args).await,
+        Command::Rollback(args) => {
+            let store = open(&data_dir).await?;
+            let app = app_id(&args.app.app)?;
+            let env = &args.env.environment;
+            let outcome =
+                kiln_apps::rollback(&store, &app, env, &args.site.site, args.site.product, args.to).await?;
+            println!(
+                "Rolled {} ({}) back from {} to {}; its consented permissions are unchanged.",
+                outcome.site, outcome.product, outcome.from, outcome.to
+            );
+            Ok(())
+        }
+        Command::Versions(args) => {
+            let store = open(&data_dir).await?;
+            let app = app_id(&args.app.app)?;
+            let listing = kiln_apps::versions(&store, &app, &args.env.environment).await?;
+            match args.format {
+                Format::Json => output::json(&listing),
+                Format::Text => print!("{}", output::versions(&listing)),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn deploy(data_dir: &Path, args: DeployArgs) -> Result<(), Failure> {
+    // A dry run must not create a data directory: with no database yet there
+    // is no previous version, which an empty in-memory store says as well.
+    let store = if args.dry_run && !data_dir.join(kiln_store::DATABASE_FILE).exists() {
+        Store::open_in_memory().await?
+    } else {
+        open(data_dir).await?
+    };
+    let variables = |name: &str| std::env::var(name).ok();
+    let outcome = kiln_apps::deploy(
+        &store,
+        DeployRequest {
+            app_dir: &args.app_dir,
+            environment: args.env.environment,
+            dry_run: args.dry_run,
+            variables: &variables,
+        },
+    )
+    .await?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
+    match args.format {
+        Format::Json => output::json(&outcome),
+        Format::Text => print!("{}", output::deploy(&outcome)),
+    }
+    Ok(())
+}
+
+async fn upgrade(data_dir: &Path, args: UpgradeArgs) -> Result<(), Failure> {
+    let store = open(data_dir).await?;
+    let app = app_id(&args.app.app)?;
+    let env = &args.env.environment;
+    let (site, product) = (&args.site.site, args.site.product);
+    let plan = kiln_apps::plan_upgrade(&store, &app, env, site, product).await?;
+    if plan.is_noop() {
+        println!("{} ({}) already runs {}, the latest version in {env}.", plan.site, plan.product, plan.to);
+        return Ok(());
+    }
+    print!("{}", output::upgrade_plan(&plan));
+    let consent = if plan.needs_consent.is_empty() || args.yes {
+        Consent::AcceptedFor(plan.to)
+    } else if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        print!("Grant these permissions to {} on {}? [y/N] ", app, plan.site);
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| usage(format!("cannot read the answer: {e}")))?;
+        if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            Consent::AcceptedFor(plan.to)
+        } else {
+            Consent::NotGiven
+        }
+    } else {
+        Consent::NotGiven
+    };
+    let done = kiln_apps::upgrade(&store, &app, env, site, product, plan.to, consent).await?;
+    println!("Upgraded {} ({}) from {} to {}.", done.site, done.product, done.from, done.to);
+    Ok(())
+}
+
+/// `--data-dir`, else `KILN_DATA_DIR`, else the platform's user data directory.
+fn data_dir(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    if let Some(dir) = flag {
+        return Ok(dir);
+    }
+    if let Some(dir) = std::env::var_os("KILN_DATA_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    dirs::data_dir().map(|d| d.join("kiln")).ok_or_else(|| {
+        usage("no user data directory is known on this system; pass --data-dir or set KILN_DATA_DIR")
+    })
+}
+
+async fn open(data_dir: &Path) -> Result<Store, Failure> {
+    Ok(Store::open_data_dir(data_dir).await?)
+}
+
+/// `--app`: an app id, or a directory whose manifest names the app.
+fn app_id(value: &str) -> Result<AppId, Failure> {
+    if value.starts_with("ari:") {
+        return AppId::parse(value).map_err(|e| usage(e.to_string()));
+    }
+    let dir = Path::new(value);
+    let variables = |name: &str| std::env::var(name).ok();
+    match kiln_manifest::load(dir, &variables) {
+        Ok(parsed) => Ok(parsed.manifest.app.id),
+        Err(e) => Err(usage(format!(
+            "cannot tell which app to use from {}: {e}\n  hint: run the command in the app directory, or pass --app <app id>",
+            dir.display()
+        ))),
+    }
+}

@@ -1,0 +1,342 @@
+//! The `kiln` binary end to end: the commands a user types, their output,
+//! their exit status, and what they leave in the data directory.
+//!
+//! Golden files live in `tests/golden/`; set `KILN_BLESS=1` to rewrite them
+//! after an intended change, then review the diff.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Kiln {
+    data: tempfile::TempDir,
+}
+
+impl Kiln {
+    fn new() -> Self {
+        Self { data: tempfile::tempdir().unwrap() }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_in(&repo(), args)
+    }
+
+    fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(cwd)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .env_remove("KILN_DATA_DIR")
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn valid_apps() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/apps/valid"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("manifest.yml").exists())
+        .collect();
+    dirs.sort();
+    dirs.insert(0, repo().join("examples/issue-triage"));
+    dirs
+}
+
+#[test]
+fn dry_run_accepts_the_example_and_every_valid_fixture_without_creating_state() {
+    let kiln = Kiln::new();
+    let apps = valid_apps();
+    assert!(apps.len() >= 11, "need the example and at least ten fixtures");
+    for dir in &apps {
+        let out = kiln.run(&["deploy", "--dry-run", dir.to_str().unwrap()]);
+        assert_eq!(code(&out), 0, "{}:\n{}", dir.display(), text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("Dry run: would deploy version 1.0.0 of ari:cloud:ecosystem::app/"),
+            "{stdout}"
+        );
+        assert!(stdout.ends_with("Nothing was stored.\n"), "{stdout}");
+    }
+    assert!(!kiln.data_dir().exists(), "a dry run must not create the data directory");
+}
+
+/// Every broken manifest is refused by `kiln deploy --dry-run` with exit 2 and
+/// the message pinned in its golden file (location, key and hint).
+#[test]
+fn dry_run_rejects_every_invalid_manifest_with_its_location_and_hint() {
+    let kiln = Kiln::new();
+    let fixtures = repo().join("tests/fixtures/manifests/invalid");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yml") {
+            continue;
+        }
+        seen += 1;
+        let app = tempfile::tempdir().unwrap();
+        std::fs::copy(&path, app.path().join("manifest.yml")).unwrap();
+        std::fs::create_dir_all(app.path().join("src")).unwrap();
+        std::fs::write(app.path().join("src/index.js"), "exports.run = () => 1;\n").unwrap();
+        let out = kiln.run(&["deploy", "--dry-run", app.path().to_str().unwrap()]);
+        assert_eq!(code(&out), 2, "{}:\n{}", path.display(), text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr).replace(&app.path().display().to_string(), "APP");
+        let golden = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+        // The first error line and its hint, exactly as pinned.
+        let pinned: Vec<&str> = golden.lines().skip(1).take(2).collect();
+        let first = pinned[0].replacen("manifest.yml:", "APP/manifest.yml:", 1);
+        assert!(stderr.contains(&first), "{}: expected {first:?} in\n{stderr}", path.display());
+        assert!(stderr.contains(pinned[1]), "{}: expected {:?} in\n{stderr}", path.display(), pinned[1]);
+    }
+    assert!(seen >= 15);
+    assert!(!kiln.data_dir().exists());
+}
+
+/// Replace what changes from run to run (times, digests, ids, temp paths).
+fn normalize(s: &str, tmp: &Path) -> String {
+    let s = s.replace(&tmp.display().to_string(), "TMP");
+    let mut out = String::new();
+    for line in s.lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                if let Some(rest) = w.strip_prefix("sha256:")
+                    && rest.len() >= 64
+                {
+                    return format!("sha256:<digest>{}", &rest[64..]);
+                }
+                let hex = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit());
+                if w.len() == 12 && hex(w) {
+                    return "<digest12>".into();
+                }
+                let parts: Vec<&str> = w.split('-').collect();
+                if parts.len() == 5
+                    && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+                    && parts.iter().all(|p| hex(p))
+                {
+                    return "<uuid>".into();
+                }
+                let date = w.len() == 10 && w.as_bytes()[4] == b'-' && w.as_bytes()[7] == b'-';
+                let time = w.len() == 8 && w.as_bytes()[2] == b':' && w.as_bytes()[5] == b':';
+                if date {
+                    return "<date>".into();
+                }
+                if time {
+                    return "<time>".into();
+                }
+                w.to_owned()
+            })
+            .collect();
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+fn check_golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with KILN_BLESS=1\n{actual}", path.display()));
+    assert_eq!(expected, actual, "golden file {} differs (KILN_BLESS=1 to update)", path.display());
+}
+
+/// The whole life of the example app through the command line: the output
+/// of each step is pinned in `tests/golden/lifecycle.txt`.
+#[test]
+fn the_example_app_lifecycle_through_the_cli() {
+    let kiln = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let app = work.path().join("issue-triage");
+    copy_dir(&repo().join("examples/issue-triage"), &app);
+    let mut transcript = String::new();
+    let mut step = |label: &str, args: &[&str], want: i32| {
+        let out = kiln.run_in(&app, args);
+        transcript.push_str(&format!("$ kiln {}   # {label}\n", args.join(" ")));
+        transcript.push_str(&text(&out));
+        transcript.push_str(&format!("[exit {}]\n\n", code(&out)));
+        assert_eq!(code(&out), want, "{label}:\n{}", text(&out));
+    };
+    step("first deploy", &["deploy"], 0);
+    step("install on a Jira site", &["install", "--site", "https://acme.atlassian.net"], 0);
+    step("a second site", &["install", "--site", "globex.atlassian.net"], 0);
+    step("installing twice is refused", &["install", "--site", "acme.atlassian.net"], 1);
+    step("a plain http site is bad input", &["install", "--site", "http://insecure.example"], 2);
+
+    // Code-only change: minor, rolled out to both sites.
+    let index = app.join("src/index.ts");
+    let code_text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, format!("{code_text}\nexport const codeOnlyChange = true;\n")).unwrap();
+    step("code-only change", &["deploy"], 0);
+
+    // New scope and new egress: major, pending everywhere.
+    let manifest = app.join("manifest.yml");
+    let m = std::fs::read_to_string(&manifest).unwrap();
+    let m = m.replace("    - storage:app\n", "    - storage:app\n    - read:jira-user\n").replace(
+        "        - api.example.com\n",
+        "        - api.example.com\n        - '*.hooks.example.org'\n",
+    );
+    std::fs::write(&manifest, m).unwrap();
+    step("what a major deploy would do", &["deploy", "--dry-run"], 0);
+    step("scope and egress added", &["deploy"], 0);
+    step("versions with pending upgrades", &["versions"], 0);
+    step("upgrade without consent is refused", &["upgrade", "--site", "acme.atlassian.net"], 1);
+    step("upgrade with consent", &["upgrade", "--site", "acme.atlassian.net", "--yes"], 0);
+    step("already current", &["upgrade", "--site", "acme.atlassian.net"], 0);
+    step("rollback within consent", &["rollback", "--site", "acme.atlassian.net"], 0);
+    step(
+        "rollback to an older version within consent",
+        &["rollback", "--site", "globex.atlassian.net", "--to", "1.0.0"],
+        0,
+    );
+    step(
+        "a version that does not exist",
+        &["rollback", "--site", "globex.atlassian.net", "--to", "7.0.0"],
+        2,
+    );
+    step("final state", &["versions"], 0);
+    check_golden("lifecycle.txt", &normalize(&transcript, work.path()));
+}
+
+#[test]
+fn rollback_to_a_version_with_more_permissions_is_refused_and_changes_nothing() {
+    let kiln = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let app = work.path().join("app");
+    copy_dir(&repo().join("examples/issue-triage"), &app);
+    assert_eq!(code(&kiln.run_in(&app, &["deploy"])), 0);
+    // 2.0.0 drops write access; a site installed on 2.0.0 never consented to it.
+    let manifest = app.join("manifest.yml");
+    let m = std::fs::read_to_string(&manifest).unwrap().replace("    - write:jira-work\n", "");
+    std::fs::write(&manifest, m).unwrap();
+    let out = kiln.run_in(&app, &["deploy"]);
+    assert!(text(&out).contains("removes scope write:jira-work"), "{}", text(&out));
+    assert_eq!(code(&kiln.run_in(&app, &["install", "--site", "initech.atlassian.net"])), 0);
+    let before = text(&kiln.run_in(&app, &["versions", "--format", "json"]));
+
+    let out = kiln.run_in(&app, &["rollback", "--site", "initech.atlassian.net", "--to", "1.0.0"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("would grant permissions its admin has not consented to"), "{}", text(&out));
+    assert!(text(&out).contains("permissions.scopes: adds scope write:jira-work"), "{}", text(&out));
+    assert_eq!(text(&kiln.run_in(&app, &["versions", "--format", "json"])), before);
+}
+
+#[test]
+fn a_hostile_manifest_over_existing_state_fails_cleanly_and_stores_nothing() {
+    let kiln = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let app = work.path().join("app");
+    copy_dir(&repo().join("examples/issue-triage"), &app);
+    assert_eq!(code(&kiln.run_in(&app, &["deploy"])), 0);
+    let before = text(&kiln.run_in(
+        &app,
+        &[
+            "versions",
+            "--app",
+            "ari:cloud:ecosystem::app/a857934e-1c9d-4c69-8965-bb82b29f6304",
+            "--format",
+            "json",
+        ],
+    ));
+    let hostile: [(&str, String); 5] = [
+        (
+            "yaml bomb",
+            std::fs::read_to_string(repo().join("tests/fixtures/manifests/invalid/yaml-bomb.yml")).unwrap(),
+        ),
+        ("deep nesting", format!("app: {}{}\n", "[".repeat(5000), "]".repeat(5000))),
+        ("huge string", format!("app:\n  description: \"{}\"\n", "A".repeat(300 * 1024))),
+        ("wrong types", "app: 12\nmodules: [1, 2]\npermissions: yes\n".to_owned()),
+        ("binary junk", "\u{0}\u{1}\u{2}\u{3}: \u{7f}\n".to_owned()),
+    ];
+    for (label, body) in hostile {
+        std::fs::write(app.join("manifest.yml"), body).unwrap();
+        let out = kiln.run_in(&app, &["deploy"]);
+        assert_eq!(code(&out), 2, "{label}: {}", text(&out));
+        assert!(text(&out).starts_with("error: "), "{label}: {}", text(&out));
+    }
+    std::fs::write(app.join("manifest.yml"), [0xff, 0xfe, 0x00, 0x61]).unwrap();
+    let out = kiln.run_in(&app, &["deploy"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("not UTF-8"), "{}", text(&out));
+    let after = text(&kiln.run_in(
+        &app,
+        &[
+            "versions",
+            "--app",
+            "ari:cloud:ecosystem::app/a857934e-1c9d-4c69-8965-bb82b29f6304",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_missing_module_fails_the_deploy_with_its_name() {
+    let kiln = Kiln::new();
+    let work = tempfile::tempdir().unwrap();
+    let app = work.path().join("app");
+    copy_dir(&repo().join("examples/issue-triage"), &app);
+    std::fs::remove_file(app.join("src/lib/triage.ts")).unwrap();
+    let out = kiln.run_in(&app, &["deploy"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("cannot resolve './lib/triage': no such file"), "{}", text(&out));
+    assert!(
+        !kiln.data_dir().join("kiln.db").exists()
+            || text(&kiln.run_in(&app, &["versions"])).contains("no version")
+    );
+}
+
+#[test]
+fn the_data_directory_comes_from_the_flag_then_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(repo())
+        .args(["deploy", "examples/issue-triage"])
+        .env("KILN_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(data.path().join("kiln.db").exists());
+}
