@@ -72,7 +72,13 @@ pub fn parse_str(file: &str, source: &str, vars: &dyn VariableSource) -> Result<
         Some(manifest) if !diagnostics.iter().any(|d| d.severity == Severity::Error) => {
             Ok(Parsed { manifest, warnings: diagnostics })
         }
-        _ => Err(fail(diagnostics)),
+        _ => {
+            // Errors only: warnings are noise until the manifest parses, and
+            // many are consequences of an error (a function unused because
+            // the module using it was refused).
+            diagnostics.retain(|d| d.severity == Severity::Error);
+            Err(fail(diagnostics))
+        }
     }
 }
 

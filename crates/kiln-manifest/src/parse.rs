@@ -2036,7 +2036,7 @@ impl Cx<'_> {
                     format!("resource path '{}' leaves the app directory", truncate(&res_path, 80)),
                     "use a relative path inside the app, e.g. static/app/build",
                 );
-                continue;
+                // Keep it listed so references to it are not also reported.
             }
             if out.iter().any(|r| r.key == key) {
                 self.error(
