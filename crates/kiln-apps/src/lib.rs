@@ -171,6 +171,7 @@ pub async fn deploy(store: &Store, req: DeployRequest<'_>) -> Result<DeployOutco
     warnings.extend(built.warnings.iter().cloned());
 
     let mut tx = store.begin().await?;
+    tx.lock_app(&app).await?;
     let latest = tx.latest_version(&app, &env).await?;
     let (version, origin) = match &latest {
         None => (Version::FIRST, VersionOrigin::Initial),
@@ -267,6 +268,7 @@ pub async fn install(
     product: Option<Product>,
 ) -> Result<InstallOutcome, AppError> {
     let mut tx = store.begin().await?;
+    tx.lock_app(app).await?;
     let latest = tx
         .latest_version(app, env)
         .await?
@@ -370,6 +372,7 @@ pub async fn plan_upgrade(
     product: Option<Product>,
 ) -> Result<UpgradePlan, AppError> {
     let mut tx = store.begin().await?;
+    tx.lock_app(app).await?;
     let inst = find_installation(&mut tx, app, env, site, product).await?;
     let latest = tx
         .latest_version(app, env)
@@ -415,6 +418,7 @@ pub async fn upgrade(
     consent: Consent,
 ) -> Result<UpgradePlan, AppError> {
     let mut tx = store.begin().await?;
+    tx.lock_app(app).await?;
     let inst = find_installation(&mut tx, app, env, site, product).await?;
     let target = tx
         .versions(app, env)
@@ -468,6 +472,7 @@ pub async fn rollback(
     to: Option<Version>,
 ) -> Result<RollbackOutcome, AppError> {
     let mut tx = store.begin().await?;
+    tx.lock_app(app).await?;
     let inst = find_installation(&mut tx, app, env, site, product).await?;
     let versions = tx.versions(app, env).await?;
     let target = match to {

@@ -332,3 +332,42 @@ async fn versions_list_installations_and_pending_upgrades() {
         assert_eq!(on_first[0].pending.map(|v| v.to_string()), Some("2.0.0".into()));
     }
 }
+
+#[tokio::test]
+async fn concurrent_deploys_each_get_their_own_version() {
+    for t in each_backend().await.unwrap() {
+        let store = &t.store;
+        let app = TestApp::new();
+        deploy_dir(store, app.path()).await.unwrap();
+        let runs = (0..6).map(|_| deploy_dir(store, app.path()));
+        let outcomes: Vec<_> = futures_join_all(runs).await;
+        let mut numbers: Vec<String> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|e| panic!("{}: {e}", t.name)).version.to_string())
+            .collect();
+        numbers.sort();
+        assert_eq!(numbers, ["1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0", "1.6.0"], "{}", t.name);
+    }
+}
+
+/// Run futures concurrently on this task (no extra dependency).
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    let mut pending: Vec<_> = handles.into_iter().enumerate().collect();
+    std::future::poll_fn(move |cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => {
+                results[*i] = Some(out);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(results.drain(..).map(|r| r.expect("every future finished")).collect())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}

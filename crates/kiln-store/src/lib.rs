@@ -507,6 +507,20 @@ impl Tx {
         Ok(())
     }
 
+    /// Serialise lifecycle changes to one app: held until the transaction
+    /// ends. SQLite write transactions already exclude each other (they begin
+    /// IMMEDIATE); PostgreSQL takes a transaction-scoped advisory lock keyed
+    /// by the app id, so concurrent deploys queue instead of colliding.
+    pub async fn lock_app(&mut self, app: &AppId) -> Result<(), StoreError> {
+        if let TxInner::Postgres(t) = &mut self.inner {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(app.as_str())
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The row id of an app, if it was ever deployed.
     pub async fn app_row(&mut self, app: &AppId) -> Result<Option<i64>, StoreError> {
         Ok(on_conn!(self, |c| {
