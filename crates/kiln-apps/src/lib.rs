@@ -481,18 +481,18 @@ pub async fn rollback(
             .find(|r| r.version == v)
             .ok_or_else(|| AppError::UnknownVersion { version: v, environment: env.clone() })?,
         None => {
-            // The version the installation ran before it reached this one.
+            // The most recent earlier version the installation moved from
+            // into this one (skipping moves that came down from a later one,
+            // so repeated rollbacks keep stepping back).
             let events = tx.events(inst.id).await?;
             let previous = events
                 .iter()
                 .rev()
                 .filter(|e| e.to_version_id == inst.version_id)
-                .find_map(|e| e.from_version_id)
-                .and_then(|id| versions.iter().find(|v| v.id == id));
-            match previous {
-                Some(v) if v.version < inst.version => v,
-                _ => return Err(AppError::NothingToRollBack { site: site.clone() }),
-            }
+                .filter_map(|e| e.from_version_id)
+                .filter_map(|id| versions.iter().find(|v| v.id == id))
+                .find(|v| v.version < inst.version);
+            previous.ok_or_else(|| AppError::NothingToRollBack { site: site.clone() })?
         }
     };
     if target.version >= inst.version {

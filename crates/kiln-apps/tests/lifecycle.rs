@@ -249,6 +249,23 @@ async fn rollback_within_consent_returns_to_the_previous_version() {
         );
         assert_eq!(installed_version(store, "d.example.net").await, Version::FIRST);
 
+        // Forward again, then two rollbacks in a row step back twice.
+        app.write_code("export const run = async () => 'fixed';\n");
+        deploy_dir(store, app.path()).await.unwrap();
+        assert_eq!(installed_version(store, "d.example.net").await.to_string(), "1.2.0");
+        rollback(
+            store,
+            &app_id(),
+            &env(),
+            &site("d.example.net"),
+            None,
+            Some(Version { major: 1, minor: 1 }),
+        )
+        .await
+        .unwrap();
+        let again = rollback(store, &app_id(), &env(), &site("d.example.net"), None, None).await.unwrap();
+        assert_eq!(again.to, Version::FIRST, "{}", t.name);
+
         // Rolling "back" to a newer version is refused.
         let newer = Version { major: 1, minor: 1 };
         let err =

@@ -1802,6 +1802,24 @@ impl Cx<'_> {
 
     // ------------------------------------------------------ remotes, resources
 
+    /// Remote and resource keys: Forge's key pattern, at most 23 characters.
+    fn short_key(&mut self, kind: &str, key: &str, pos: Pos, path: &str) -> bool {
+        let ok = matches_key_pattern(key) && key.len() <= MAX_REMOTE_KEY_LEN;
+        if !ok {
+            self.error(
+                Code::InvalidKey,
+                pos,
+                path,
+                format!(
+                    "{kind} key '{}' must be 1 to {MAX_REMOTE_KEY_LEN} letters, digits, '-' or '_'",
+                    truncate(key, 40)
+                ),
+                format!("rename it, e.g. '{}'", cut(&sanitize_key(key), MAX_REMOTE_KEY_LEN)),
+            );
+        }
+        ok
+    }
+
     fn remotes(&mut self, node: &Node) -> Vec<Remote> {
         let mut out: Vec<Remote> = Vec::new();
         let Some(items) = self.seq(node, "remotes") else {
@@ -1820,17 +1838,7 @@ impl Cx<'_> {
             let Some((key, key_pos)) = self.req_string(&m, "key", 255, "give the remote a 'key'") else {
                 continue;
             };
-            if !matches_key_pattern(&key) || key.len() > MAX_REMOTE_KEY_LEN {
-                self.error(
-                    Code::InvalidKey,
-                    key_pos,
-                    m.child("key"),
-                    format!(
-                        "remote key '{}' must be 1 to {MAX_REMOTE_KEY_LEN} letters, digits, '-' or '_'",
-                        truncate(&key, 40)
-                    ),
-                    format!("rename it, e.g. '{}'", cut(&sanitize_key(&key), MAX_REMOTE_KEY_LEN)),
-                );
+            if !self.short_key("remote", &key, key_pos, &m.child("key")) {
                 continue;
             }
             if out.iter().any(|r| r.key == key) {
@@ -2012,17 +2020,7 @@ impl Cx<'_> {
             let (Some((key, key_pos)), Some((res_path, path_pos))) = (key, res_path) else {
                 continue;
             };
-            if !matches_key_pattern(&key) || key.len() > MAX_REMOTE_KEY_LEN {
-                self.error(
-                    Code::InvalidKey,
-                    key_pos,
-                    m.child("key"),
-                    format!(
-                        "resource key '{}' must be 1 to {MAX_REMOTE_KEY_LEN} letters, digits, '-' or '_'",
-                        truncate(&key, 40)
-                    ),
-                    format!("rename it, e.g. '{}'", cut(&sanitize_key(&key), MAX_REMOTE_KEY_LEN)),
-                );
+            if !self.short_key("resource", &key, key_pos, &m.child("key")) {
                 continue;
             }
             if res_path.starts_with('/')
