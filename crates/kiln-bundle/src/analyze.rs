@@ -31,6 +31,8 @@ pub(crate) struct Analysis {
     /// Static specifiers the module loads, with the 1-based line of each.
     pub(crate) requests: Vec<Request>,
     pub(crate) exports: Exports,
+    /// The module calls `require` (with any argument).
+    pub(crate) calls_require: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -105,10 +107,10 @@ pub(crate) fn analyze(path: &Path, source: &str) -> Result<Analysis, SourceError
         _ if has_module_syntax => ModuleKind::Esm,
         _ => ModuleKind::CommonJs,
     };
-    let mut collector = Collector { source, requests: Vec::new() };
+    let mut collector = Collector { source, requests: Vec::new(), calls_require: false };
     collector.visit_program(&program);
     let exports = exports_of(&program);
-    Ok(Analysis { kind, code, requests: collector.requests, exports })
+    Ok(Analysis { kind, code, requests: collector.requests, exports, calls_require: collector.calls_require })
 }
 
 fn first_error(diagnostics: &[OxcDiagnostic]) -> Option<&OxcDiagnostic> {
@@ -132,6 +134,7 @@ pub(crate) fn line_col(source: &str, offset: usize) -> (u32, u32) {
 struct Collector<'s> {
     source: &'s str,
     requests: Vec<Request>,
+    calls_require: bool,
 }
 
 impl Collector<'_> {
@@ -160,10 +163,11 @@ impl<'a> Visit<'a> for Collector<'_> {
     }
 
     fn visit_call_expression(&mut self, it: &oxc::ast::ast::CallExpression<'a>) {
-        if it.callee.is_specific_id("require")
-            && let [Argument::StringLiteral(lit)] = it.arguments.as_slice()
-        {
-            self.push(&lit.value, it.span.start, true);
+        if it.callee.is_specific_id("require") {
+            self.calls_require = true;
+            if let [Argument::StringLiteral(lit)] = it.arguments.as_slice() {
+                self.push(&lit.value, it.span.start, true);
+            }
         }
         walk::walk_call_expression(self, it);
     }

@@ -121,6 +121,14 @@ pub struct Module {
     pub code: String,
     /// Every static specifier the module loads → what it loads.
     pub imports: BTreeMap<String, Import>,
+    /// CommonJS modules: the export names static analysis found, so ES
+    /// modules can import them by name. Empty for other kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<String>,
+    /// ES modules that call `require()` (as bundlers allow): the sandbox gives
+    /// them a `require` bound to their own imports.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uses_require: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,8 +367,14 @@ impl<'r> Bundler<'r> {
             if let Err(e) = serde_json::from_str::<serde_json::Value>(&source) {
                 return Err(BundleError::Json { module: id, message: e.to_string() });
             }
-            self.modules
-                .insert(id, Module { kind: ModuleKind::Json, code: source, imports: BTreeMap::new() });
+            let module = Module {
+                kind: ModuleKind::Json,
+                code: source,
+                imports: BTreeMap::new(),
+                exports: Vec::new(),
+                uses_require: false,
+            };
+            self.modules.insert(id, module);
             return Ok(());
         }
         let analysis = analyze::analyze(path, &source).map_err(|e| BundleError::Syntax {
@@ -380,8 +394,14 @@ impl<'r> Bundler<'r> {
             }
             imports.insert(request.specifier.clone(), target);
         }
+        let exports = match analysis.kind {
+            ModuleKind::CommonJs => analysis.exports.names.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let uses_require = analysis.kind == ModuleKind::Esm && analysis.calls_require;
         self.exports.insert(id.clone(), analysis.exports);
-        self.modules.insert(id, Module { kind: analysis.kind, code: analysis.code, imports });
+        self.modules
+            .insert(id, Module { kind: analysis.kind, code: analysis.code, imports, exports, uses_require });
         Ok(())
     }
 
