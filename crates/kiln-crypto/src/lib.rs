@@ -95,6 +95,18 @@ impl From<Sha256> for String {
     }
 }
 
+/// The system's random number generator failed (it does not on Linux once
+/// the kernel's pool is initialised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system random number generator failed")]
+pub struct RandomError;
+
+/// Fill `out` from the operating system's cryptographic random source.
+pub fn fill_random(out: &mut [u8]) -> Result<(), RandomError> {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new().fill(out).map_err(|_| RandomError)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +126,14 @@ mod tests {
         for bad in ["", "sha256:", "sha256:zz", "md5:abc", &format!("sha256:{}", "A".repeat(64))] {
             assert!(bad.parse::<Sha256>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn random_bytes_are_not_all_equal() {
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        fill_random(&mut a).unwrap();
+        fill_random(&mut b).unwrap();
+        assert_ne!(a, b);
     }
 }

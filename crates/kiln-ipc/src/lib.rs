@@ -51,7 +51,7 @@ pub const MAX_PROGRAM_FRAME_BYTES: usize = 160 * 1024 * 1024;
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum ToWorker {
     /// Compile these sources to bytecode and answer with `Compiled`.
-    Compile { modules: Vec<SourceModule> },
+    Compile { modules: Vec<SourceModule>, imports: BTreeMap<String, BTreeMap<String, Import>> },
     /// The program this worker serves; sent once, before any `Invoke`.
     Load { program: Program },
     /// Run one function in a fresh runtime.
@@ -378,6 +378,7 @@ mod tests {
                     exports: Vec::new(),
                     uses_require: false,
                 }],
+                imports: BTreeMap::new(),
             },
             ToWorker::Invoke {
                 invocation: Invocation {

@@ -1,0 +1,261 @@
+//! The native functions the prelude is built on, installed as `__kiln` in
+//! every fresh context (the prelude removes the global at once).
+//!
+//! Each one validates its arguments and bounds what it creates (timers, host
+//! calls, log lines, random bytes), because app code can call them directly.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kiln_ipc::{Limits, LogLevel};
+use rquickjs::function::Opt;
+use rquickjs::{Ctx, Exception, Function, Module, Object, Persistent, Result, Value};
+
+use crate::{Loop, MAX_PENDING_HOST_CALLS, MAX_TIMERS, Program, Timer};
+
+/// Most bytes one `crypto.getRandomValues` call may ask for (the Web limit).
+const MAX_RANDOM_BYTES: usize = 65_536;
+
+/// Longest capability name a host call may carry.
+const MAX_CAPABILITY_LEN: usize = 64;
+
+pub(crate) fn install<'js>(
+    ctx: &Ctx<'js>,
+    program: &'static Program,
+    state: Rc<RefCell<Loop>>,
+    limits: Limits,
+) -> Result<()> {
+    let native = Object::new(ctx.clone())?;
+
+    let s = state.clone();
+    native.set(
+        "log",
+        Function::new(ctx.clone(), move |level: i32, text: String| {
+            let level = match level {
+                0 => LogLevel::Debug,
+                2 => LogLevel::Warn,
+                3 => LogLevel::Error,
+                _ => LogLevel::Info,
+            };
+            let mut st = s.borrow_mut();
+            let bytes = u32::try_from(text.len()).unwrap_or(u32::MAX);
+            if st.log_lines >= limits.max_log_lines
+                || st.log_bytes.saturating_add(bytes) > limits.max_log_bytes
+            {
+                st.logs_dropped = st.logs_dropped.saturating_add(1);
+                return;
+            }
+            st.log_lines += 1;
+            st.log_bytes = st.log_bytes.saturating_add(bytes);
+            st.logs.push((level, text));
+        })?,
+    )?;
+
+    let s = state.clone();
+    native.set(
+        "setTimer",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, ms: f64, repeat: bool| -> Result<f64> {
+            let mut st = s.borrow_mut();
+            if st.live_timers.len() >= MAX_TIMERS {
+                return Err(Exception::throw_range(
+                    &ctx,
+                    &format!("too many timers (at most {MAX_TIMERS} at once)"),
+                ));
+            }
+            // Anything past a year is as good as never within any deadline.
+            let ms = if ms.is_finite() { ms.clamp(0.0, 365.0 * 86_400_000.0) } else { 0.0 };
+            let delay = Duration::from_micros((ms * 1000.0) as u64);
+            st.next_timer += 1;
+            let id = st.next_timer;
+            let due = Instant::now() + delay;
+            let timer = Timer { id, interval: repeat.then_some(delay) };
+            st.timers.insert((due, id), timer);
+            st.live_timers.insert(id, (due, id));
+            Ok(id as f64)
+        })?,
+    )?;
+
+    let s = state.clone();
+    native.set(
+        "clearTimer",
+        Function::new(ctx.clone(), move |id: f64| {
+            let mut st = s.borrow_mut();
+            if let Some(key) = st.live_timers.remove(&(id as u64)) {
+                st.timers.remove(&key);
+            }
+        })?,
+    )?;
+
+    let s = state.clone();
+    native.set(
+        "hostCall",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, capability: String, args: String| -> Result<f64> {
+            let mut st = s.borrow_mut();
+            if st.pending_calls >= MAX_PENDING_HOST_CALLS {
+                return Err(Exception::throw_range(
+                    &ctx,
+                    &format!("too many host calls in flight (at most {MAX_PENDING_HOST_CALLS})"),
+                ));
+            }
+            if capability.is_empty() || capability.len() > MAX_CAPABILITY_LEN {
+                return Err(Exception::throw_type(&ctx, "invalid capability name"));
+            }
+            let args: serde_json::Value = serde_json::from_str(&args).map_err(|e| {
+                Exception::throw_type(&ctx, &format!("host call arguments are not JSON: {e}"))
+            })?;
+            st.next_call += 1;
+            let id = st.next_call;
+            st.pending_calls += 1;
+            st.calls.push((id, capability, args));
+            Ok(id as f64)
+        })?,
+    )?;
+
+    native.set(
+        "random",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, n: usize| -> Result<Vec<u8>> {
+            if n > MAX_RANDOM_BYTES {
+                return Err(Exception::throw_range(&ctx, "too many random bytes requested"));
+            }
+            let mut bytes = vec![0u8; n];
+            kiln_crypto::fill_random(&mut bytes)
+                .map_err(|e| Exception::throw_internal(&ctx, &e.to_string()))?;
+            Ok(bytes)
+        })?,
+    )?;
+
+    native.set(
+        "urlParse",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String, base: Opt<Option<String>>| {
+            let parsed = match base.0.flatten() {
+                Some(base) => url::Url::parse(&base).and_then(|b| b.join(&input)),
+                None => url::Url::parse(&input),
+            };
+            match parsed {
+                Ok(url) => url_parts(&ctx, &url),
+                Err(e) => {
+                    Err(Exception::throw_type(&ctx, &format!("Invalid URL '{}': {e}", shorten(&input))))
+                }
+            }
+        })?,
+    )?;
+
+    native.set(
+        "urlSet",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, href: String, component: String, value: String| {
+            let Ok(mut url) = url::Url::parse(&href) else {
+                return Err(Exception::throw_type(&ctx, "Invalid URL"));
+            };
+            // Setters that fail leave the URL unchanged, as in browsers.
+            let _ = match component.as_str() {
+                "protocol" => url.set_scheme(value.trim_end_matches(':')).map_err(|_| ()),
+                "username" => url.set_username(&value),
+                "password" => url.set_password(Some(&value)),
+                "host" => url::quirks::set_host(&mut url, &value),
+                "hostname" => url::quirks::set_hostname(&mut url, &value),
+                "port" => url::quirks::set_port(&mut url, &value),
+                "pathname" => {
+                    url::quirks::set_pathname(&mut url, &value);
+                    Ok(())
+                }
+                "search" => {
+                    url::quirks::set_search(&mut url, &value);
+                    Ok(())
+                }
+                "hash" => {
+                    url::quirks::set_hash(&mut url, &value);
+                    Ok(())
+                }
+                _ => Err(()),
+            };
+            url_parts(&ctx, &url)
+        })?,
+    )?;
+
+    native.set(
+        "resolve",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, from: String, specifier: String| {
+            match program.links.resolve(&from, &specifier) {
+                Ok(target) => target_object(&ctx, &target),
+                Err(message) => Err(Exception::throw_message(
+                    &ctx,
+                    &format!("Cannot find module '{specifier}': {message}"),
+                )),
+            }
+        })?,
+    )?;
+
+    native.set(
+        "target",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, id: String| match program.links.target(&id) {
+            Ok(target) => target_object(&ctx, &target),
+            Err(message) => Err(Exception::throw_message(&ctx, &message)),
+        })?,
+    )?;
+
+    native.set(
+        "importSync",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, name: String| import_sync(&ctx, &name))?,
+    )?;
+
+    let s = state;
+    native.set(
+        "install",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, functions: Object<'js>| {
+            s.borrow_mut().installed = Some(Persistent::save(&ctx, functions));
+        })?,
+    )?;
+
+    ctx.globals().set("__kiln", native)?;
+    Ok(())
+}
+
+/// Import an engine module and run the job queue until it has evaluated, so
+/// `require()` can return it synchronously.
+pub(crate) fn import_sync<'js>(ctx: &Ctx<'js>, name: &str) -> Result<Object<'js>> {
+    let promise = Module::import(ctx, name)?;
+    loop {
+        match promise.state() {
+            rquickjs::promise::PromiseState::Pending => {
+                if !ctx.execute_pending_job() {
+                    return Err(Exception::throw_message(
+                        ctx,
+                        &format!(
+                            "module '{name}' did not finish loading: it awaits something that never settles"
+                        ),
+                    ));
+                }
+            }
+            _ => return promise.finish::<Object>(),
+        }
+    }
+}
+
+fn target_object<'js>(ctx: &Ctx<'js>, target: &crate::Target) -> Result<Object<'js>> {
+    let o = Object::new(ctx.clone())?;
+    o.set("kind", target.kind_name())?;
+    o.set("id", target.id.as_str())?;
+    o.set("name", target.name.as_str())?;
+    Ok(o)
+}
+
+fn url_parts<'js>(ctx: &Ctx<'js>, url: &url::Url) -> Result<Value<'js>> {
+    let o = Object::new(ctx.clone())?;
+    o.set("href", url::quirks::href(url))?;
+    o.set("origin", url::quirks::origin(url))?;
+    o.set("protocol", url::quirks::protocol(url))?;
+    o.set("username", url::quirks::username(url))?;
+    o.set("password", url::quirks::password(url))?;
+    o.set("host", url::quirks::host(url))?;
+    o.set("hostname", url::quirks::hostname(url))?;
+    o.set("port", url::quirks::port(url))?;
+    o.set("pathname", url::quirks::pathname(url))?;
+    o.set("search", url::quirks::search(url))?;
+    o.set("hash", url::quirks::hash(url))?;
+    Ok(o.into_value())
+}
+
+fn shorten(s: &str) -> String {
+    s.chars().take(200).collect()
+}

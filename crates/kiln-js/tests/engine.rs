@@ -1,0 +1,406 @@
+//! The engine in-process (no jail): module linking, results, errors, limits,
+//! timers, host calls, and isolation between invocations.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use kiln_ipc::{
+    ErrorCode, HostReply, Import, Invocation, Limits, LogLevel, ModuleKind, Outcome, SourceModule,
+};
+use kiln_js::{Host, Program, compile, run};
+
+#[derive(Default)]
+struct TestHost {
+    logs: Vec<(LogLevel, String)>,
+    calls: VecDeque<(u64, String, serde_json::Value)>,
+}
+
+impl Host for TestHost {
+    fn log(&mut self, level: LogLevel, text: String) {
+        self.logs.push((level, text));
+    }
+    fn call(&mut self, call: u64, capability: String, args: serde_json::Value) {
+        self.calls.push_back((call, capability, args));
+    }
+    fn wait(&mut self, until: Instant) -> Option<(u64, HostReply)> {
+        match self.calls.pop_front() {
+            Some((id, cap, args)) if cap == "echo" => Some((id, HostReply::Ok { value: args })),
+            Some((id, cap, _)) => {
+                Some((id, HostReply::Err { code: "UNKNOWN_CAPABILITY".into(), message: format!("no {cap}") }))
+            }
+            None => {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                None
+            }
+        }
+    }
+}
+
+struct App {
+    sources: Vec<SourceModule>,
+    imports: BTreeMap<String, BTreeMap<String, Import>>,
+}
+
+impl App {
+    fn new() -> Self {
+        App { sources: Vec::new(), imports: BTreeMap::new() }
+    }
+
+    fn esm(mut self, id: &str, code: &str) -> Self {
+        let uses_require = code.contains("require(");
+        self.sources.push(SourceModule {
+            id: id.into(),
+            kind: ModuleKind::Esm,
+            code: code.into(),
+            exports: vec![],
+            uses_require,
+        });
+        self
+    }
+
+    fn cjs(mut self, id: &str, code: &str, exports: &[&str]) -> Self {
+        self.sources.push(SourceModule {
+            id: id.into(),
+            kind: ModuleKind::CommonJs,
+            code: code.into(),
+            exports: exports.iter().map(|s| (*s).to_owned()).collect(),
+            uses_require: false,
+        });
+        self
+    }
+
+    fn json(mut self, id: &str, code: &str) -> Self {
+        self.sources.push(SourceModule {
+            id: id.into(),
+            kind: ModuleKind::Json,
+            code: code.into(),
+            exports: vec![],
+            uses_require: false,
+        });
+        self
+    }
+
+    fn import(mut self, from: &str, spec: &str, to: &str) -> Self {
+        let target = if to.starts_with("builtin:") {
+            Import::Builtin(to.trim_start_matches("builtin:").into())
+        } else {
+            Import::Module(to.into())
+        };
+        self.imports.entry(from.into()).or_default().insert(spec.into(), target);
+        self
+    }
+
+    fn load(self) -> &'static Program {
+        let modules = compile(&self.sources, &self.imports).unwrap();
+        let kinds = self.sources.iter().map(|s| (s.id.clone(), s.kind)).collect();
+        Program::load(kiln_ipc::Program { modules, kinds, imports: self.imports }).unwrap()
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        memory_bytes: 64 << 20,
+        stack_bytes: 512 << 10,
+        deadline_ms: 2_000,
+        max_log_lines: 100,
+        max_log_bytes: 200 << 10,
+        max_result_bytes: 5 << 20,
+    }
+}
+
+fn invoke_with(
+    program: &'static Program,
+    module: &str,
+    export: &str,
+    payload: &str,
+    limits: Limits,
+) -> (Outcome, TestHost) {
+    let mut host = TestHost::default();
+    let inv = Invocation {
+        id: "test".into(),
+        module: module.into(),
+        export: export.into(),
+        payload: payload.into(),
+        context: r#"{"installContext":"ari:cloud:jira::site/1"}"#.into(),
+        limits,
+    };
+    let outcome = run(program, &inv, &mut host);
+    (outcome, host)
+}
+
+fn invoke(program: &'static Program, module: &str, export: &str) -> Outcome {
+    invoke_with(program, module, export, "{}", limits()).0
+}
+
+fn ok(outcome: Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Ok { result } => serde_json::from_str(&result).unwrap(),
+        Outcome::Err(e) => panic!("expected success, got {e:?}"),
+    }
+}
+
+fn err(outcome: Outcome) -> kiln_ipc::InvocationError {
+    match outcome {
+        Outcome::Err(e) => e,
+        Outcome::Ok { result } => panic!("expected an error, got {result}"),
+    }
+}
+
+#[test]
+fn a_handler_gets_payload_and_context_and_returns_json() {
+    let p = App::new()
+        .esm("src/index.js", "export function run(payload, context) { return { got: payload.n + 1, site: context.installContext }; }")
+        .load();
+    let (outcome, _) = invoke_with(p, "src/index.js", "run", r#"{"n": 41}"#, limits());
+    assert_eq!(ok(outcome), serde_json::json!({"got": 42, "site": "ari:cloud:jira::site/1"}));
+}
+
+#[test]
+fn async_handlers_timers_and_microtasks_are_awaited() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"export async function run() {
+                 const order = [];
+                 queueMicrotask(() => order.push('micro'));
+                 await new Promise((r) => setTimeout(() => { order.push('timer'); r(); }, 20));
+                 let ticks = 0;
+                 await new Promise((r) => { const id = setInterval(() => { if (++ticks === 3) { clearInterval(id); r(); } }, 1); });
+                 return { order, ticks };
+               }"#,
+        )
+        .load();
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "run")),
+        serde_json::json!({"order": ["micro", "timer"], "ticks": 3})
+    );
+}
+
+#[test]
+fn commonjs_esm_and_json_modules_link_both_ways() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "import helper, { twice } from './helper';\nimport data from './data.json';\nexport const run = () => ({ a: helper.name, b: twice(2), c: data.items.length, d: require('./esm').value });",
+        )
+        .cjs("src/helper.js", "const x = require('./inner');\nexports.name = 'helper:' + x;\nexports.twice = (n) => n * 2;", &["name", "twice"])
+        .cjs("src/inner.js", "module.exports = 'inner';", &[])
+        .json("src/data.json", r#"{"items": [1, 2, 3]}"#)
+        .esm("src/esm.js", "export const value = 'from-esm';")
+        .import("src/index.js", "./helper", "src/helper.js")
+        .import("src/index.js", "./data.json", "src/data.json")
+        .import("src/index.js", "./esm", "src/esm.js")
+        .import("src/helper.js", "./inner", "src/inner.js")
+        .load();
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "run")),
+        serde_json::json!({"a": "helper:inner", "b": 4, "c": 3, "d": "from-esm"})
+    );
+}
+
+#[test]
+fn a_commonjs_entry_exports_its_handler() {
+    let p =
+        App::new().cjs("src/legacy.js", "exports.run = async (p) => ({ legacy: true, p });", &["run"]).load();
+    assert_eq!(ok(invoke(p, "src/legacy.js", "run")), serde_json::json!({"legacy": true, "p": {}}));
+}
+
+#[test]
+fn thrown_errors_carry_message_and_stack() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "function inner() { throw new TypeError('bad input'); }\nexport const run = () => inner();",
+        )
+        .load();
+    let e = err(invoke(p, "src/index.js", "run"));
+    assert_eq!(e.code, ErrorCode::FunctionError);
+    assert_eq!(e.message, "TypeError: bad input");
+    assert!(e.stack.as_deref().unwrap_or_default().contains("inner"), "{e:?}");
+}
+
+#[test]
+fn an_infinite_loop_times_out() {
+    let p = App::new().esm("src/index.js", "export const run = () => { for (;;) {} };").load();
+    let mut l = limits();
+    l.deadline_ms = 200;
+    let started = Instant::now();
+    let (outcome, _) = invoke_with(p, "src/index.js", "run", "{}", l);
+    assert_eq!(err(outcome).code, ErrorCode::TimeOut);
+    assert!(started.elapsed().as_millis() < 2_000);
+}
+
+#[test]
+fn a_memory_bomb_is_out_of_memory() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "export const run = () => { const a = []; for (;;) a.push(new Array(100000).fill(1)); };",
+        )
+        .load();
+    let e = err(invoke(p, "src/index.js", "run"));
+    assert_eq!(e.code, ErrorCode::FunctionOutOfMemory, "{e:?}");
+}
+
+#[test]
+fn deep_recursion_is_a_function_error() {
+    let p = App::new()
+        .esm("src/index.js", "const f = (n) => f(n + 1) + 1;\nexport const run = () => f(0);")
+        .load();
+    let e = err(invoke(p, "src/index.js", "run"));
+    assert_eq!(e.code, ErrorCode::FunctionError, "{e:?}");
+    assert!(e.message.contains("stack"), "{e:?}");
+}
+
+#[test]
+fn results_that_are_not_plain_data_are_refused_with_the_path() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "export const cycle = () => { const a = { b: {} }; a.b.a = a; return a; };\n\
+             export const fn = () => ({ list: [1, () => 2] });\n\
+             export const big = () => 'x'.repeat(6 * 1024 * 1024);\n\
+             export const date = () => ({ at: new Date(0), skip: undefined });\n\
+             export const tojson = () => ({ toJSON() { return 'no'; }, v: 1 });",
+        )
+        .load();
+    let e = err(invoke(p, "src/index.js", "cycle"));
+    assert!(e.message.contains("cycle at result.b.a"), "{e:?}");
+    let e = err(invoke(p, "src/index.js", "fn"));
+    assert!(e.message.contains("a function at result.list[1]"), "{e:?}");
+    let e = err(invoke(p, "src/index.js", "big"));
+    assert!(e.message.contains("larger than"), "{e:?}");
+    assert_eq!(ok(invoke(p, "src/index.js", "date")), serde_json::json!({"at": "1970-01-01T00:00:00.000Z"}));
+    // structured clone: toJSON is not called; the method itself is refused.
+    let e = err(invoke(p, "src/index.js", "tojson"));
+    assert!(e.message.contains("a function at result.toJSON"), "{e:?}");
+}
+
+#[test]
+fn forbidden_node_modules_fail_with_the_alternative() {
+    let p = App::new()
+        .esm("src/index.js", "export const run = () => require('fs').readFileSync('/etc/passwd');")
+        .import("src/index.js", "fs", "builtin:node:fs")
+        .load();
+    let e = err(invoke(p, "src/index.js", "run"));
+    assert!(e.message.contains("Kiln does not provide the 'node:fs' module"), "{e:?}");
+    assert!(e.message.contains("@forge/kvs"), "{e:?}");
+}
+
+#[test]
+fn nothing_survives_from_one_invocation_to_the_next() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "let counter = 0;\nexport const run = () => { counter++; globalThis.leak = (globalThis.leak || 0) + 1; Object.prototype.polluted = true; return { counter, leak: globalThis.leak }; };\n\
+             export const check = () => ({ polluted: ({}).polluted === true, leak: typeof globalThis.leak });",
+        )
+        .load();
+    assert_eq!(ok(invoke(p, "src/index.js", "run")), serde_json::json!({"counter": 1, "leak": 1}));
+    assert_eq!(ok(invoke(p, "src/index.js", "run")), serde_json::json!({"counter": 1, "leak": 1}));
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "check")),
+        serde_json::json!({"polluted": false, "leak": "undefined"})
+    );
+}
+
+#[test]
+fn host_calls_round_trip_and_unknown_capabilities_reject() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "export const run = async () => {\n\
+               const echoed = await __kilnModules.hostCall('echo', { a: 1 });\n\
+               let failure = null;\n\
+               try { await __kilnModules.hostCall('nope', {}); } catch (e) { failure = e.code; }\n\
+               return { echoed, failure };\n\
+             };",
+        )
+        .load();
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "run")),
+        serde_json::json!({"echoed": {"a": 1}, "failure": "UNKNOWN_CAPABILITY"})
+    );
+}
+
+#[test]
+fn console_lines_are_captured_and_bounded() {
+    let p = App::new()
+        .esm("src/index.js", "export const run = () => { console.log('hello %s', 'kiln', { a: [1, 2] }); for (let i = 0; i < 500; i++) console.error('spam', i); return 1; };")
+        .load();
+    let (outcome, host) = invoke_with(p, "src/index.js", "run", "{}", limits());
+    ok(outcome);
+    assert_eq!(host.logs[0], (LogLevel::Info, "hello kiln { a: [ 1, 2 ] }".to_owned()));
+    assert_eq!(host.logs.len(), 101, "100 lines plus the notice");
+    assert!(host.logs[100].1.contains("401 further lines were dropped"), "{:?}", host.logs[100]);
+}
+
+#[test]
+fn web_globals_work() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"export const run = () => {
+                const u = new URL('/rest/api/3/issue?x=1&y=a+b', 'https://example.atlassian.net');
+                u.searchParams.append('z', 'c d');
+                const bytes = new TextEncoder().encode('héllo €');
+                return {
+                  href: u.href, host: u.host, y: u.searchParams.get('y'),
+                  bytes: bytes.length, text: new TextDecoder().decode(bytes),
+                  b64: btoa('kiln'), clone: structuredClone({ d: [1, { e: 2 }] }),
+                  uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(crypto.randomUUID()),
+                  random: crypto.getRandomValues(new Uint8Array(8)).length,
+                };
+              };"#,
+        )
+        .load();
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "run")),
+        serde_json::json!({
+            "href": "https://example.atlassian.net/rest/api/3/issue?x=1&y=a+b&z=c+d",
+            "host": "example.atlassian.net",
+            "y": "a b",
+            "bytes": 10,
+            "text": "héllo €",
+            "b64": "a2lsbg==",
+            "clone": {"d": [1, {"e": 2}]},
+            "uuid": true,
+            "random": 8
+        })
+    );
+}
+
+#[test]
+fn a_missing_export_and_a_never_settling_promise_are_reported() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "export const notAFunction = 1;\nexport const hang = () => new Promise(() => {});",
+        )
+        .load();
+    let e = err(invoke(p, "src/index.js", "notAFunction"));
+    assert!(e.message.contains("is not a function"), "{e:?}");
+    let e = err(invoke(p, "src/index.js", "hang"));
+    assert!(e.message.contains("can never settle"), "{e:?}");
+}
+
+#[test]
+fn syntax_errors_fail_at_compile_time_with_the_module_named() {
+    let sources = vec![SourceModule {
+        id: "src/bad.js".into(),
+        kind: ModuleKind::Esm,
+        code: "export const x = ;".into(),
+        exports: vec![],
+        uses_require: false,
+    }];
+    let e = compile(&sources, &BTreeMap::new()).unwrap_err().to_string();
+    assert!(e.starts_with("src/bad.js: "), "{e}");
+}
