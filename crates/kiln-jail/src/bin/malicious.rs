@@ -1,0 +1,112 @@
+//! A hostile worker. With an action as its argument it locks itself down
+//! exactly as a Kiln worker does, then attempts the action. If the jail works,
+//! the kernel kills it with SIGSYS before the attempt returns; exit status 0
+//! ("escaped") or 3 ("refused politely") mean the allow-list let it through.
+//!
+//! With `report`, it does not lock down; it writes what it can see of its
+//! jail (user ids, network interfaces, open descriptors, environment,
+//! limits) to the IPC channel for the tests to check.
+
+#![allow(clippy::print_stderr, reason = "a test program reports on stderr")]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let action = std::env::args().nth(1).unwrap_or_default();
+    if action == "report" {
+        return report();
+    }
+    if let Err(e) = kiln_jail::lockdown() {
+        eprintln!("lockdown failed: {e}");
+        return ExitCode::from(2);
+    }
+    let result = attempt(&action);
+    eprintln!("{action}: returned {result}");
+    if result >= 0 { ExitCode::SUCCESS } else { ExitCode::from(3) }
+}
+
+/// Try one thing a compromised engine might. Returns the call's result.
+fn attempt(action: &str) -> i64 {
+    let path = c"/etc/passwd";
+    // SAFETY: each arm makes one system call with valid pointers to static
+    // data or stack values; this program exists to make forbidden calls.
+    unsafe {
+        match action {
+            "allowed" => {
+                // What a worker legitimately does after lockdown.
+                let mut buf = [0u8; 16];
+                let r = libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0);
+                let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+                let v = vec![0u8; 10 * 1024 * 1024];
+                std::hint::black_box(&v);
+                drop(v);
+                r as i64
+            }
+            "open" => libc::open(path.as_ptr(), libc::O_RDONLY) as i64,
+            "openat" => libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) as i64,
+            "socket" => libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as i64,
+            "unix-socket" => libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) as i64,
+            "exec" => {
+                let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null()];
+                libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), envp.as_ptr()) as i64
+            }
+            "fork" => libc::syscall(libc::SYS_fork),
+            "clone" => libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0),
+            "ptrace" => libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0),
+            "io_uring" => {
+                let mut params = [0u8; 120];
+                libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr())
+            }
+            "kill" => libc::kill(libc::getppid(), 0) as i64,
+            "write-file-fd" => libc::write(1, b"x".as_ptr().cast(), 1) as i64,
+            "mount" => {
+                libc::mount(c"none".as_ptr(), c"/tmp".as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) as i64
+            }
+            "unshare" => libc::unshare(libc::CLONE_NEWUSER) as i64,
+            _ => {
+                eprintln!("unknown action {action:?}");
+                -1
+            }
+        }
+    }
+}
+
+/// Describe the jail from inside, on the IPC channel.
+fn report() -> ExitCode {
+    let Ok(mut channel) = kiln_jail::inherited_channel() else {
+        eprintln!("no channel");
+        return ExitCode::from(2);
+    };
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|e| format!("<{e}>"));
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let interfaces: Vec<String> = read("/proc/net/dev")
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|s| s.trim().to_owned()))
+        .collect();
+    let limit = |r| {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct passed by reference.
+        unsafe { libc::getrlimit(r, &mut l) };
+        l.rlim_cur
+    };
+    // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes no pointers.
+    let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    let text = format!(
+        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\n",
+        read("/proc/self/uid_map").split_whitespace().collect::<Vec<_>>().join(" "),
+        interfaces.join(","),
+        fds.join(","),
+        std::env::vars_os().count(),
+        limit(libc::RLIMIT_NOFILE),
+        limit(libc::RLIMIT_FSIZE),
+        limit(libc::RLIMIT_CORE),
+    );
+    let _ = channel.write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,262 @@
+//! `kiln-jail`: worker processes that run app code, jailed.
+//!
+//! The jail is applied in two halves, each one readable function:
+//!
+//! - [`spawn`] (server side) starts the worker executable with the IPC socket
+//!   as fd 3 and, in the child before `exec`, applies in order: every other
+//!   inherited descriptor closed, new user + network + mount + IPC + UTS
+//!   namespaces (the network namespace has only a loopback, down), resource
+//!   limits (address space, open files, processes, file size, core dumps),
+//!   `PR_SET_NO_NEW_PRIVS`, and death with the parent. The environment is
+//!   emptied by the command itself.
+//! - [`lockdown`] (worker side, after the engine is initialised and before
+//!   any app input is read) makes the process undumpable, applies Landlock
+//!   with no file-system or network rights where the kernel supports it, and
+//!   installs the seccomp allow-list in [`seccomp`]: anything else kills the
+//!   process.
+//!
+//! This is the only Kiln crate allowed `unsafe`; every block says why it is
+//! sound. Nothing here knows about JavaScript or apps.
+
+pub mod seccomp;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use kiln_ipc::JailReport;
+
+/// The worker finds its IPC channel here.
+pub const IPC_FD: RawFd = 3;
+
+/// Open files a worker may hold. It needs the channel and the standard
+/// streams; the bound stops descriptor exhaustion if seccomp were bypassed.
+pub const MAX_OPEN_FILES: u64 = 16;
+
+/// How the jail treats a machine without unprivileged user namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespacePolicy {
+    /// Refuse to start workers without namespaces (the default).
+    Require,
+    /// Start workers without namespaces; seccomp, Landlock and rlimits still
+    /// apply. Operators choose this only knowingly, and it is logged at
+    /// every start.
+    InsecureSkipNamespaces,
+}
+
+/// Limits applied to a worker process before it runs anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// `RLIMIT_AS`: the engine's own memory limit is lower; this is the
+    /// backstop if the engine's accounting is bypassed.
+    pub address_space_bytes: u64,
+    /// `RLIMIT_CPU` in seconds: a backstop against a worker spinning outside
+    /// the engine's interrupt checks; the server's wall clock acts first.
+    pub cpu_seconds: u64,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub executable: PathBuf,
+    pub args: Vec<OsString>,
+    pub limits: ProcessLimits,
+    pub namespaces: NamespacePolicy,
+    /// Give the worker the server's stderr (for diagnostics in development);
+    /// otherwise it has none.
+    pub inherit_stderr: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("cannot create the IPC channel: {0}")]
+    Channel(io::Error),
+    #[error(
+        "cannot start a jailed worker: {0}. Kiln runs app code only inside new user, network and mount namespaces; \
+         enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or \
+         user.max_user_namespaces > 0), or, knowingly, set the insecure-skip-namespaces option"
+    )]
+    Spawn(io::Error),
+    #[error("cannot lock the worker down: {0}")]
+    Lockdown(io::Error),
+    #[error("cannot build or install the seccomp filter: {0}")]
+    Seccomp(String),
+    #[error("cannot apply Landlock: {0}")]
+    Landlock(String),
+    #[error("the worker was started without its IPC channel on fd {IPC_FD}")]
+    NoChannel,
+}
+
+/// A started worker and the server's end of its channel.
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Child,
+    pub channel: UnixStream,
+}
+
+/// Start a jailed worker. See the crate documentation for the steps.
+pub fn spawn(spec: &WorkerSpec) -> Result<Spawned, JailError> {
+    let (server_end, worker_end) = UnixStream::pair().map_err(JailError::Channel)?;
+    let worker_fd = worker_end.as_raw_fd();
+    let limits = spec.limits;
+    let namespaces = spec.namespaces;
+    let mut command = Command::new(&spec.executable);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if spec.inherit_stderr { Stdio::inherit() } else { Stdio::null() });
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe operations are allowed. It makes raw system calls
+    // only (dup2, close_range, unshare, setrlimit, prctl), allocates nothing,
+    // takes no locks and touches no Rust state beyond the copied integers.
+    unsafe {
+        command.pre_exec(move || child_before_exec(worker_fd, limits, namespaces));
+    }
+    let child = command.spawn().map_err(JailError::Spawn)?;
+    drop(worker_end);
+    Ok(Spawned { child, channel: server_end })
+}
+
+/// The child's half of [`spawn`], in order. Async-signal-safe.
+fn child_before_exec(worker_fd: RawFd, limits: ProcessLimits, namespaces: NamespacePolicy) -> io::Result<()> {
+    // 1. The channel becomes fd 3 (dup2 clears close-on-exec on the copy).
+    // SAFETY: dup2 on descriptors this process owns; no memory is involved.
+    check(unsafe { libc::dup2(worker_fd, IPC_FD) })?;
+    // 2. Close every other inherited descriptor above stderr.
+    // SAFETY: close_range only closes descriptors; fds 0-3 stay open.
+    check_long(unsafe {
+        libc::syscall(libc::SYS_close_range, (IPC_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0)
+    })?;
+    // 3. New namespaces: no network but a loopback that is down, private
+    //    mounts, IPC and host name, and an unmapped user (no privileges
+    //    outside).
+    if namespaces == NamespacePolicy::Require {
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS;
+        // SAFETY: unshare takes only flags; the forked child is single-threaded,
+        // which CLONE_NEWUSER requires.
+        check(unsafe { libc::unshare(flags) })?;
+    }
+    // 4. Resource limits.
+    set_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
+    set_limit(libc::RLIMIT_CPU, limits.cpu_seconds)?;
+    set_limit(libc::RLIMIT_NOFILE, MAX_OPEN_FILES)?;
+    set_limit(libc::RLIMIT_NPROC, 0)?;
+    set_limit(libc::RLIMIT_FSIZE, 0)?;
+    set_limit(libc::RLIMIT_CORE, 0)?;
+    // 5. No privilege gain through exec (setuid binaries, file capabilities).
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    // 6. Die with the server.
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+    Ok(())
+}
+
+fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+    // SAFETY: setrlimit reads the struct we pass by reference and keeps no pointer.
+    check(unsafe { libc::setrlimit(resource, &limit) })
+}
+
+fn check(result: libc::c_int) -> io::Result<()> {
+    if result < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn check_long(result: libc::c_long) -> io::Result<()> {
+    if result < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The worker's end of the channel, taken from fd 3.
+pub fn inherited_channel() -> Result<UnixStream, JailError> {
+    // SAFETY: fcntl(F_GETFD) only queries whether fd 3 is open.
+    let open = unsafe { libc::fcntl(IPC_FD, libc::F_GETFD) } >= 0;
+    if !open {
+        return Err(JailError::NoChannel);
+    }
+    // SAFETY: fd 3 is open (checked above) and was placed there by `spawn`
+    // for this process alone; nothing else in the process owns it, so taking
+    // ownership cannot double-close or alias it.
+    let owned = unsafe { OwnedFd::from_raw_fd(IPC_FD) };
+    Ok(UnixStream::from(owned))
+}
+
+/// Lock this process down: undumpable, Landlock with no rights, then the
+/// seccomp allow-list. Call once the engine is initialised and before any
+/// app input is read. Irreversible.
+pub fn lockdown() -> Result<JailReport, JailError> {
+    // Read now: once Landlock and seccomp apply, /proc is out of reach.
+    let namespaces = in_new_user_namespace();
+    // No other process of the same user may attach to or read this one.
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map_err(JailError::Lockdown)?;
+    // SAFETY: prctl with integer arguments only; idempotent if already set.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(JailError::Lockdown)?;
+    let landlock = landlock_no_rights()?;
+    seccomp::install()?;
+    Ok(JailReport { namespaces, seccomp: true, landlock, no_new_privs: true })
+}
+
+/// Deny every file-system and TCP right Landlock knows; report how much the
+/// kernel enforced.
+fn landlock_no_rights() -> Result<String, JailError> {
+    use landlock::{ABI, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, Scope};
+    let abi = ABI::V6;
+    let err = |e: landlock::RulesetError| JailError::Landlock(e.to_string());
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .handle_access(AccessNet::from_all(abi))
+        .map_err(err)?
+        .scope(Scope::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .restrict_self()
+        .map_err(err)?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "enforced",
+        RulesetStatus::PartiallyEnforced => "partially enforced",
+        RulesetStatus::NotEnforced => "not supported by this kernel",
+    }
+    .to_owned())
+}
+
+/// Whether this process runs in a user namespace other than the initial one
+/// (its uid map is not the identity map of the whole range).
+pub fn in_new_user_namespace() -> bool {
+    // Read before lockdown where it matters; after seccomp, opening files is
+    // forbidden, so the answer is computed once, lazily, beforehand.
+    *USER_NS.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/uid_map")
+            .map(|m| !m.split_whitespace().eq(["0", "0", "4294967295"]))
+            .unwrap_or(false)
+    })
+}
+
+static USER_NS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Check that jailed workers can start on this machine: returns the reason
+/// they cannot, for the operator.
+pub fn probe_namespaces() -> Result<(), JailError> {
+    let spec = WorkerSpec {
+        executable: PathBuf::from("/bin/true"),
+        args: Vec::new(),
+        limits: ProcessLimits { address_space_bytes: 256 * 1024 * 1024, cpu_seconds: 5 },
+        namespaces: NamespacePolicy::Require,
+        inherit_stderr: false,
+    };
+    let mut spawned = spawn(&spec)?;
+    spawned.child.wait().map_err(JailError::Spawn)?;
+    Ok(())
+}
