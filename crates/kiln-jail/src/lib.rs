@@ -260,3 +260,23 @@ pub fn probe_namespaces() -> Result<(), JailError> {
     spawned.child.wait().map_err(JailError::Spawn)?;
     Ok(())
 }
+
+/// Wait until `stream` has data to read (or its peer hung up), for at most
+/// `timeout`. Returns whether it became readable.
+pub fn wait_readable(stream: &UnixStream, timeout: std::time::Duration) -> io::Result<bool> {
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    let mut fds = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: poll reads and writes exactly one pollfd, which lives on
+        // this stack frame for the duration of the call.
+        let n = unsafe { libc::poll(&mut fds, 1, millis) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(n > 0);
+    }
+}

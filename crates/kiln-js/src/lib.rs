@@ -60,6 +60,23 @@ pub trait Host {
     fn call(&mut self, call: u64, capability: String, args: serde_json::Value);
     /// Wait for the next host reply, or until `until`.
     fn wait(&mut self, until: Instant) -> Option<(u64, HostReply)>;
+    /// True once the host can no longer deliver anything (its channel
+    /// failed); the invocation is then abandoned.
+    fn broken(&self) -> bool {
+        false
+    }
+}
+
+/// Do the engine's one-time, process-wide initialisation now (a worker calls
+/// this before it locks itself down).
+pub fn warm_up() {
+    if let Ok(runtime) = Runtime::new()
+        && let Ok(context) = Context::full(&runtime)
+    {
+        context.with(|ctx| {
+            let _ = ctx.eval::<(), _>("void 0");
+        });
+    }
 }
 
 /// A worker's program: compiled modules (the app's and Kiln's prelude) and
@@ -350,7 +367,7 @@ impl<'js> Call<'_, 'js> {
             None => returned,
         };
         // Drain jobs queued by the handler so their logs are not lost.
-        while ctx.execute_pending_job() {}
+        self.drain();
         let max = self.invocation.limits.max_result_bytes as usize;
         convert::to_json(&ctx, &value, max).map_err(|e| match e {
             convert::ConvertError::Js(err) => self.js_failure(err),
@@ -364,7 +381,7 @@ impl<'js> Call<'_, 'js> {
     fn settle(&mut self, promise: Promise<'js>, host: &mut dyn Host) -> Result<Value<'js>, Failure> {
         let ctx = self.ctx.clone();
         loop {
-            while ctx.execute_pending_job() {}
+            self.drain();
             self.flush(host);
             if self.interrupted.load(Ordering::Relaxed) {
                 return Err(self.timeout());
@@ -398,6 +415,12 @@ impl<'js> Call<'_, 'js> {
                 (state.timers.keys().next().map(|(at, _)| *at), state.pending_calls)
             };
             let wake = next_timer.map_or(self.deadline, |t| t.min(self.deadline));
+            if host.broken() {
+                return Err(Failure::Outcome(InvocationError::new(
+                    ErrorCode::PlatformError,
+                    "the channel to the server failed",
+                )));
+            }
             if pending_calls > 0 {
                 if let Some((call, reply)) = host.wait(wake) {
                     self.state.borrow_mut().pending_calls = pending_calls.saturating_sub(1);
@@ -452,7 +475,7 @@ impl<'js> Call<'_, 'js> {
                 }
                 return Err(Failure::Outcome(err));
             }
-            while self.ctx.execute_pending_job() {}
+            self.drain();
         }
     }
 
@@ -479,6 +502,21 @@ impl<'js> Call<'_, 'js> {
                 format!("prelude function {name}: {e}"),
             ))
         })
+    }
+
+    /// Run queued jobs (promise reactions, microtasks) until none is left
+    /// or the deadline passes: a job that always queues another would
+    /// otherwise keep this loop busy between interrupt checks.
+    fn drain(&self) {
+        let mut ran = 0u32;
+        while self.ctx.execute_pending_job() {
+            ran = ran.wrapping_add(1);
+            if ran.is_multiple_of(256)
+                && (Instant::now() >= self.deadline || self.interrupted.load(Ordering::Relaxed))
+            {
+                return;
+            }
+        }
     }
 
     /// Send queued console lines and host calls.
@@ -521,7 +559,7 @@ impl<'js> Call<'_, 'js> {
             // even build its "out of memory" error, what it throws is `null`
             // (refcounting frees the heap at once, so usage afterwards cannot
             // tell). App code rarely throws null; the report says both.
-            CaughtError::Value(v) if v.is_null() => {
+            CaughtError::Value(v) if v.is_null() || v.type_of() == rquickjs::Type::Uninitialized => {
                 return Failure::Outcome(InvocationError::new(
                     ErrorCode::FunctionOutOfMemory,
                     format!(

@@ -1,0 +1,659 @@
+//! `kiln-sandbox`: run an app's functions in pools of jailed workers.
+//!
+//! - [`Sandbox::program`] compiles a bundle to bytecode in a fresh jailed
+//!   worker and caches the result per app and bundle digest. Bytecode only
+//!   ever flows from a worker of an app to workers of the same app.
+//! - [`Sandbox::invoke`] takes a worker from the app's pool (bounded; callers
+//!   wait when it is busy), sends the invocation, answers the worker's host
+//!   calls through a [`HostHandler`] (the server decides each one), and
+//!   enforces the wall-clock deadline itself, because the engine's interrupt
+//!   handler does not run while JavaScript awaits the host. A worker that
+//!   times out, crashes, breaks the protocol or has served its quota is
+//!   killed and replaced; the invocation fails with a structured error.
+//! - [`worker::worker_main`] is the other side: the process the pool starts.
+//!
+//! Every message from a worker is treated as hostile: bounded in size and
+//! count, strictly typed, and never trusted beyond its shape.
+
+#![forbid(unsafe_code)]
+
+pub mod worker;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_bundle::Bundle;
+use kiln_crypto::Sha256;
+use kiln_ipc::{
+    ErrorCode, FromWorker, HostReply, Invocation, InvocationError, JailReport, Limits, LogLevel,
+    MAX_FRAME_BYTES, MAX_PROGRAM_FRAME_BYTES, Outcome, Program, SourceModule, ToWorker, read_frame,
+    write_frame,
+};
+use kiln_jail::{NamespacePolicy, ProcessLimits, WorkerSpec};
+
+pub use kiln_jail::NamespacePolicy as Namespaces;
+
+/// How long a worker may take to start and report ready.
+pub const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long compiling an app may take.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Extra time the server allows past an invocation's deadline before it
+/// kills the worker (the worker normally reports `TIME_OUT` itself).
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+
+/// Longest a single frame may take to arrive once it has started. A worker
+/// that sends half a frame and stalls is killed.
+pub const FRAME_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Forge's log limit per invocation; also enforced here, since the worker's
+/// own accounting cannot be trusted.
+pub const MAX_LOG_LINES: u32 = 100;
+pub const MAX_LOG_BYTES: u32 = 200 * 1024;
+
+/// Host calls one invocation may make.
+pub const MAX_HOST_CALLS: u32 = 1_000;
+
+/// The JavaScript stack per invocation.
+pub const STACK_BYTES: u64 = 1024 * 1024;
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The executable started as a worker (the `kiln` binary) and its
+    /// arguments (`__worker`).
+    pub worker_executable: PathBuf,
+    pub worker_args: Vec<OsString>,
+    pub namespaces: NamespacePolicy,
+    /// Cap on any function's `memoryMB`.
+    pub max_memory_mb: u32,
+    /// Workers per app.
+    pub pool_size: usize,
+    /// A worker is replaced after this many invocations.
+    pub recycle_after: u32,
+    /// Let workers write to the server's stderr (development only).
+    pub inherit_stderr: bool,
+}
+
+impl SandboxConfig {
+    /// Defaults for workers that are this very executable with `__worker`.
+    pub fn for_current_exe() -> Result<Self, SandboxError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| SandboxError::Platform(format!("cannot find the kiln executable: {e}")))?;
+        Ok(SandboxConfig {
+            worker_executable: exe,
+            worker_args: vec!["__worker".into()],
+            namespaces: NamespacePolicy::Require,
+            max_memory_mb: 1024,
+            pool_size: 2,
+            recycle_after: 1_000,
+            inherit_stderr: false,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Jail(#[from] kiln_jail::JailError),
+    #[error("{module}: {message}")]
+    Compile { module: String, message: String },
+    #[error("{0}")]
+    Platform(String),
+}
+
+/// What kind of caller an invocation has; it sets the default deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A user in the product (resolvers, UI): 25 s.
+    User,
+    /// A web trigger: 55 s.
+    WebTrigger,
+    /// A product event, scheduled trigger or queue consumer: 55 s, or the
+    /// function's `timeoutSeconds` (at most 900).
+    Background { timeout_seconds: Option<u32> },
+}
+
+impl Caller {
+    pub fn deadline(self) -> Duration {
+        match self {
+            Caller::User => Duration::from_secs(25),
+            Caller::WebTrigger => Duration::from_secs(55),
+            Caller::Background { timeout_seconds } => {
+                Duration::from_secs(u64::from(timeout_seconds.unwrap_or(55).clamp(1, 900)))
+            }
+        }
+    }
+}
+
+/// One function call to make.
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    pub function: String,
+    pub payload: serde_json::Value,
+    pub context: serde_json::Value,
+    pub caller: Caller,
+    pub memory_mb: u32,
+    /// Overrides the caller's deadline (tests and benchmarks).
+    pub deadline: Option<Duration>,
+}
+
+/// How an invocation went.
+#[derive(Debug, Clone)]
+pub struct InvokeResult {
+    pub outcome: Outcome,
+    pub logs: Vec<(LogLevel, String)>,
+    pub duration: Duration,
+}
+
+/// The server's side of host calls: every call a worker makes is decided
+/// here, against the invocation's grants.
+pub trait HostHandler {
+    fn handle(&mut self, capability: &str, args: serde_json::Value) -> HostReply;
+}
+
+/// Grants no capability at all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCapabilities;
+
+impl HostHandler for NoCapabilities {
+    fn handle(&mut self, capability: &str, _args: serde_json::Value) -> HostReply {
+        HostReply::Err {
+            code: "CAPABILITY_NOT_AVAILABLE".into(),
+            message: format!("the host offers no '{capability}' capability to this invocation"),
+        }
+    }
+}
+
+/// The worker pools of every app this process runs.
+#[derive(Debug)]
+pub struct Sandbox {
+    config: SandboxConfig,
+    programs: Mutex<HashMap<(String, Sha256), Arc<Program>>>,
+    pools: Mutex<HashMap<(String, Sha256), Arc<Pool>>>,
+}
+
+impl Sandbox {
+    /// A sandbox; with [`NamespacePolicy::Require`] this checks at once that
+    /// jailed workers can start here, and refuses to run otherwise.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        if config.namespaces == NamespacePolicy::Require {
+            kiln_jail::probe_namespaces()?;
+        }
+        Ok(Sandbox { config, programs: Mutex::new(HashMap::new()), pools: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The app's compiled program, compiling it in a fresh jailed worker the
+    /// first time.
+    pub fn program(&self, app: &str, hash: &Sha256, bundle: &Bundle) -> Result<Arc<Program>, SandboxError> {
+        let key = (app.to_owned(), *hash);
+        if let Some(p) = lock(&self.programs).get(&key) {
+            return Ok(p.clone());
+        }
+        let compiled = self.compile(bundle)?;
+        let program = Arc::new(compiled);
+        lock(&self.programs).insert(key, program.clone());
+        Ok(program)
+    }
+
+    fn compile(&self, bundle: &Bundle) -> Result<Program, SandboxError> {
+        let modules: Vec<SourceModule> = bundle
+            .modules
+            .iter()
+            .map(|(id, m)| SourceModule {
+                id: id.clone(),
+                kind: ipc_kind(m.kind),
+                code: m.code.clone(),
+                exports: m.exports.clone(),
+                uses_require: m.uses_require,
+            })
+            .collect();
+        let imports = imports_of(bundle);
+        let kinds = bundle.modules.iter().map(|(id, m)| (id.clone(), ipc_kind(m.kind))).collect();
+        let mut worker = self.start_worker(512)?;
+        let deadline = Instant::now() + COMPILE_TIMEOUT;
+        worker.send(&ToWorker::Compile { modules, imports: imports.clone() })?;
+        let reply = worker.receive(deadline, MAX_PROGRAM_FRAME_BYTES);
+        let _ = worker.send(&ToWorker::Shutdown {});
+        worker.kill();
+        match reply {
+            Ok(FromWorker::Compiled { modules }) => Ok(Program { modules, kinds, imports }),
+            Ok(FromWorker::CompileFailed { module, message }) => {
+                Err(SandboxError::Compile { module, message })
+            }
+            Ok(_) => Err(SandboxError::Platform("the compile worker answered out of turn".into())),
+            Err(e) => Err(SandboxError::Platform(format!("the compile worker failed: {}", e.message))),
+        }
+    }
+
+    /// Run `request` for the app whose bundle is `bundle` (digest `hash`).
+    pub fn invoke(
+        &self,
+        app: &str,
+        hash: &Sha256,
+        bundle: &Bundle,
+        request: &InvokeRequest,
+        host: &mut dyn HostHandler,
+    ) -> Result<InvokeResult, SandboxError> {
+        let Some(entry) = bundle.entries.get(&request.function) else {
+            return Err(SandboxError::Platform(format!("the app has no function '{}'", request.function)));
+        };
+        let memory_mb = request.memory_mb.clamp(16, self.config.max_memory_mb);
+        let pool = self.pool(app, hash, bundle, memory_mb)?;
+        let deadline_in = request.deadline.unwrap_or_else(|| request.caller.deadline());
+        let invocation = Invocation {
+            id: random_id(),
+            module: entry.module.clone(),
+            export: entry.export.clone(),
+            payload: request.payload.to_string(),
+            context: request.context.to_string(),
+            limits: Limits {
+                memory_bytes: u64::from(memory_mb) << 20,
+                stack_bytes: STACK_BYTES,
+                deadline_ms: u64::try_from(deadline_in.as_millis()).unwrap_or(u64::MAX),
+                max_log_lines: MAX_LOG_LINES,
+                max_log_bytes: MAX_LOG_BYTES,
+                max_result_bytes: u32::try_from(kiln_ipc::MAX_PAYLOAD_BYTES).unwrap_or(u32::MAX),
+            },
+        };
+        Ok(pool.invoke(self, &invocation, deadline_in, host))
+    }
+
+    fn pool(
+        &self,
+        app: &str,
+        hash: &Sha256,
+        bundle: &Bundle,
+        memory_mb: u32,
+    ) -> Result<Arc<Pool>, SandboxError> {
+        let key = (app.to_owned(), *hash);
+        if let Some(pool) = lock(&self.pools).get(&key) {
+            return Ok(pool.clone());
+        }
+        let program = self.program(app, hash, bundle)?;
+        let pool = Arc::new(Pool {
+            program,
+            memory_mb,
+            idle: Mutex::new(PoolState { idle: Vec::new(), live: 0 }),
+            available: Condvar::new(),
+            size: self.config.pool_size.max(1),
+        });
+        // Pre-start the pool so the first invocations find warm workers.
+        for _ in 0..pool.size {
+            let worker = pool.start(self)?;
+            let mut state = lock(&pool.idle);
+            state.live += 1;
+            state.idle.push(worker);
+        }
+        lock(&self.pools).entry(key).or_insert(pool.clone());
+        Ok(pool)
+    }
+
+    fn start_worker(&self, memory_mb: u32) -> Result<Worker, SandboxError> {
+        let spec = WorkerSpec {
+            executable: self.config.worker_executable.clone(),
+            args: self.config.worker_args.clone(),
+            limits: ProcessLimits {
+                // The engine's limit plus room for the executable, the
+                // program's bytecode and the allocator.
+                address_space_bytes: (u64::from(memory_mb) + 1024) << 20,
+                cpu_seconds: 3_600,
+            },
+            namespaces: self.config.namespaces,
+            inherit_stderr: self.config.inherit_stderr,
+        };
+        let spawned = kiln_jail::spawn(&spec)?;
+        spawned
+            .channel
+            .set_read_timeout(Some(FRAME_STALL_TIMEOUT))
+            .map_err(|e| SandboxError::Platform(format!("cannot configure the worker channel: {e}")))?;
+        let mut worker = Worker { child: spawned.child, channel: spawned.channel, served: 0, jail: None };
+        match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
+            Ok(FromWorker::Ready { protocol, jail }) if protocol == kiln_ipc::PROTOCOL_VERSION => {
+                if !jail.seccomp || (self.config.namespaces == NamespacePolicy::Require && !jail.namespaces) {
+                    worker.kill();
+                    return Err(SandboxError::Platform(format!(
+                        "the worker is not jailed as required: {jail:?}"
+                    )));
+                }
+                worker.jail = Some(jail);
+                Ok(worker)
+            }
+            Ok(other) => {
+                worker.kill();
+                Err(SandboxError::Platform(format!("the worker did not start properly: {other:?}")))
+            }
+            Err(e) => {
+                worker.kill();
+                Err(SandboxError::Platform(format!("the worker did not start: {}", e.message)))
+            }
+        }
+    }
+}
+
+/// One app's workers.
+#[derive(Debug)]
+struct Pool {
+    program: Arc<Program>,
+    memory_mb: u32,
+    idle: Mutex<PoolState>,
+    available: Condvar,
+    size: usize,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    idle: Vec<Worker>,
+    /// Workers that exist, idle or busy.
+    live: usize,
+}
+
+impl Pool {
+    fn start(&self, sandbox: &Sandbox) -> Result<Worker, SandboxError> {
+        let mut worker = sandbox.start_worker(self.memory_mb)?;
+        worker.send(&ToWorker::Load { program: (*self.program).clone() })?;
+        match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
+            Ok(FromWorker::Loaded {}) => Ok(worker),
+            Ok(other) => {
+                worker.kill();
+                Err(SandboxError::Platform(format!("the worker did not load the program: {other:?}")))
+            }
+            Err(e) => {
+                worker.kill();
+                Err(SandboxError::Platform(format!("the worker did not load the program: {}", e.message)))
+            }
+        }
+    }
+
+    /// Take an idle worker, start one if the pool has room, or wait.
+    fn checkout(&self, sandbox: &Sandbox, until: Instant) -> Result<Worker, InvocationError> {
+        let mut state = lock(&self.idle);
+        loop {
+            if let Some(worker) = state.idle.pop() {
+                return Ok(worker);
+            }
+            if state.live < self.size {
+                state.live += 1;
+                drop(state);
+                return self.start(sandbox).map_err(|e| {
+                    lock(&self.idle).live -= 1;
+                    self.available.notify_one();
+                    InvocationError::new(ErrorCode::PlatformError, format!("cannot start a worker: {e}"))
+                });
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Err(InvocationError::new(
+                    ErrorCode::PlatformError,
+                    format!("all {} workers of this app stayed busy until the deadline", self.size),
+                ));
+            }
+            state = match self.available.wait_timeout(state, until - now) {
+                Ok((s, _)) => s,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    fn checkin(&self, worker: Worker, healthy: bool, recycle_after: u32) {
+        let mut state = lock(&self.idle);
+        if healthy && worker.served < recycle_after {
+            state.idle.push(worker);
+        } else {
+            let mut worker = worker;
+            worker.kill();
+            state.live -= 1;
+        }
+        drop(state);
+        self.available.notify_one();
+    }
+
+    fn invoke(
+        &self,
+        sandbox: &Sandbox,
+        invocation: &Invocation,
+        deadline_in: Duration,
+        host: &mut dyn HostHandler,
+    ) -> InvokeResult {
+        let started = Instant::now();
+        let deadline = started + deadline_in;
+        let mut logs = Vec::new();
+        let mut worker = match self.checkout(sandbox, deadline) {
+            Ok(w) => w,
+            Err(e) => return InvokeResult { outcome: Outcome::Err(e), logs, duration: started.elapsed() },
+        };
+        worker.served += 1;
+        let (outcome, healthy) = worker.run(invocation, deadline + DEADLINE_GRACE, host, &mut logs);
+        self.checkin(worker, healthy, sandbox.config.recycle_after);
+        InvokeResult { outcome, logs, duration: started.elapsed() }
+    }
+}
+
+/// A running worker process and its channel.
+#[derive(Debug)]
+struct Worker {
+    child: Child,
+    channel: UnixStream,
+    served: u32,
+    jail: Option<JailReport>,
+}
+
+impl Worker {
+    fn send(&mut self, message: &ToWorker) -> Result<(), SandboxError> {
+        write_frame(&mut self.channel, message)
+            .map_err(|e| SandboxError::Platform(format!("cannot reach the worker: {e}")))
+    }
+
+    /// The next message, or why there is none (timed out, died, broke the protocol).
+    fn receive(&mut self, until: Instant, limit: usize) -> Result<FromWorker, InvocationError> {
+        let remaining = until.saturating_duration_since(Instant::now());
+        match kiln_jail::wait_readable(&self.channel, remaining) {
+            Ok(true) => {}
+            Ok(false) => return Err(InvocationError::new(ErrorCode::TimeOut, "the deadline passed")),
+            Err(e) => {
+                return Err(InvocationError::new(ErrorCode::PlatformError, format!("worker channel: {e}")));
+            }
+        }
+        read_frame(&mut self.channel, limit).map_err(|e| match e {
+            kiln_ipc::IpcError::Closed => self.death(),
+            kiln_ipc::IpcError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                self.death()
+            }
+            other => InvocationError::new(
+                ErrorCode::PlatformError,
+                format!("the worker broke the protocol: {other}"),
+            ),
+        })
+    }
+
+    /// Why the worker is gone, from its exit status.
+    fn death(&mut self) -> InvocationError {
+        let status = self.child.wait();
+        let why = match status {
+            Ok(s) => match s.signal() {
+                Some(31) => "the sandbox killed the worker: it attempted a forbidden system call".to_owned(),
+                Some(9) => "the worker was killed".to_owned(),
+                Some(24) => "the worker exceeded its CPU time limit".to_owned(),
+                Some(6) | Some(11) | Some(7) => {
+                    format!("the JavaScript engine crashed (signal {})", s.signal().unwrap_or(0))
+                }
+                Some(sig) => format!("the worker died from signal {sig}"),
+                None => format!("the worker exited with status {}", s.code().unwrap_or(-1)),
+            },
+            Err(e) => format!("the worker vanished: {e}"),
+        };
+        InvocationError::new(ErrorCode::PlatformError, why)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Run one invocation; returns the outcome and whether the worker may
+    /// serve again.
+    fn run(
+        &mut self,
+        invocation: &Invocation,
+        hard_deadline: Instant,
+        host: &mut dyn HostHandler,
+        logs: &mut Vec<(LogLevel, String)>,
+    ) -> (Outcome, bool) {
+        if let Err(e) = self.send(&ToWorker::Invoke { invocation: invocation.clone() }) {
+            let mut err = self.death();
+            err.message = format!("{}: {err_message}", e, err_message = err.message);
+            return (Outcome::Err(err), false);
+        }
+        let (mut log_lines, mut log_bytes, mut calls) = (0u32, 0usize, 0u32);
+        loop {
+            let message = match self.receive(hard_deadline, MAX_FRAME_BYTES) {
+                Ok(m) => m,
+                Err(e) if e.code == ErrorCode::TimeOut => {
+                    self.kill();
+                    let message =
+                        format!("the function did not finish within {} ms", invocation.limits.deadline_ms);
+                    return (Outcome::Err(InvocationError::new(ErrorCode::TimeOut, message)), false);
+                }
+                Err(e) => {
+                    self.kill();
+                    return (Outcome::Err(e), false);
+                }
+            };
+            match message {
+                FromWorker::Log { level, text } => {
+                    log_lines += 1;
+                    log_bytes += text.len();
+                    // The worker bounds logs too; this holds if it lies.
+                    if log_lines <= MAX_LOG_LINES + 1 && log_bytes <= MAX_LOG_BYTES as usize + 1024 {
+                        logs.push((level, text));
+                    }
+                }
+                FromWorker::HostCall { call, capability, args } => {
+                    calls += 1;
+                    let reply = if calls > MAX_HOST_CALLS {
+                        HostReply::Err {
+                            code: "TOO_MANY_CALLS".into(),
+                            message: format!("an invocation may make at most {MAX_HOST_CALLS} host calls"),
+                        }
+                    } else {
+                        host.handle(&capability, args)
+                    };
+                    if self.send(&ToWorker::HostReply { call, reply }).is_err() {
+                        return (Outcome::Err(self.death()), false);
+                    }
+                }
+                FromWorker::Done { outcome } => {
+                    let healthy = !matches!(&outcome, Outcome::Err(e) if e.code == ErrorCode::PlatformError);
+                    let outcome = match outcome {
+                        Outcome::Ok { result } if result.len() > kiln_ipc::MAX_PAYLOAD_BYTES => Outcome::Err(
+                            InvocationError::new(ErrorCode::FunctionError, "the result is larger than 5 MB"),
+                        ),
+                        other => other,
+                    };
+                    return (outcome, healthy);
+                }
+                other => {
+                    self.kill();
+                    let message =
+                        format!("the worker broke the protocol during an invocation: {}", variant(&other));
+                    return (Outcome::Err(InvocationError::new(ErrorCode::PlatformError, message)), false);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn variant(m: &FromWorker) -> &'static str {
+    match m {
+        FromWorker::Ready { .. } => "ready",
+        FromWorker::Compiled { .. } => "compiled",
+        FromWorker::CompileFailed { .. } => "compileFailed",
+        FromWorker::Loaded {} => "loaded",
+        FromWorker::HostCall { .. } => "hostCall",
+        FromWorker::Log { .. } => "log",
+        FromWorker::Done { .. } => "done",
+    }
+}
+
+fn ipc_kind(kind: kiln_bundle::ModuleKind) -> kiln_ipc::ModuleKind {
+    match kind {
+        kiln_bundle::ModuleKind::Esm => kiln_ipc::ModuleKind::Esm,
+        kiln_bundle::ModuleKind::CommonJs => kiln_ipc::ModuleKind::CommonJs,
+        kiln_bundle::ModuleKind::Json => kiln_ipc::ModuleKind::Json,
+    }
+}
+
+fn imports_of(
+    bundle: &Bundle,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, kiln_ipc::Import>> {
+    bundle
+        .modules
+        .iter()
+        .map(|(id, m)| {
+            let imports = m
+                .imports
+                .iter()
+                .map(|(spec, target)| {
+                    let t = match target {
+                        kiln_bundle::Import::Module(t) => kiln_ipc::Import::Module(t.clone()),
+                        kiln_bundle::Import::Builtin(b) => kiln_ipc::Import::Builtin(b.clone()),
+                    };
+                    (spec.clone(), t)
+                })
+                .collect();
+            (id.clone(), imports)
+        })
+        .collect()
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = kiln_crypto::fill_random(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The deadline a function gets, from the modules that use it: the lowest
+/// applies when several do, as in Forge.
+pub fn caller_for(manifest: &kiln_manifest::Manifest, function: &str) -> Caller {
+    let m = &manifest.modules;
+    let refers =
+        |t: &kiln_manifest::Target| matches!(t, kiln_manifest::Target::Function(k) if k.as_str() == function);
+    let timeout = manifest.function(function).and_then(|f| f.timeout_seconds);
+    let user = m.others.iter().any(|o| {
+        o.resolver.as_ref().is_some_and(refers) || o.function.as_ref().is_some_and(|f| f.as_str() == function)
+    });
+    let web = m.webtriggers.iter().any(|w| refers(&w.target));
+    if user {
+        Caller::User
+    } else if web {
+        Caller::WebTrigger
+    } else {
+        Caller::Background { timeout_seconds: timeout }
+    }
+}

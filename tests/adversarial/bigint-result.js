@@ -1,0 +1,2 @@
+// expect: FUNCTION_ERROR "BigInt"
+export function run() { return { n: 10n }; }

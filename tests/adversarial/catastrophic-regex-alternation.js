@@ -1,0 +1,2 @@
+// expect: TIME_OUT
+export function run() { return /^(a|aa)+$/.test('a'.repeat(60) + 'b'); }

@@ -1,0 +1,2 @@
+// expect: FUNCTION_ERROR "cycle at result.self"
+export function run() { const o = {}; o.self = o; return o; }

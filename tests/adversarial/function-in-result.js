@@ -1,0 +1,2 @@
+// expect: FUNCTION_ERROR "a function at result.callback"
+export function run() { return { callback() {} }; }

@@ -1,0 +1,2 @@
+// expect: TIME_OUT
+export async function run() { await new Promise(() => { for (;;) {} }); }

@@ -1,0 +1,2 @@
+// expect: FUNCTION_OUT_OF_MEMORY
+export function run() { const m = new Map(); for (let i = 0; ; i++) m.set(i, { i }); }

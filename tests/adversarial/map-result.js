@@ -1,0 +1,2 @@
+// expect: FUNCTION_ERROR "Map or Set"
+export function run() { return new Map([[1, 2]]); }

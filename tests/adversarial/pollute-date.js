@@ -1,0 +1,2 @@
+// expect: OK 0
+export function run() { Date.now = () => 0; return Date.now(); }

@@ -1,0 +1,2 @@
+// expect: OK true
+export function run() { Object.prototype.isAdmin = true; return ({}).isAdmin; }

@@ -1,0 +1,2 @@
+// expect: FUNCTION_ERROR "a Promise"
+export function run() { return { later: Promise.resolve(1) }; }

@@ -1,0 +1,2 @@
+// expect: FUNCTION_ERROR "trap"
+export function run() { return new Proxy({ a: 1 }, { get() { throw new Error('trap'); } }); }

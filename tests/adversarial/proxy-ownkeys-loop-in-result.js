@@ -1,0 +1,2 @@
+// expect: TIME_OUT
+export function run() { return new Proxy({}, { ownKeys() { for (;;) {} } }); }

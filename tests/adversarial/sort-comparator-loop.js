@@ -1,0 +1,2 @@
+// expect: TIME_OUT
+export function run() { [3, 1, 2].sort(() => { for (;;) {} }); }

@@ -1,0 +1,2 @@
+// expect: FUNCTION_ERROR "uncaught \"nope\""
+export function run() { throw 'nope'; }
