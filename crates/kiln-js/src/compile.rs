@@ -62,8 +62,29 @@ pub fn compile(
             pending.insert(name, (source.id.clone(), code));
         }
     }
-    let shared = Rc::new(RefCell::new(Compiling { pending, done: Vec::new(), failure: None }));
     let links = Links::new(sources.iter().map(|s| (s.id.clone(), s.kind)), imports.clone());
+    compile_modules(runtime, pending, links)
+}
+
+/// Compile Kiln's own modules (the prelude, the built-ins) to bytecode.
+pub(crate) fn compile_trusted(modules: &[(&str, &str)]) -> Result<Vec<CompiledModule>, CompileError> {
+    let runtime = Runtime::new().map_err(|e| CompileError::Engine(e.to_string()))?;
+    runtime.set_max_stack_size(super::COMPILE_STACK_BYTES);
+    let pending = modules
+        .iter()
+        .map(|(name, code)| ((*name).to_owned(), ((*name).to_owned(), (*code).to_owned())))
+        .collect();
+    compile_modules(runtime, pending, Links::default())
+}
+
+/// Compile engine modules (name → (bundle id, source)) in `runtime`.
+fn compile_modules(
+    runtime: Runtime,
+    pending: BTreeMap<String, (String, String)>,
+    links: Links,
+) -> Result<Vec<CompiledModule>, CompileError> {
+    let engine = |e: rquickjs::Error| CompileError::Engine(e.to_string());
+    let shared = Rc::new(RefCell::new(Compiling { pending, done: Vec::new(), failure: None }));
     runtime.set_loader(CompileResolver { links, shared: shared.clone() }, CompileLoader(shared.clone()));
     let context = Context::full(&runtime).map_err(engine)?;
     context.with(|ctx| {
@@ -154,27 +175,14 @@ impl Loader for CompileLoader {
         name: &str,
         _attributes: Option<ImportAttributes<'js>>,
     ) -> rquickjs::Result<Module<'js, rquickjs::module::Declared>> {
-        if name.starts_with("builtin:") {
+        let ours = self.0.borrow().pending.contains_key(name);
+        if !ours && name.starts_with("builtin:") {
             // Built-ins are linked in the worker; an empty stand-in lets the
             // importer compile.
             return Module::declare(ctx.clone(), name, "");
         }
         load_one(ctx, &self.0, name).map_err(|message| rquickjs::Error::new_loading_message(name, message))
     }
-}
-
-/// Compile Kiln's own module (the prelude) to bytecode.
-pub(crate) fn compile_trusted(name: &str, source: &str) -> Result<Vec<u8>, String> {
-    let runtime = Runtime::new().map_err(|e| e.to_string())?;
-    runtime.set_max_stack_size(super::COMPILE_STACK_BYTES);
-    let context = Context::full(&runtime).map_err(|e| e.to_string())?;
-    context.with(|ctx| {
-        let declared = Module::declare(ctx.clone(), name, source).catch(&ctx).map_err(|e| describe(&e))?;
-        declared
-            .write(WriteOptions { strip_source: true, ..WriteOptions::default() })
-            .catch(&ctx)
-            .map_err(|e| describe(&e))
-    })
 }
 
 fn describe(error: &CaughtError<'_>) -> String {

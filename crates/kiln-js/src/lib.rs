@@ -40,7 +40,16 @@ pub use compile::{CompileError, compile};
 
 /// Name of Kiln's prelude module (console, timers, URL, ...).
 const PRELUDE: &str = "kiln:prelude";
-const PRELUDE_SOURCE: &str = include_str!("../js/prelude.js");
+
+/// Kiln's own modules, compiled in every worker from this source.
+const KILN_MODULES: [(&str, &str); 6] = [
+    (PRELUDE, include_str!("../js/prelude.js")),
+    ("builtin:kiln:unsupported", include_str!("../js/builtins/unsupported.js")),
+    ("builtin:@forge/api", include_str!("../js/builtins/forge-api.js")),
+    ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),
+    ("builtin:@forge/resolver", include_str!("../js/builtins/forge-resolver.js")),
+    ("builtin:@forge/events", include_str!("../js/builtins/forge-events.js")),
+];
 
 /// Stack given to a compile run; compiling is recursive over the syntax tree.
 const COMPILE_STACK_BYTES: usize = 1024 * 1024;
@@ -126,7 +135,7 @@ impl Links {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("the prelude failed to compile: {0}")]
+    #[error("Kiln's own modules failed to compile: {0}")]
     Prelude(String),
 }
 
@@ -138,10 +147,10 @@ impl Program {
     /// the engine, which is why it never comes from outside and why a
     /// worker only ever loads its own app's).
     pub fn load(program: kiln_ipc::Program) -> Result<&'static Program, LoadError> {
-        let prelude = compile::compile_trusted(PRELUDE, PRELUDE_SOURCE).map_err(LoadError::Prelude)?;
-        let mut table: Vec<(&'static str, &'static [u8])> = Vec::with_capacity(program.modules.len() + 1);
-        table.push((PRELUDE, Box::leak(prelude.into_boxed_slice())));
-        for CompiledModule { name, code } in program.modules {
+        let ours = compile::compile_trusted(&KILN_MODULES).map_err(|e| LoadError::Prelude(e.to_string()))?;
+        let mut table: Vec<(&'static str, &'static [u8])> =
+            Vec::with_capacity(program.modules.len() + ours.len());
+        for CompiledModule { name, code } in ours.into_iter().chain(program.modules) {
             table.push((Box::leak(name.into_boxed_str()), Box::leak(code.into_boxed_slice())));
         }
         let program = Program {

@@ -404,3 +404,32 @@ fn syntax_errors_fail_at_compile_time_with_the_module_named() {
     let e = compile(&sources, &BTreeMap::new()).unwrap_err().to_string();
     assert!(e.starts_with("src/bad.js: "), "{e}");
 }
+
+#[test]
+fn forge_modules_link_resolver_works_and_the_rest_says_it_is_unsupported() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"import Resolver from '@forge/resolver';
+import api, { route } from '@forge/api';
+import { kvs } from '@forge/kvs';
+const resolver = new Resolver();
+resolver.define('hello', ({ payload, context }) => ({ hi: payload.name, account: context.accountId }));
+export const handler = resolver.getDefinitions();
+export const useApi = async () => { try { await api.asApp().requestJira(route`/rest/api/3/myself`); } catch (e) { return { name: e.name, message: e.message }; } };
+export const useKvs = async () => { await kvs.get('k'); };"#,
+        )
+        .import("src/index.js", "@forge/resolver", "builtin:@forge/resolver")
+        .import("src/index.js", "@forge/api", "builtin:@forge/api")
+        .import("src/index.js", "@forge/kvs", "builtin:@forge/kvs")
+        .load();
+    let payload =
+        r#"{"call": {"functionKey": "hello", "payload": {"name": "kiln"}}, "context": {"accountId": "a-1"}}"#;
+    let (outcome, _) = invoke_with(p, "src/index.js", "handler", payload, limits());
+    assert_eq!(ok(outcome), serde_json::json!({"hi": "kiln", "account": "a-1"}));
+    let v = ok(invoke(p, "src/index.js", "useApi"));
+    assert_eq!(v["name"], "NotSupportedError");
+    assert_eq!(v["message"], "@forge/api route is not supported by Kiln yet");
+    let e = err(invoke(p, "src/index.js", "useKvs"));
+    assert_eq!(e.message, "NotSupportedError: @forge/kvs kvs.get is not supported by Kiln yet");
+}

@@ -6,8 +6,9 @@
 //! 1 a refused or failed action, 2 bad input or usage.
 //!
 //! Commands from the design brief that are not here yet (`dev`, `serve`,
-//! `invoke`, `lint`, `scan`, ...) are not stubbed: clap reports them as
-//! unknown until they exist.
+//! `lint`, `scan`, ...) are not stubbed: clap reports them as unknown until
+//! they exist. The hidden `__worker` argument turns this process into a
+//! sandbox worker (see `kiln-sandbox`).
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
@@ -47,6 +48,31 @@ enum Command {
     Rollback(RollbackArgs),
     /// List the app's versions and which installations run which
     Versions(VersionsArgs),
+    /// Run one function of the app in APP_DIR in the sandbox and print its result as JSON
+    Invoke(InvokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct InvokeArgs {
+    /// The function module's key (modules.function[].key)
+    function: String,
+    /// The app directory, holding manifest.yml and src/
+    #[arg(default_value = ".")]
+    app_dir: PathBuf,
+    /// The payload passed as the handler's first argument (JSON)
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// The context passed as the handler's second argument (JSON)
+    #[arg(long)]
+    context: Option<String>,
+    /// Stop the function after this many milliseconds instead of its module's limit
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Run app code WITHOUT user, network and mount namespaces (seccomp,
+    /// Landlock and rlimits still apply). For machines that cannot create
+    /// namespaces; never for production.
+    #[arg(long)]
+    insecure_skip_namespaces: bool,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +206,11 @@ fn usage(message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // A worker process: jail and serve before anything else runs (no async
+    // runtime, no argument parsing beyond this).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__worker") {
+        return kiln_sandbox::worker::worker_main();
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -215,6 +246,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Upgrade(args) => upgrade(&data_dir, args).await,
+        Command::Invoke(args) => invoke(args),
         Command::Rollback(args) => {
             let store = open(&data_dir).await?;
             let app = app_id(&args.app.app)?;
@@ -301,6 +333,69 @@ async fn upgrade(data_dir: &Path, args: UpgradeArgs) -> Result<(), Failure> {
     let done = kiln_apps::upgrade(&store, &app, env, site, product, plan.to, consent).await?;
     println!("Upgraded {} ({}) from {} to {}.", done.site, done.product, done.from, done.to);
     Ok(())
+}
+
+/// Bundle the app in APP_DIR and run one function through a pool of jailed
+/// workers, exactly as the server will.
+fn invoke(args: InvokeArgs) -> Result<(), Failure> {
+    let payload: serde_json::Value =
+        serde_json::from_str(&args.payload).map_err(|e| usage(format!("--payload is not JSON: {e}")))?;
+    let context: serde_json::Value = match &args.context {
+        Some(c) => serde_json::from_str(c).map_err(|e| usage(format!("--context is not JSON: {e}")))?,
+        None => serde_json::json!({ "installContext": "ari:cloud:jira::site/kiln-local" }),
+    };
+    let variables = |name: &str| std::env::var(name).ok();
+    let parsed = kiln_manifest::load(&args.app_dir, &variables).map_err(|e| usage(e.to_string()))?;
+    let manifest = parsed.manifest;
+    let Some(function) = manifest.function(&args.function) else {
+        let known: Vec<&str> = manifest.modules.functions.iter().map(|f| f.key.as_str()).collect();
+        return Err(usage(format!(
+            "the app has no function '{}'; its functions are: {}",
+            args.function,
+            known.join(", ")
+        )));
+    };
+    let memory_mb = function.memory_mb.unwrap_or(manifest.app.runtime.memory_mb);
+    let built = kiln_bundle::build(&args.app_dir, &manifest).map_err(|e| usage(e.to_string()))?;
+    let mut config = kiln_sandbox::SandboxConfig::for_current_exe()
+        .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    config.pool_size = 1;
+    if args.insecure_skip_namespaces {
+        eprintln!(
+            "WARNING: --insecure-skip-namespaces: app code runs WITHOUT user, network and mount namespaces. \
+             Seccomp, Landlock and resource limits still apply. Never use this in production."
+        );
+        config.namespaces = kiln_sandbox::Namespaces::InsecureSkipNamespaces;
+    }
+    let sandbox =
+        kiln_sandbox::Sandbox::new(config).map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    let request = kiln_sandbox::InvokeRequest {
+        function: args.function.clone(),
+        payload,
+        context,
+        caller: kiln_sandbox::caller_for(&manifest, &args.function),
+        memory_mb,
+        deadline: args.timeout_ms.map(std::time::Duration::from_millis),
+    };
+    let app = manifest.app.id.to_string();
+    let result = sandbox
+        .invoke(&app, &built.hash, &built.bundle, &request, &mut kiln_sandbox::NoCapabilities)
+        .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    for (level, text) in &result.logs {
+        eprintln!("[{level}] {text}");
+    }
+    match result.outcome {
+        kiln_ipc::Outcome::Ok { result } => {
+            let value: serde_json::Value =
+                serde_json::from_str(&result).unwrap_or(serde_json::Value::String(result));
+            output::json(&value);
+            Ok(())
+        }
+        kiln_ipc::Outcome::Err(e) => {
+            output::json(&serde_json::json!({ "error": e }));
+            Err(Failure { code: 1, message: format!("{}: {}", e.code, e.message) })
+        }
+    }
 }
 
 /// `--data-dir`, else `KILN_DATA_DIR`, else the platform's user data directory.
