@@ -66,8 +66,8 @@ pub struct WorkerSpec {
     pub args: Vec<OsString>,
     pub limits: ProcessLimits,
     pub namespaces: NamespacePolicy,
-    /// Give the worker the server's stderr (for diagnostics in development);
-    /// otherwise it has none.
+    /// Forward the worker's stderr to the server's (for diagnostics in
+    /// development); otherwise it has none.
     pub inherit_stderr: bool,
 }
 
@@ -100,18 +100,22 @@ pub struct Spawned {
 
 /// Start a jailed worker. See the crate documentation for the steps.
 pub fn spawn(spec: &WorkerSpec) -> Result<Spawned, JailError> {
+    // The worker starts in "/", so a relative path would no longer resolve.
+    let executable = std::fs::canonicalize(&spec.executable).map_err(JailError::Spawn)?;
     let (server_end, worker_end) = UnixStream::pair().map_err(JailError::Channel)?;
     let worker_fd = worker_end.as_raw_fd();
     let limits = spec.limits;
     let namespaces = spec.namespaces;
-    let mut command = Command::new(&spec.executable);
+    let mut command = Command::new(&executable);
     command
         .args(&spec.args)
         .env_clear()
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if spec.inherit_stderr { Stdio::inherit() } else { Stdio::null() });
+        // Forwarded through a pipe, never inherited: with RLIMIT_FSIZE = 0 a
+        // worker writing to an inherited *file* would be killed (SIGXFSZ).
+        .stderr(if spec.inherit_stderr { Stdio::piped() } else { Stdio::null() });
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe operations are allowed. It makes raw system calls
     // only (dup2, close_range, unshare, setrlimit, prctl), allocates nothing,
@@ -119,8 +123,18 @@ pub fn spawn(spec: &WorkerSpec) -> Result<Spawned, JailError> {
     unsafe {
         command.pre_exec(move || child_before_exec(worker_fd, limits, namespaces));
     }
-    let child = command.spawn().map_err(JailError::Spawn)?;
+    let mut child = command.spawn().map_err(JailError::Spawn)?;
     drop(worker_end);
+    if let Some(mut stderr) = child.stderr.take() {
+        let pid = child.id();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let reader = std::io::BufReader::new(&mut stderr);
+            for line in reader.lines().map_while(Result::ok) {
+                let _ = writeln!(std::io::stderr(), "[worker {pid}] {line}");
+            }
+        });
+    }
     Ok(Spawned { child, channel: server_end })
 }
 
@@ -129,10 +143,17 @@ fn child_before_exec(worker_fd: RawFd, limits: ProcessLimits, namespaces: Namesp
     // 1. The channel becomes fd 3 (dup2 clears close-on-exec on the copy).
     // SAFETY: dup2 on descriptors this process owns; no memory is involved.
     check(unsafe { libc::dup2(worker_fd, IPC_FD) })?;
-    // 2. Close every other inherited descriptor above stderr.
-    // SAFETY: close_range only closes descriptors; fds 0-3 stay open.
+    // 2. Every other inherited descriptor above the channel closes at exec.
+    //    (Marked close-on-exec rather than closed now: the standard library
+    //    reports a failed exec through a pipe of its own until then.)
+    // SAFETY: close_range only changes descriptor flags; fds 0-3 are untouched.
     check_long(unsafe {
-        libc::syscall(libc::SYS_close_range, (IPC_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0)
+        libc::syscall(
+            libc::SYS_close_range,
+            (IPC_FD + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
     })?;
     // 3. New namespaces: no network but a loopback that is down, private
     //    mounts, IPC and host name, and an unmapped user (no privileges
