@@ -22,14 +22,17 @@ mod compile;
 mod convert;
 mod natives;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kiln_ipc::{
     CompiledModule, ErrorCode, HostReply, Import, Invocation, InvocationError, LogLevel, ModuleKind, Outcome,
 };
+use rquickjs::context::intrinsic;
 use rquickjs::loader::bundle::Bundle;
 use rquickjs::loader::{ImportAttributes, Loader, Resolver};
 use rquickjs::{
@@ -42,8 +45,12 @@ pub use compile::{CompileError, compile};
 const PRELUDE: &str = "kiln:prelude";
 
 /// Kiln's own modules, compiled in every worker from this source.
-const KILN_MODULES: [(&str, &str); 6] = [
+const KILN_MODULES: [(&str, &str); 10] = [
     (PRELUDE, include_str!("../js/prelude.js")),
+    ("kiln:text", include_str!("../js/lazy/text.js")),
+    ("kiln:url", include_str!("../js/lazy/url.js")),
+    ("kiln:clone", include_str!("../js/lazy/clone.js")),
+    ("kiln:crypto", include_str!("../js/lazy/crypto.js")),
     ("builtin:kiln:unsupported", include_str!("../js/builtins/unsupported.js")),
     ("builtin:@forge/api", include_str!("../js/builtins/forge-api.js")),
     ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),
@@ -253,6 +260,22 @@ fn builtin_refusal(builtin: &str) -> String {
     }
 }
 
+/// The engine's built-in objects each context starts with: everything
+/// QuickJS offers except `performance` and `DOMException`, which the prelude
+/// defines lazily (building them eagerly costs a fifth of a fresh context).
+type Intrinsics = (
+    intrinsic::Date,
+    intrinsic::Eval,
+    intrinsic::RegExpCompiler,
+    intrinsic::RegExp,
+    intrinsic::Json,
+    intrinsic::Proxy,
+    intrinsic::MapSet,
+    intrinsic::TypedArrays,
+    intrinsic::Promise,
+    intrinsic::WeakRef,
+);
+
 /// State shared between the event loop and the native functions.
 #[derive(Default)]
 struct Loop {
@@ -268,6 +291,9 @@ struct Loop {
     logs_dropped: u32,
     /// Functions the prelude registered for the engine.
     installed: Option<rquickjs::Persistent<Object<'static>>>,
+    /// The invocation's limits and start, once it has started.
+    limits: Option<kiln_ipc::Limits>,
+    started: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -279,49 +305,221 @@ struct Timer {
 /// Run one invocation in a fresh runtime. Never panics on anything app code
 /// does; engine faults surface as errors, or end the process.
 pub fn run(program: &'static Program, invocation: &Invocation, host: &mut dyn Host) -> Outcome {
-    let start = Instant::now();
-    let deadline = start + Duration::from_millis(invocation.limits.deadline_ms);
-    let runtime = match Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return platform_error(format!("cannot create a runtime: {e}")),
-    };
-    runtime.set_memory_limit(usize::try_from(invocation.limits.memory_bytes).unwrap_or(usize::MAX));
-    runtime.set_max_stack_size(usize::try_from(invocation.limits.stack_bytes).unwrap_or(256 * 1024));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    runtime.set_interrupt_handler(Some(Box::new(move || {
-        if Instant::now() >= deadline {
-            flag.store(true, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
-    })));
-    runtime.set_loader(TableResolver(program), (Bundle(program.modules), BuiltinRefusal));
-    let context = match Context::full(&runtime) {
-        Ok(c) => c,
-        Err(e) => return platform_error(format!("cannot create a context: {e}")),
-    };
-    let state = std::rc::Rc::new(std::cell::RefCell::new(Loop::default()));
-    let outcome = context.with(|ctx| {
-        let mut call =
-            Call { ctx: ctx.clone(), state: state.clone(), invocation, deadline, interrupted: &interrupted };
-        let outcome = call.run(program, host);
-        call.flush(host);
-        if call.state.borrow().logs_dropped > 0 {
-            let dropped = call.state.borrow().logs_dropped;
-            host.log(
-                LogLevel::Warn,
-                format!("[kiln] log limit reached: {dropped} further lines were dropped"),
-            );
-        }
-        // Release the engine objects Rust still holds before the context goes.
-        call.state.borrow_mut().installed = None;
-        outcome
-    });
-    drop(context);
-    drop(runtime);
+    let (outcome, spent) = Prepared::new(program, None).run(invocation, host);
+    drop(spent);
     outcome
+}
+
+/// A fresh runtime and context with Kiln's prelude loaded, made before the
+/// invocation it will serve is known, so that creating them is off the
+/// critical path. Each one serves exactly one invocation ([`Prepared::run`]
+/// consumes it); nothing an invocation does can reach the next one's.
+pub struct Prepared {
+    program: &'static Program,
+    state: Rc<RefCell<Loop>>,
+    /// Nanoseconds after `clock` at which the interrupt handler stops the
+    /// engine; `u64::MAX` until an invocation starts.
+    deadline_nanos: Arc<AtomicU64>,
+    clock: Instant,
+    interrupted: Arc<AtomicBool>,
+    setup_error: Option<String>,
+    // Declared last: dropped after everything above that refers to it.
+    context: Option<Context>,
+    runtime: Option<Runtime>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("setup_error", &self.setup_error).finish_non_exhaustive()
+    }
+}
+
+/// What is left of a [`Prepared`] after its invocation: dropping it frees
+/// the runtime. Callers drop it after answering, so teardown costs no
+/// latency.
+#[derive(Debug)]
+pub struct Spent(#[expect(dead_code, reason = "held only to be dropped later")] Prepared);
+
+/// Memory and stack allowed while the prelude loads, before an invocation
+/// sets its own limits.
+const PREPARE_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+const PREPARE_STACK_BYTES: usize = 1024 * 1024;
+
+/// How long an app module's top-level code may run when it is loaded ahead
+/// of an invocation. Past it, the runtime is thrown away and the module
+/// loads inside the invocation instead, under the invocation's own deadline.
+pub const PRELOAD_DEADLINE: Duration = Duration::from_millis(250);
+
+/// Console limits while a module loads ahead of its invocation; its lines
+/// count towards that invocation's limits.
+const PRELOAD_LOG_LIMITS: kiln_ipc::Limits = kiln_ipc::Limits {
+    memory_bytes: PREPARE_MEMORY_BYTES as u64,
+    stack_bytes: PREPARE_STACK_BYTES as u64,
+    deadline_ms: 0,
+    max_log_lines: 100,
+    max_log_bytes: 200 * 1024,
+    max_result_bytes: 0,
+};
+
+impl Prepared {
+    /// A fresh runtime with the prelude loaded and, if `preload` names an app
+    /// module, that module evaluated too, as a serverless runtime evaluates
+    /// modules before the first event arrives. If the module cannot load
+    /// cleanly within [`PRELOAD_DEADLINE`] (it throws, awaits the host, runs
+    /// too long or too large), the result is a fresh runtime without it.
+    pub fn new(program: &'static Program, preload: Option<&str>) -> Prepared {
+        Prepared::with_preload(program, preload).0
+    }
+
+    /// As [`Prepared::new`], also saying whether the module was preloaded
+    /// (callers stop asking for modules that never preload cleanly).
+    pub fn with_preload(program: &'static Program, preload: Option<&str>) -> (Prepared, bool) {
+        let prepared = Prepared::base(program);
+        let Some(module) = preload else { return (prepared, false) };
+        if prepared.setup_error.is_some() || prepared.preload(module).is_err() {
+            drop(prepared);
+            return (Prepared::base(program), false);
+        }
+        (prepared, true)
+    }
+
+    fn preload(&self, module: &str) -> Result<(), ()> {
+        let (Some(context), Some(_)) = (&self.context, &self.runtime) else { return Err(()) };
+        let until = u64::try_from((self.clock.elapsed() + PRELOAD_DEADLINE).as_nanos()).unwrap_or(u64::MAX);
+        self.deadline_nanos.store(until, Ordering::Relaxed);
+        self.state.borrow_mut().limits = Some(PRELOAD_LOG_LIMITS);
+        let loaded = context.with(|ctx| -> Result<(), ()> {
+            let installed = self.state.borrow().installed.clone().ok_or(())?;
+            let entry: Function = installed.restore(&ctx).and_then(|o| o.get("entry")).map_err(drop)?;
+            entry.call::<_, Value>((module, "")).catch(&ctx).map_err(drop)?;
+            // Top-level await still pending means the module waits on
+            // something only the invocation can provide.
+            if ctx.execute_pending_job() {
+                return Err(());
+            }
+            Ok(())
+        });
+        let calls_made = !self.state.borrow().calls.is_empty();
+        self.deadline_nanos.store(u64::MAX, Ordering::Relaxed);
+        if self.interrupted.load(Ordering::Relaxed) || calls_made {
+            return Err(());
+        }
+        loaded
+    }
+
+    fn base(program: &'static Program) -> Prepared {
+        let clock = Instant::now();
+        let deadline_nanos = Arc::new(AtomicU64::new(u64::MAX));
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let state = Rc::new(RefCell::new(Loop::default()));
+        let mut prepared = Prepared {
+            program,
+            state,
+            deadline_nanos: deadline_nanos.clone(),
+            clock,
+            interrupted: interrupted.clone(),
+            setup_error: None,
+            context: None,
+            runtime: None,
+        };
+        let runtime = match Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                prepared.setup_error = Some(format!("cannot create a runtime: {e}"));
+                return prepared;
+            }
+        };
+        runtime.set_memory_limit(PREPARE_MEMORY_BYTES);
+        runtime.set_max_stack_size(PREPARE_STACK_BYTES);
+        runtime.set_interrupt_handler(Some(Box::new(move || {
+            let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if now >= deadline_nanos.load(Ordering::Relaxed) {
+                interrupted.store(true, Ordering::Relaxed);
+                true
+            } else {
+                false
+            }
+        })));
+        runtime.set_loader(TableResolver(program), (Bundle(program.modules), BuiltinRefusal));
+        let context = match Context::custom::<Intrinsics>(&runtime) {
+            Ok(c) => c,
+            Err(e) => {
+                prepared.setup_error = Some(format!("cannot create a context: {e}"));
+                prepared.runtime = Some(runtime);
+                return prepared;
+            }
+        };
+        let setup = context.with(|ctx| -> Result<(), String> {
+            natives::install(&ctx, program, prepared.state.clone())
+                .map_err(|e| format!("engine setup failed: {e}"))?;
+            natives::import_sync(&ctx, PRELUDE)
+                .catch(&ctx)
+                .map(drop)
+                .map_err(|e| format!("the prelude failed: {e}"))
+        });
+        prepared.setup_error = setup.err();
+        prepared.context = Some(context);
+        prepared.runtime = Some(runtime);
+        prepared
+    }
+
+    /// Serve one invocation. The runtime's limits and deadline apply from
+    /// here on.
+    pub fn run(self, invocation: &Invocation, host: &mut dyn Host) -> (Outcome, Spent) {
+        if let Some(error) = &self.setup_error {
+            let outcome = platform_error(error.clone());
+            return (outcome, Spent(self));
+        }
+        let (Some(runtime), Some(context)) = (&self.runtime, &self.context) else {
+            return (platform_error("the runtime is missing".into()), Spent(self));
+        };
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(invocation.limits.deadline_ms);
+        let deadline_nanos =
+            u64::try_from(deadline.saturating_duration_since(self.clock).as_nanos()).unwrap_or(u64::MAX);
+        self.deadline_nanos.store(deadline_nanos, Ordering::Relaxed);
+        runtime.set_memory_limit(usize::try_from(invocation.limits.memory_bytes).unwrap_or(usize::MAX));
+        runtime.set_max_stack_size(usize::try_from(invocation.limits.stack_bytes).unwrap_or(256 * 1024));
+        {
+            let mut state = self.state.borrow_mut();
+            state.limits = Some(invocation.limits);
+            state.started = Some(start);
+        }
+        self.interrupted.store(false, Ordering::Relaxed);
+        let program = self.program;
+        let interrupted = self.interrupted.clone();
+        let outcome = context.with(|ctx| {
+            let mut call = Call {
+                ctx: ctx.clone(),
+                state: self.state.clone(),
+                invocation,
+                deadline,
+                interrupted: &interrupted,
+            };
+            let outcome = call.run(program, host);
+            call.flush(host);
+            let dropped = call.state.borrow().logs_dropped;
+            if dropped > 0 {
+                host.log(
+                    LogLevel::Warn,
+                    format!("[kiln] log limit reached: {dropped} further lines were dropped"),
+                );
+            }
+            // Release the engine objects Rust still holds before the context goes.
+            call.state.borrow_mut().installed = None;
+            outcome
+        });
+        (outcome, Spent(self))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // The context holds references into the runtime: it goes first.
+        self.state.borrow_mut().installed = None;
+        drop(self.context.take());
+        drop(self.runtime.take());
+    }
 }
 
 struct Call<'a, 'js> {
@@ -345,11 +543,8 @@ impl<'js> Call<'_, 'js> {
         }
     }
 
-    fn try_run(&mut self, program: &'static Program, host: &mut dyn Host) -> Result<String, Failure> {
+    fn try_run(&mut self, _program: &'static Program, host: &mut dyn Host) -> Result<String, Failure> {
         let ctx = self.ctx.clone();
-        natives::install(&ctx, program, self.state.clone(), self.invocation.limits)
-            .map_err(|e| self.engine_failure(e))?;
-        natives::import_sync(&ctx, PRELUDE).catch(&ctx).map_err(|e| self.js_failure(e))?;
         let entry: Function = self.installed("entry")?;
         let handler: Value = entry
             .call((self.invocation.module.as_str(), self.invocation.export.as_str()))
@@ -547,10 +742,6 @@ impl<'js> Call<'_, 'js> {
             ErrorCode::TimeOut,
             format!("the function did not finish within {} ms", self.invocation.limits.deadline_ms),
         ))
-    }
-
-    fn engine_failure(&self, e: rquickjs::Error) -> Failure {
-        Failure::Outcome(InvocationError::new(ErrorCode::PlatformError, format!("engine setup failed: {e}")))
     }
 
     /// Turn a caught JavaScript error into a structured failure.

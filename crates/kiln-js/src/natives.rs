@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use kiln_ipc::{Limits, LogLevel};
+use kiln_ipc::LogLevel;
 use rquickjs::function::Opt;
 use rquickjs::{Ctx, Exception, Function, Module, Object, Persistent, Result, Value};
 
@@ -24,7 +24,6 @@ pub(crate) fn install<'js>(
     ctx: &Ctx<'js>,
     program: &'static Program,
     state: Rc<RefCell<Loop>>,
-    limits: Limits,
 ) -> Result<()> {
     let native = Object::new(ctx.clone())?;
 
@@ -40,9 +39,8 @@ pub(crate) fn install<'js>(
             };
             let mut st = s.borrow_mut();
             let bytes = u32::try_from(text.len()).unwrap_or(u32::MAX);
-            if st.log_lines >= limits.max_log_lines
-                || st.log_bytes.saturating_add(bytes) > limits.max_log_bytes
-            {
+            let (max_lines, max_bytes) = st.limits.map_or((0, 0), |l| (l.max_log_lines, l.max_log_bytes));
+            if st.log_lines >= max_lines || st.log_bytes.saturating_add(bytes) > max_bytes {
                 st.logs_dropped = st.logs_dropped.saturating_add(1);
                 return;
             }
@@ -122,6 +120,48 @@ pub(crate) fn install<'js>(
             kiln_crypto::fill_random(&mut bytes)
                 .map_err(|e| Exception::throw_internal(&ctx, &e.to_string()))?;
             Ok(bytes)
+        })?,
+    )?;
+
+    native.set(
+        "btoa",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
+            use base64::Engine;
+            // btoa takes a "binary string": every code unit must fit a byte.
+            let bytes: Option<Vec<u8>> = input.encode_utf16().map(|u| u8::try_from(u).ok()).collect();
+            match bytes {
+                Some(b) => Ok(base64::engine::general_purpose::STANDARD.encode(b)),
+                None => Err(Exception::throw_message(
+                    &ctx,
+                    "InvalidCharacterError: btoa takes only characters up to U+00FF",
+                )),
+            }
+        })?,
+    )?;
+
+    native.set(
+        "atob",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
+            use base64::Engine;
+            // Forgiving base64: ASCII whitespace ignored, padding optional.
+            let cleaned: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            let trimmed = cleaned.trim_end_matches('=');
+            match base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed) {
+                Ok(bytes) => Ok(bytes.into_iter().map(char::from).collect()),
+                Err(_) => Err(Exception::throw_message(
+                    &ctx,
+                    "InvalidCharacterError: atob was given text that is not base64",
+                )),
+            }
+        })?,
+    )?;
+
+    let s = state.clone();
+    native.set(
+        "monotonicMs",
+        Function::new(ctx.clone(), move || {
+            let started = s.borrow().started;
+            started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0)
         })?,
     )?;
 

@@ -358,6 +358,8 @@ fn web_globals_work() {
                   b64: btoa('kiln'), clone: structuredClone({ d: [1, { e: 2 }] }),
                   uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(crypto.randomUUID()),
                   random: crypto.getRandomValues(new Uint8Array(8)).length,
+                  perf: typeof performance.now() === 'number' && performance.now() >= 0,
+                  dom: new DOMException('m', 'AbortError').name,
                 };
               };"#,
         )
@@ -373,7 +375,9 @@ fn web_globals_work() {
             "b64": "a2lsbg==",
             "clone": {"d": [1, {"e": 2}]},
             "uuid": true,
-            "random": 8
+            "random": 8,
+            "perf": true,
+            "dom": "AbortError"
         })
     );
 }
@@ -432,4 +436,18 @@ export const useKvs = async () => { await kvs.get('k'); };"#,
     assert_eq!(v["message"], "@forge/api route is not supported by Kiln yet");
     let e = err(invoke(p, "src/index.js", "useKvs"));
     assert_eq!(e.message, "NotSupportedError: @forge/kvs kvs.get is not supported by Kiln yet");
+}
+
+#[test]
+fn base64_globals_follow_the_web_rules() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "export const run = () => { let bad = null; try { btoa('€'); } catch (e) { bad = String(e.message).startsWith('InvalidCharacterError'); } return { enc: btoa('hello\\u00ff'), dec: atob(' aGVs bG8= '), bad }; };",
+        )
+        .load();
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "run")),
+        serde_json::json!({"enc": "aGVsbG//", "dec": "hello", "bad": true})
+    );
 }

@@ -5,6 +5,7 @@
 //! lockdown the process can read and write its channel, allocate, tell the
 //! time and sleep; anything else kills it.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -34,7 +35,8 @@ pub fn worker_main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let mut worker = Worker { channel, program: None };
+    let mut worker =
+        Worker { channel, program: None, next: None, last_entry: None, no_preload: HashSet::new() };
     if worker.send(&FromWorker::Ready { protocol: PROTOCOL_VERSION, jail }).is_err() {
         return ExitCode::from(4);
     }
@@ -47,6 +49,13 @@ pub fn worker_main() -> ExitCode {
 struct Worker {
     channel: UnixStream,
     program: Option<&'static kiln_js::Program>,
+    /// The runtime the next invocation will use, made while idle.
+    next: Option<kiln_js::Prepared>,
+    /// The module the last invocation ran; the next runtime loads it ahead.
+    last_entry: Option<String>,
+    /// Modules that failed to load ahead (threw, ran too long, awaited the
+    /// host): they load inside their invocations from then on.
+    no_preload: HashSet<String>,
 }
 
 impl Worker {
@@ -73,17 +82,33 @@ impl Worker {
                         // One program per worker, for its whole life.
                         return Err(());
                     }
-                    self.program = Some(kiln_js::Program::load(program).map_err(|_| ())?);
+                    let program = kiln_js::Program::load(program).map_err(|_| ())?;
+                    self.program = Some(program);
                     self.send(&FromWorker::Loaded {})?;
+                    self.next = Some(kiln_js::Prepared::new(program, None));
                 }
                 ToWorker::Invoke { invocation } => {
                     let program = self.program.ok_or(())?;
+                    // A runtime made ahead for another module is used as is:
+                    // the entry module then loads inside the invocation.
+                    let prepared = self.next.take().unwrap_or_else(|| kiln_js::Prepared::new(program, None));
                     let mut host = IpcHost { channel: &mut self.channel, broken: false };
-                    let outcome = kiln_js::run(program, &invocation, &mut host);
+                    let (outcome, spent) = prepared.run(&invocation, &mut host);
                     if host.broken {
                         return Err(());
                     }
                     self.send(&FromWorker::Done { outcome })?;
+                    // Tear down the used runtime and make the next one while
+                    // the server is busy with the answer.
+                    drop(spent);
+                    let module = invocation.module;
+                    let preload = (!self.no_preload.contains(&module)).then_some(module.as_str());
+                    let (next, preloaded) = kiln_js::Prepared::with_preload(program, preload);
+                    if preload.is_some() && !preloaded {
+                        self.no_preload.insert(module.clone());
+                    }
+                    self.next = Some(next);
+                    self.last_entry = Some(module);
                 }
                 ToWorker::Shutdown {} => return Ok(()),
                 // A reply to a call of an invocation that has already ended

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
 
+mod bench;
 mod output;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -50,6 +51,21 @@ enum Command {
     Versions(VersionsArgs),
     /// Run one function of the app in APP_DIR in the sandbox and print its result as JSON
     Invoke(InvokeArgs),
+    /// Measure Kiln beside a baseline in the same run
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Warm invocation latency and throughput, jailed, beside Node.js (node:vm and a process per call)
+    Invoke {
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+        /// Measure without namespaces (for machines that cannot create them)
+        #[arg(long)]
+        insecure_skip_namespaces: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +263,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Upgrade(args) => upgrade(&data_dir, args).await,
         Command::Invoke(args) => invoke(args),
+        Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
+            bench::invoke(iterations.max(10), insecure_skip_namespaces)
+        }
         Command::Rollback(args) => {
             let store = open(&data_dir).await?;
             let app = app_id(&args.app.app)?;

@@ -1,0 +1,3 @@
+// expect: FUNCTION_ERROR "thrown while loading"
+throw new Error('thrown while loading');
+export function run() { return 'unreachable'; }
