@@ -639,7 +639,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The deadline a function gets, from the modules that use it: the lowest
-/// applies when several do, as in Forge.
+/// applies when several do, as in Forge. `timeoutSeconds` counts only for
+/// consumers and scheduled triggers.
 pub fn caller_for(manifest: &kiln_manifest::Manifest, function: &str) -> Caller {
     let m = &manifest.modules;
     let refers =
@@ -649,11 +650,40 @@ pub fn caller_for(manifest: &kiln_manifest::Manifest, function: &str) -> Caller 
         o.resolver.as_ref().is_some_and(refers) || o.function.as_ref().is_some_and(|f| f.as_str() == function)
     });
     let web = m.webtriggers.iter().any(|w| refers(&w.target));
+    let event = m.triggers.iter().any(|t| refers(&t.target));
+    let long = m.scheduled_triggers.iter().any(|t| refers(&t.target))
+        || m.consumers.iter().any(|c| c.target.function().is_some_and(|k| k.as_str() == function));
     if user {
         Caller::User
-    } else if web {
+    } else if web || event || !long {
         Caller::WebTrigger
     } else {
         Caller::Background { timeout_seconds: timeout }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(modules: &str) -> kiln_manifest::Manifest {
+        let text = format!(
+            "app:\n  id: ari:cloud:ecosystem::app/11111111-2222-4333-8444-555555555555\n  runtime:\n    name: nodejs22.x\nmodules:\n{modules}"
+        );
+        kiln_manifest::parse_str("manifest.yml", &text, &kiln_manifest::NoVariables)
+            .map(|p| p.manifest)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn deadlines_follow_the_modules_that_use_a_function() {
+        let m = manifest(
+            "  jira:issuePanel:\n    - {key: panel, resource: main, resolver: {function: ui}, title: P}\n  webtrigger:\n    - {key: hook, function: web}\n  trigger:\n    - {key: on, function: event, events: [avi:jira:created:issue]}\n  consumer:\n    - {key: c, queue: q, function: worker}\n  scheduledTrigger:\n    - {key: s, function: nightly, interval: day}\n  function:\n    - {key: ui, handler: index.ui}\n    - {key: web, handler: index.web, timeoutSeconds: 900}\n    - {key: event, handler: index.event, timeoutSeconds: 900}\n    - {key: worker, handler: index.worker, timeoutSeconds: 900}\n    - {key: nightly, handler: index.nightly}\nresources:\n  - {key: main, path: static}\n",
+        );
+        assert_eq!(caller_for(&m, "ui").deadline(), Duration::from_secs(25));
+        assert_eq!(caller_for(&m, "web").deadline(), Duration::from_secs(55));
+        assert_eq!(caller_for(&m, "event").deadline(), Duration::from_secs(55));
+        assert_eq!(caller_for(&m, "worker").deadline(), Duration::from_secs(900));
+        assert_eq!(caller_for(&m, "nightly").deadline(), Duration::from_secs(55));
     }
 }
