@@ -18,13 +18,16 @@
 mod analyze;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 use kiln_crypto::Sha256;
 use kiln_manifest::Manifest;
 use oxc_resolver::{ResolveError, ResolveOptions, Resolver};
 use serde::{Deserialize, Serialize};
+
+/// Module kinds and import targets are the sandbox's own vocabulary: the
+/// bundle hands them to the worker as they are.
+pub use kiln_ipc::{Import, ModuleKind};
 
 /// Largest bundle, counting the source of every module: Forge's app size limit.
 pub const MAX_BUNDLE_BYTES: u64 = 100 * 1024 * 1024;
@@ -129,23 +132,6 @@ pub struct Module {
     /// them a `require` bound to their own imports.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub uses_require: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ModuleKind {
-    Esm,
-    CommonJs,
-    Json,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Import {
-    /// Another module of this bundle.
-    Module(String),
-    /// A module Kiln provides: `@forge/api`, `node:crypto`, ...
-    Builtin(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -561,14 +547,4 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
-}
-
-impl fmt::Display for ModuleKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ModuleKind::Esm => "esm",
-            ModuleKind::CommonJs => "commonjs",
-            ModuleKind::Json => "json",
-        })
-    }
 }

@@ -213,14 +213,14 @@ impl Sandbox {
             .iter()
             .map(|(id, m)| SourceModule {
                 id: id.clone(),
-                kind: ipc_kind(m.kind),
+                kind: m.kind,
                 code: m.code.clone(),
                 exports: m.exports.clone(),
                 uses_require: m.uses_require,
             })
             .collect();
         let imports = imports_of(bundle);
-        let kinds = bundle.modules.iter().map(|(id, m)| (id.clone(), ipc_kind(m.kind))).collect();
+        let kinds = bundle.modules.iter().map(|(id, m)| (id.clone(), m.kind)).collect();
         let mut worker = self.start_worker(512)?;
         let deadline = Instant::now() + COMPILE_TIMEOUT;
         worker.send(&ToWorker::Compile { modules, imports: imports.clone() })?;
@@ -597,35 +597,10 @@ fn variant(m: &FromWorker) -> &'static str {
     }
 }
 
-fn ipc_kind(kind: kiln_bundle::ModuleKind) -> kiln_ipc::ModuleKind {
-    match kind {
-        kiln_bundle::ModuleKind::Esm => kiln_ipc::ModuleKind::Esm,
-        kiln_bundle::ModuleKind::CommonJs => kiln_ipc::ModuleKind::CommonJs,
-        kiln_bundle::ModuleKind::Json => kiln_ipc::ModuleKind::Json,
-    }
-}
-
 fn imports_of(
     bundle: &Bundle,
 ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, kiln_ipc::Import>> {
-    bundle
-        .modules
-        .iter()
-        .map(|(id, m)| {
-            let imports = m
-                .imports
-                .iter()
-                .map(|(spec, target)| {
-                    let t = match target {
-                        kiln_bundle::Import::Module(t) => kiln_ipc::Import::Module(t.clone()),
-                        kiln_bundle::Import::Builtin(b) => kiln_ipc::Import::Builtin(b.clone()),
-                    };
-                    (spec.clone(), t)
-                })
-                .collect();
-            (id.clone(), imports)
-        })
-        .collect()
+    bundle.modules.iter().map(|(id, m)| (id.clone(), m.imports.clone())).collect()
 }
 
 fn random_id() -> String {
