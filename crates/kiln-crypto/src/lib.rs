@@ -1,14 +1,19 @@
 //! `kiln-crypto`: the only crate that talks to the cryptography provider.
 //!
 //! Keeping every primitive behind this crate means one place to review, one
-//! provider (`ring`) in the build, and one place to swap it. Today it offers
-//! content digests for bundles; envelope encryption, key rotation and audit
-//! signatures arrive with the storage and audit work and will live here too.
+//! provider (`ring`) in the build, and one place to swap it. It offers
+//! content digests, system randomness, and envelope encryption
+//! ([`envelope`]: AES-256-GCM values bound to where they live, data keys
+//! wrapped by key-encryption keys held by a [`keys`] provider outside the
+//! database). Audit signatures will live here too.
 //!
 //! It deliberately does not choose *what* to hash or encrypt; callers decide
 //! that and this crate only does the arithmetic.
 
 #![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod keys;
 
 use std::fmt;
 use std::str::FromStr;
