@@ -12,7 +12,10 @@
 
 #![forbid(unsafe_code)]
 
+mod kv;
 mod schema;
+
+pub use kv::{DataKeyRow, KvPut, KvRow};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -265,10 +268,10 @@ macro_rules! on_conn {
         }
     };
 }
-use on_conn;
+pub(crate) use on_conn;
 
 /// Read a column; shared by both backends' row types.
-fn col<'r, R, T>(row: &'r R, name: &'static str) -> Result<T, sqlx::Error>
+pub(crate) fn col<'r, R, T>(row: &'r R, name: &'static str) -> Result<T, sqlx::Error>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
@@ -811,7 +814,9 @@ impl Tx {
     /// refused operation stored nothing.
     pub async fn row_counts(&mut self) -> Result<Vec<(&'static str, i64)>, StoreError> {
         let mut out = Vec::new();
-        for table in ["apps", "bundles", "versions", "installations", "installation_events"] {
+        for table in
+            ["apps", "bundles", "versions", "installations", "installation_events", "data_keys", "kv_entries"]
+        {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let n: i64 =
                 on_conn!(self, |c| sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).fetch_one(c).await)?;

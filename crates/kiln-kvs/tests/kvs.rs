@@ -1,0 +1,293 @@
+//! Forge KVS semantics on every backend, and what a database copy does (not)
+//! reveal, on SQLite.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use kiln_crypto::keys::{EnvKeyProvider, FileKeyProvider};
+use kiln_kvs::*;
+use kiln_store::testing::each_backend;
+use serde_json::json;
+
+fn provider() -> Arc<EnvKeyProvider> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    Arc::new(EnvKeyProvider::from_value(&format!("k1:{key}")).unwrap())
+}
+
+struct TestClock(Arc<AtomicI64>);
+
+impl TestClock {
+    fn new() -> (Self, Clock) {
+        let t = Arc::new(AtomicI64::new(1_800_000_000_000));
+        let c = t.clone();
+        (TestClock(t), Arc::new(move || c.load(Ordering::SeqCst)))
+    }
+    fn advance_secs(&self, s: i64) {
+        self.0.fetch_add(s * 1000, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn get_set_delete_policies_and_return_values() {
+    for t in each_backend().await.unwrap() {
+        let kvs = Kvs::new(t.store.clone(), provider());
+        assert_eq!(kvs.get("inst-a", "missing").await.unwrap(), None);
+        kvs.set("inst-a", "user:1", &json!({"name": "Ada", "tags": [1, 2]}), SetOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            kvs.get("inst-a", "user:1").await.unwrap().unwrap().value,
+            json!({"name": "Ada", "tags": [1, 2]}),
+            "{}",
+            t.name
+        );
+        // Other owners see nothing, whatever key they ask for.
+        assert_eq!(kvs.get("inst-b", "user:1").await.unwrap(), None);
+        assert!(kvs.query("inst-b", "", None, None).await.unwrap().results.is_empty());
+
+        let fail = SetOptions { key_policy: KeyPolicy::FailIfExists, ..SetOptions::default() };
+        let err = kvs.set("inst-a", "user:1", &json!(1), fail).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::KeyAlreadyExists);
+        assert!(kvs.set("inst-a", "user:2", &json!(2), fail).await.is_ok());
+
+        let previous = SetOptions { return_value: Some(ReturnValue::Previous), ..SetOptions::default() };
+        let prev = kvs.set("inst-a", "user:2", &json!(3), previous).await.unwrap().unwrap();
+        assert_eq!(prev.value, json!(2));
+        let latest = SetOptions { return_value: Some(ReturnValue::Latest), ..SetOptions::default() };
+        assert_eq!(kvs.set("inst-a", "user:2", &json!(4), latest).await.unwrap().unwrap().value, json!(4));
+
+        kvs.delete("inst-a", "user:2").await.unwrap();
+        assert_eq!(kvs.get("inst-a", "user:2").await.unwrap(), None);
+        kvs.delete("inst-a", "never-existed").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn expired_entries_are_invisible_at_once_and_swept() {
+    for t in each_backend().await.unwrap() {
+        let (clock, c) = TestClock::new();
+        let kvs = Kvs::with_clock(t.store.clone(), provider(), c);
+        let ttl =
+            SetOptions { ttl: Some(Ttl { value: 10, unit: TtlUnit::Seconds }), ..SetOptions::default() };
+        kvs.set("o", "session", &json!("x"), ttl).await.unwrap();
+        kvs.set("o", "sessions-forever", &json!("y"), SetOptions::default()).await.unwrap();
+        let entry = kvs.get("o", "session").await.unwrap().unwrap();
+        assert_eq!(entry.expire_time, Some(1_800_000_010_000));
+        clock.advance_secs(10);
+        assert_eq!(kvs.get("o", "session").await.unwrap(), None, "{}", t.name);
+        let page = kvs.query("o", "session", None, None).await.unwrap();
+        assert_eq!(page.results.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["sessions-forever"]);
+        assert_eq!(kvs.sweep(100).await.unwrap(), 1);
+        // FAIL_IF_EXISTS treats an expired key as absent.
+        let fail = SetOptions { key_policy: KeyPolicy::FailIfExists, ..SetOptions::default() };
+        assert!(kvs.set("o", "session", &json!("again"), fail).await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn queries_page_by_prefix_in_a_stable_order_and_never_list_secrets() {
+    for t in each_backend().await.unwrap() {
+        let kvs = Kvs::new(t.store.clone(), provider());
+        for i in 0..25 {
+            kvs.set("o", &format!("item:{i:03}"), &json!(i), SetOptions::default()).await.unwrap();
+        }
+        kvs.set("o", "other", &json!("no"), SetOptions::default()).await.unwrap();
+        kvs.set("o", "ITEM:upper", &json!("no"), SetOptions::default()).await.unwrap();
+        kvs.set_secret("o", "item:secret", &json!("hidden")).await.unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = kvs.query("o", "item:", cursor.as_deref(), Some(10)).await.unwrap();
+            seen.extend(page.results.iter().map(|e| e.key.clone()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..25).map(|i| format!("item:{i:03}")).collect();
+        assert_eq!(seen, want, "{}", t.name);
+        assert_eq!(kvs.query("o", "", None, None).await.unwrap().results.len(), 10);
+        assert_eq!(kvs.get_secret("o", "item:secret").await.unwrap(), Some(json!("hidden")));
+        assert_eq!(kvs.get("o", "item:secret").await.unwrap(), None, "a secret is not a plain entry");
+        kvs.delete_secret("o", "item:secret").await.unwrap();
+        assert_eq!(kvs.get_secret("o", "item:secret").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn every_limit_has_its_error_code() {
+    for t in each_backend().await.unwrap() {
+        let kvs = Kvs::new(t.store.clone(), provider());
+        let set = |k: String, v: serde_json::Value| {
+            let kvs = &kvs;
+            async move { kvs.set("o", &k, &v, SetOptions::default()).await.map(drop) }
+        };
+        let code = |r: Result<(), KvsError>| r.unwrap_err().code;
+        assert_eq!(code(set(String::new(), json!(1)).await), ErrorCode::InvalidKey);
+        assert_eq!(code(set("   ".into(), json!(1)).await), ErrorCode::InvalidKey);
+        assert_eq!(code(set("bad/key".into(), json!(1)).await), ErrorCode::InvalidKey);
+        assert_eq!(code(set("emoji-😀".into(), json!(1)).await), ErrorCode::InvalidKey);
+        assert_eq!(code(set("k".repeat(501), json!(1)).await), ErrorCode::KeyTooLong);
+        assert!(set("k".repeat(500), json!(1)).await.is_ok());
+        assert!(set("with spaces:and-#_.".into(), json!(1)).await.is_ok());
+        assert_eq!(code(set("n".into(), json!(null)).await), ErrorCode::InvalidValue);
+        assert_eq!(code(set("big".into(), json!("x".repeat(240 * 1024))).await), ErrorCode::MaxSize);
+        assert!(set("fits".into(), json!("x".repeat(240 * 1024 - 2))).await.is_ok());
+        let mut deep = json!(1);
+        for _ in 0..32 {
+            deep = json!([deep]);
+        }
+        assert_eq!(code(set("deep".into(), deep).await), ErrorCode::MaxDepth);
+        let mut ok_deep = json!(1);
+        for _ in 0..31 {
+            ok_deep = json!([ok_deep]);
+        }
+        assert!(set("deep-ok".into(), ok_deep).await.is_ok());
+        for ttl in [Ttl { value: 0, unit: TtlUnit::Seconds }, Ttl { value: 366, unit: TtlUnit::Days }] {
+            let opts = SetOptions { ttl: Some(ttl), ..SetOptions::default() };
+            assert_eq!(kvs.set("o", "t", &json!(1), opts).await.unwrap_err().code, ErrorCode::InvalidTtl);
+        }
+        assert_eq!(kvs.query("o", "", None, Some(0)).await.unwrap_err().code, ErrorCode::InvalidLimit);
+        assert_eq!(kvs.query("o", "", None, Some(101)).await.unwrap_err().code, ErrorCode::InvalidLimit);
+        assert_eq!(kvs.query("o", "", Some("%%%"), None).await.unwrap_err().code, ErrorCode::InvalidCursor);
+        let many: Vec<String> = (0..26).map(|i| format!("k{i}")).collect();
+        assert_eq!(kvs.batch_get("o", &many).await.unwrap_err().code, ErrorCode::TooManyKeys);
+        let batch = kvs
+            .batch_set(
+                "o",
+                &[("good".into(), json!(1)), ("bad key/".into(), json!(2)), ("nul".into(), json!(null))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(batch.succeeded, ["good"]);
+        let failed: Vec<(&str, ErrorCode)> = batch.failed.iter().map(|(k, e)| (k.as_str(), e.code)).collect();
+        assert_eq!(
+            failed,
+            [("bad key/", ErrorCode::InvalidKey), ("nul", ErrorCode::InvalidValue)],
+            "{}",
+            t.name
+        );
+    }
+}
+
+/// Everything Kiln keeps for the app on disk, as raw bytes.
+fn raw_database(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            all.extend(std::fs::read(path).unwrap());
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn canaries_are_nowhere_in_the_raw_database_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = kiln_store::Store::open_data_dir(&data).await.unwrap();
+    let kvs = Kvs::new(store.clone(), provider());
+    let canaries = ["CANARY-VALUE-7f3a9c", "CANARY-SECRET-41b2e8"];
+    kvs.set("inst", "plain", &json!({"note": canaries[0]}), SetOptions::default()).await.unwrap();
+    kvs.set_secret("inst", "api-token", &json!(canaries[1])).await.unwrap();
+    // And a control: a canary written in clear would be found.
+    kvs.set("inst", "CANARY-KEY-IN-CLEAR", &json!(1), SetOptions::default()).await.unwrap();
+    store.close().await;
+    let raw = raw_database(&data);
+    for c in canaries {
+        assert!(!contains(&raw, c.as_bytes()), "{c} found in the database files");
+    }
+    assert!(
+        contains(&raw, b"CANARY-KEY-IN-CLEAR"),
+        "the search must be able to find clear text (keys are stored in clear)"
+    );
+}
+
+#[tokio::test]
+async fn swapped_edited_truncated_or_moved_ciphertext_fails_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = kiln_store::Store::open_data_dir(&data).await.unwrap();
+    let kvs = Kvs::new(store.clone(), provider());
+    kvs.set("inst-a", "a", &json!("value a"), SetOptions::default()).await.unwrap();
+    kvs.set("inst-a", "b", &json!("value b"), SetOptions::default()).await.unwrap();
+    kvs.set("inst-b", "a", &json!("value of b"), SetOptions::default()).await.unwrap();
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join(kiln_store::DATABASE_FILE).display()))
+            .await
+            .unwrap();
+    let exec = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+    };
+    // Swap the values of two keys of one installation.
+    exec("UPDATE kv_entries SET value = (SELECT value FROM kv_entries WHERE owner = 'inst-a' AND key = 'b') WHERE owner = 'inst-a' AND key = 'a'").await;
+    assert_eq!(kvs.get("inst-a", "a").await.unwrap_err().code, ErrorCode::DataCorrupted);
+    // Copy a value into another installation's row.
+    exec("UPDATE kv_entries SET value = (SELECT value FROM kv_entries WHERE owner = 'inst-a' AND key = 'b') WHERE owner = 'inst-b' AND key = 'a'").await;
+    assert_eq!(kvs.get("inst-b", "a").await.unwrap_err().code, ErrorCode::DataCorrupted);
+    // Truncate one, edit a byte of another.
+    kvs.set("inst-a", "c", &json!("value c"), SetOptions::default()).await.unwrap();
+    exec("UPDATE kv_entries SET value = substr(value, 1, length(value) - 1) WHERE owner = 'inst-a' AND key = 'b'").await;
+    assert_eq!(kvs.get("inst-a", "b").await.unwrap_err().code, ErrorCode::DataCorrupted);
+    exec("UPDATE kv_entries SET value = CAST(replace(CAST(value AS TEXT), 'x', 'y') AS BLOB) || x'00' WHERE owner = 'inst-a' AND key = 'c'").await;
+    assert_eq!(kvs.get("inst-a", "c").await.unwrap_err().code, ErrorCode::DataCorrupted);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn rotation_keeps_every_value_readable() {
+    for t in each_backend().await.unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("kiln.keys");
+        let (mut file, _) = FileKeyProvider::open_or_create(&key_file).unwrap();
+        let kvs = Kvs::new(t.store.clone(), Arc::new(FileKeyProvider::open(&key_file).unwrap()));
+        for i in 0..30 {
+            kvs.set("o", &format!("k{i}"), &json!({"i": i}), SetOptions::default()).await.unwrap();
+        }
+        kvs.set_secret("o", "s", &json!("secret")).await.unwrap();
+
+        // A new key-encryption key: rewrap, then the old key can go.
+        let new_kek = file.rotate().unwrap();
+        let rotated = Kvs::new(t.store.clone(), Arc::new(FileKeyProvider::open(&key_file).unwrap()));
+        assert_eq!(rotated.rewrap_all().await.unwrap(), 1, "{}", t.name);
+        let text = std::fs::read_to_string(&key_file).unwrap();
+        let only_new: String =
+            text.lines().filter(|l| !l.starts_with("key k1 ")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&key_file, only_new).unwrap();
+        let without_old = Kvs::new(t.store.clone(), Arc::new(FileKeyProvider::open(&key_file).unwrap()));
+        assert_eq!(without_old.get("o", "k7").await.unwrap().unwrap().value, json!({"i": 7}));
+        assert_eq!(new_kek, "k2");
+
+        // A new data key: new writes use it, re-encryption moves the rest
+        // over in resumable batches.
+        assert_eq!(without_old.rotate_data_key("o").await.unwrap(), 2);
+        let mut moved = 0;
+        loop {
+            let n = without_old.reencrypt("o", 7).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            moved += n;
+        }
+        assert_eq!(moved, 31, "{}", t.name);
+        for i in 0..30 {
+            assert_eq!(without_old.get("o", &format!("k{i}")).await.unwrap().unwrap().value, json!({"i": i}));
+        }
+        assert_eq!(without_old.get_secret("o", "s").await.unwrap(), Some(json!("secret")));
+    }
+}
