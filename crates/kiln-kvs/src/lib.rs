@@ -191,6 +191,33 @@ pub struct Batch<T> {
     pub failed: Vec<(String, KvsError)>,
 }
 
+/// Longest app variable value.
+pub const MAX_VARIABLE_BYTES: usize = 32 * 1024;
+
+/// An app variable as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    pub name: String,
+    /// `None` for encrypted variables unless revealed to the runtime.
+    pub value: Option<String>,
+    pub encrypted: bool,
+}
+
+/// Variable names as environment variables have them.
+pub fn check_variable_name(name: &str) -> Result<(), KvsError> {
+    let ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= 255;
+    if ok {
+        Ok(())
+    } else {
+        Err(KvsError::new(
+            ErrorCode::InvalidKey,
+            format!("{name:?} is not a variable name (letters, digits and '_')"),
+        ))
+    }
+}
+
 /// Source of the current time, so tests can move it.
 pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
 
@@ -379,7 +406,12 @@ impl Kvs {
         let rows = tx.kv_sealed_with_other_keys(owner, active.id(), batch).await?;
         let n = rows.len();
         for (namespace, row) in rows {
-            let ns = if namespace == SECRET.as_str() { SECRET } else { KVS };
+            let ns = match namespace.as_str() {
+                "secret" => SECRET,
+                "variable" => Namespace::Variable,
+                "token" => Namespace::Token,
+                _ => KVS,
+            };
             let old = keys.by_id.get(&row.key_id).ok_or_else(|| {
                 KvsError::new(ErrorCode::DataCorrupted, format!("no data key {}", row.key_id))
             })?;
@@ -398,6 +430,75 @@ impl Kvs {
         }
         tx.commit().await?;
         Ok(n)
+    }
+
+    // ------------------------------------------------------------ variables
+
+    /// Set an app variable (`process.env.NAME` for the app's functions) for
+    /// `owner` (an app and environment). Every variable is sealed at rest;
+    /// `encrypted` ones are also never shown back (`kiln variables list`
+    /// masks them), as `forge variables set --encrypt` does.
+    pub async fn set_variable(
+        &self,
+        owner: &str,
+        name: &str,
+        value: &str,
+        encrypted: bool,
+    ) -> Result<(), KvsError> {
+        check_variable_name(name)?;
+        if value.len() > MAX_VARIABLE_BYTES {
+            return Err(KvsError::new(
+                ErrorCode::MaxSize,
+                format!("variables are at most {MAX_VARIABLE_BYTES} bytes"),
+            ));
+        }
+        let stored = serde_json::json!({ "value": value, "encrypted": encrypted });
+        self.write(owner, Namespace::Variable, name, &stored, SetOptions::default()).await.map(drop)
+    }
+
+    pub async fn unset_variable(&self, owner: &str, name: &str) -> Result<(), KvsError> {
+        check_variable_name(name)?;
+        self.remove(owner, Namespace::Variable, name).await
+    }
+
+    /// Every variable of `owner`: name, value (`None` when encrypted, unless
+    /// `reveal`, which only the function runtime asks for), and whether it
+    /// is encrypted.
+    pub async fn variables(&self, owner: &str, reveal: bool) -> Result<Vec<Variable>, KvsError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut tx = self.store.begin().await?;
+            let rows = tx
+                .kv_query(owner, Namespace::Variable.as_str(), "", after.as_deref(), MAX_PAGE, (self.clock)())
+                .await?;
+            let keys = self.owner_keys(&mut tx, owner, false).await?;
+            tx.commit().await?;
+            let last = rows.last().map(|r| r.key.clone());
+            for row in rows {
+                let entry = open_row(keys.as_deref(), owner, Namespace::Variable, row)?;
+                let encrypted = entry.value.get("encrypted").and_then(Value::as_bool).unwrap_or(true);
+                let value = entry.value.get("value").and_then(Value::as_str).map(str::to_owned);
+                out.push(Variable {
+                    name: entry.key,
+                    value: if encrypted && !reveal { None } else { value },
+                    encrypted,
+                });
+            }
+            match last {
+                Some(k) => after = Some(k),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Every owner that has data keys (for rotating them all).
+    pub async fn owners(&self) -> Result<Vec<String>, KvsError> {
+        let mut tx = self.store.begin().await?;
+        let mut owners: Vec<String> = tx.all_data_keys().await?.into_iter().map(|(o, _)| o).collect();
+        tx.commit().await?;
+        owners.dedup();
+        Ok(owners)
     }
 
     // ------------------------------------------------------------ internals

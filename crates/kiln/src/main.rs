@@ -54,6 +54,53 @@ enum Command {
     /// Measure Kiln beside a baseline in the same run
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// App variables (process.env of the app's functions), sealed at rest
+    #[command(subcommand)]
+    Variables(VariablesCommand),
+    /// Key-encryption and data keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum VariablesCommand {
+    /// Set a variable for the app in an environment
+    Set {
+        name: String,
+        value: String,
+        /// Never show the value again (it is sealed at rest either way)
+        #[arg(long)]
+        encrypt: bool,
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Remove a variable
+    Unset {
+        name: String,
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// List the variables (encrypted values are masked)
+    List {
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        app: AppArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new key-encryption key, make it current and rewrap every data key
+    Rotate {
+        /// Also give every owner a new data key and re-encrypt its values
+        #[arg(long)]
+        data_keys: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,6 +310,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Upgrade(args) => upgrade(&data_dir, args).await,
         Command::Invoke(args) => invoke(args),
+        Command::Variables(command) => variables(&data_dir, command).await,
+        Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
         Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
             bench::invoke(iterations.max(10), insecure_skip_namespaces)
         }
@@ -415,6 +464,132 @@ fn invoke(args: InvokeArgs) -> Result<(), Failure> {
             Err(Failure { code: 1, message: format!("{}: {}", e.code, e.message) })
         }
     }
+}
+
+/// Where the key-encryption keys are: `KILN_KEK` if set, else the key file
+/// (`KILN_KEY_FILE`, default `kiln.keys` in the data directory), created on
+/// first use with a notice.
+async fn key_provider(
+    data_dir: &Path,
+    store: &Store,
+) -> Result<std::sync::Arc<dyn kiln_crypto::envelope::KeyProvider>, Failure> {
+    let fail = |e: kiln_crypto::envelope::CryptoError| Failure { code: 1, message: e.to_string() };
+    if let Ok(value) = std::env::var(kiln_crypto::keys::KEK_ENV_VAR) {
+        return Ok(std::sync::Arc::new(kiln_crypto::keys::EnvKeyProvider::from_value(&value).map_err(fail)?));
+    }
+    let path = key_file(data_dir);
+    if !path.exists() {
+        // A new key file over existing data keys would open nothing and
+        // invite a "fix" that loses them: refuse, and say what is missing.
+        let wrapped = store.begin().await?.all_data_keys().await?;
+        if !wrapped.is_empty() {
+            let mut keks: Vec<&str> = wrapped.iter().map(|(_, row)| row.kek_id.as_str()).collect();
+            keks.sort_unstable();
+            keks.dedup();
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "the key file {} does not exist, but {} data keys in the database are wrapped with \
+                     key-encryption key(s) {}\n  hint: restore the key file from its backup (or point \
+                     KILN_KEY_FILE at it); nothing was changed",
+                    path.display(),
+                    wrapped.len(),
+                    keks.join(", ")
+                ),
+            });
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| usage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let (provider, created) = kiln_crypto::keys::FileKeyProvider::open_or_create(&path).map_err(fail)?;
+    if created {
+        eprintln!(
+            "notice: created the key-encryption key file {} (mode 0600). Keep it out of database backups and \
+             back it up separately: without it, sealed data cannot be read.",
+            path.display()
+        );
+    }
+    Ok(std::sync::Arc::new(provider))
+}
+
+fn key_file(data_dir: &Path) -> PathBuf {
+    std::env::var_os("KILN_KEY_FILE").map_or_else(|| data_dir.join("kiln.keys"), PathBuf::from)
+}
+
+async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Failure> {
+    let store = open(data_dir).await?;
+    let provider = key_provider(data_dir, &store).await?;
+    let kvs = kiln_kvs::Kvs::new(store, provider);
+    let owner = |app: &AppArg, env: &EnvArg| -> Result<String, Failure> {
+        Ok(format!("variables:{}:{}", app_id(&app.app)?, env.environment))
+    };
+    let kvs_fail = |e: kiln_kvs::KvsError| Failure {
+        code: if e.code == kiln_kvs::ErrorCode::StorageError { 1 } else { 2 },
+        message: e.to_string(),
+    };
+    match command {
+        VariablesCommand::Set { name, value, encrypt, env, app } => {
+            kvs.set_variable(&owner(&app, &env)?, &name, &value, encrypt).await.map_err(kvs_fail)?;
+            let how = if encrypt { "encrypted; its value will not be shown again" } else { "sealed at rest" };
+            println!(
+                "Set {name} for {} in {} ({how}). Functions see it from their next invocation.",
+                app_id(&app.app)?,
+                env.environment
+            );
+        }
+        VariablesCommand::Unset { name, env, app } => {
+            kvs.unset_variable(&owner(&app, &env)?, &name).await.map_err(kvs_fail)?;
+            println!("Removed {name}.");
+        }
+        VariablesCommand::List { env, app } => {
+            for v in kvs.variables(&owner(&app, &env)?, false).await.map_err(kvs_fail)? {
+                match v.value {
+                    Some(value) => println!("{}={value}", v.name),
+                    None => println!("{}=<encrypted>", v.name),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn rotate_keys(data_dir: &Path, data_keys: bool) -> Result<(), Failure> {
+    let fail = |m: String| Failure { code: 1, message: m };
+    if std::env::var_os(kiln_crypto::keys::KEK_ENV_VAR).is_some() {
+        return Err(usage(format!(
+            "the key-encryption keys come from {}: add the new key there (first in the list), then run this command to rewrap",
+            kiln_crypto::keys::KEK_ENV_VAR
+        )));
+    }
+    let store = open(data_dir).await?;
+    key_provider(data_dir, &store).await?;
+    let path = key_file(data_dir);
+    let mut file = kiln_crypto::keys::FileKeyProvider::open(&path).map_err(|e| fail(e.to_string()))?;
+    let new = file.rotate().map_err(|e| fail(e.to_string()))?;
+    let kvs = kiln_kvs::Kvs::new(store, std::sync::Arc::new(file));
+    let rewrapped = kvs.rewrap_all().await.map_err(|e| fail(e.to_string()))?;
+    println!("New key-encryption key {new} is current; {rewrapped} data keys rewrapped.");
+    println!(
+        "Older keys stay in {} until you remove them; every data key now opens with {new}.",
+        path.display()
+    );
+    if data_keys {
+        let owners = kvs.owners().await.map_err(|e| fail(e.to_string()))?;
+        let mut resealed = 0;
+        for owner in &owners {
+            kvs.rotate_data_key(owner).await.map_err(|e| fail(e.to_string()))?;
+            loop {
+                let n = kvs.reencrypt(owner, 500).await.map_err(|e| fail(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                resealed += n;
+            }
+        }
+        println!("New data keys for {} owners; {resealed} values re-encrypted.", owners.len());
+    }
+    Ok(())
 }
 
 /// `--data-dir`, else `KILN_DATA_DIR`, else the platform's user data directory.

@@ -43,6 +43,8 @@ impl Kiln {
             .arg(self.data_dir())
             .args(args)
             .env_remove("KILN_DATA_DIR")
+            .env_remove("KILN_KEK")
+            .env_remove("KILN_KEY_FILE")
             .output()
             .unwrap()
     }
@@ -403,4 +405,120 @@ fn invoke_runs_the_example_apps_functions() {
     assert_eq!(code(&out), 1, "{}", text(&out));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(value["error"]["message"], "NotSupportedError: @forge/api route is not supported by Kiln yet");
+}
+
+fn example_app_id() -> String {
+    let manifest = std::fs::read_to_string(repo().join("examples/issue-triage/manifest.yml")).unwrap();
+    let line = manifest.lines().find(|l| l.trim_start().starts_with("id:")).unwrap();
+    line.split_once("id:").unwrap().1.trim().trim_matches(|c| c == '\'' || c == '"').to_owned()
+}
+
+/// Every file under the data directory, concatenated: what a copy of the disk reveals.
+fn disk_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(disk_bytes(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn variables_are_sealed_at_rest_and_encrypted_ones_are_never_shown() {
+    let kiln = Kiln::new();
+    let app = example_app_id();
+    let set = |args: &[&str]| {
+        let mut all = vec!["variables", "set"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--app", &app]);
+        let out = kiln.run(&all);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        out
+    };
+    set(&["REGION", "canary-region-7f3a"]);
+    let out = set(&["API_TOKEN", "canary-secret-91c2", "--encrypt"]);
+    assert!(!text(&out).contains("canary-secret-91c2"), "{}", text(&out));
+
+    let list = kiln.run(&["variables", "list", "--app", &app]);
+    assert_eq!(code(&list), 0, "{}", text(&list));
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "API_TOKEN=<encrypted>\nREGION=canary-region-7f3a\n");
+
+    // Other environments are separate.
+    let list = kiln.run(&["variables", "list", "--app", &app, "-e", "production"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "");
+
+    let disk = disk_bytes(&kiln.data_dir());
+    assert!(!contains(&disk, "canary-region-7f3a"), "plain variable found on disk");
+    assert!(!contains(&disk, "canary-secret-91c2"), "encrypted variable found on disk");
+
+    let out = kiln.run(&["variables", "unset", "REGION", "--app", &app]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let list = kiln.run(&["variables", "list", "--app", &app]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "API_TOKEN=<encrypted>\n");
+}
+
+#[test]
+fn a_bad_variable_name_is_refused_and_stores_nothing() {
+    let kiln = Kiln::new();
+    let app = example_app_id();
+    for name in ["1ABC", "has space", "", "a=b"] {
+        let out = kiln.run(&["variables", "set", name, "v", "--app", &app]);
+        assert_eq!(code(&out), 2, "{name:?}: {}", text(&out));
+        assert!(text(&out).contains("variable"), "{name:?}: {}", text(&out));
+    }
+    let list = kiln.run(&["variables", "list", "--app", &app]);
+    assert_eq!(code(&list), 0, "{}", text(&list));
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "");
+}
+
+#[test]
+fn rotating_keys_keeps_every_value_readable() {
+    let kiln = Kiln::new();
+    let app = example_app_id();
+    let out = kiln.run(&["variables", "set", "REGION", "eu-1", "--app", &app]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let keys_before = std::fs::read(kiln.data_dir().join("kiln.keys")).unwrap();
+
+    let out = kiln.run(&["keys", "rotate"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("1 data keys rewrapped"), "{}", text(&out));
+    assert_ne!(std::fs::read(kiln.data_dir().join("kiln.keys")).unwrap(), keys_before);
+
+    let out = kiln.run(&["keys", "rotate", "--data-keys"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("1 values re-encrypted"), "{}", text(&out));
+
+    let list = kiln.run(&["variables", "list", "--app", &app]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "REGION=eu-1\n");
+}
+
+#[test]
+fn without_the_key_file_nothing_opens_and_nothing_is_lost() {
+    let kiln = Kiln::new();
+    let app = example_app_id();
+    let out = kiln.run(&["variables", "set", "REGION", "eu-1", "--app", &app]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let keys = kiln.data_dir().join("kiln.keys");
+    let saved = kiln.data.path().join("kiln.keys.saved");
+    std::fs::rename(&keys, &saved).unwrap();
+
+    // No new key file is made over existing data keys: it would open nothing.
+    for args in [&["variables", "list", "--app", &app][..], &["keys", "rotate"][..]] {
+        let out = kiln.run(args);
+        assert_eq!(code(&out), 1, "{}", text(&out));
+        assert!(text(&out).contains("does not exist, but 1 data keys"), "{}", text(&out));
+        assert!(!keys.exists(), "a key file was created over existing data keys");
+    }
+
+    std::fs::rename(&saved, &keys).unwrap();
+    let list = kiln.run(&["variables", "list", "--app", &app]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "REGION=eu-1\n");
 }
