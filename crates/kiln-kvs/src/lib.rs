@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -239,7 +240,17 @@ impl fmt::Debug for Kvs {
 struct OwnerKeys {
     active: Arc<DataKey>,
     by_id: HashMap<u32, Arc<DataKey>>,
+    loaded: Instant,
 }
+
+/// How long unwrapped data keys are trusted before they are read again, so
+/// a data key rotated on another node is sealed with here soon after.
+/// Reading a value sealed with a key not yet seen reloads at once.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// The lock name (see `Tx::kv_lock`) that serialises changes to an owner's
+/// data keys.
+const DATA_KEY_LOCK: &str = "\u{1}data-keys";
 
 const KVS: Namespace = Namespace::Kvs;
 const SECRET: Namespace = Namespace::Secret;
@@ -304,12 +315,12 @@ impl Kvs {
         }
         let after = cursor.map(decode_cursor).transpose()?;
         let now = (self.clock)();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_read().await?;
         // One extra row says whether another page follows.
         let mut rows = tx.kv_query(owner, KVS.as_str(), prefix, after.as_deref(), limit + 1, now).await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let keys = self.owner_keys(&mut tx, owner, false).await?;
+        let keys = self.keys_opening(&mut tx, owner, rows.iter().map(|r| r.key_id)).await?;
         tx.commit().await?;
         let mut results = Vec::with_capacity(rows.len());
         for row in rows {
@@ -387,6 +398,7 @@ impl Kvs {
     /// values stay readable; [`Kvs::reencrypt`] moves them over.
     pub async fn rotate_data_key(&self, owner: &str) -> Result<u32, KvsError> {
         let mut tx = self.store.begin().await?;
+        tx.kv_lock(owner, DATA_KEY_LOCK, "").await?;
         let next = tx.data_keys(owner).await?.iter().map(|k| k.key_id).max().unwrap_or(0) + 1;
         let (_, raw) = DataKey::generate(next)?;
         let wrapped = self.provider.wrap(owner, next, &raw)?;
@@ -418,15 +430,9 @@ impl Kvs {
             let binding = Binding { owner, namespace: ns, key: &row.key };
             let plain = old.open(&binding, &row.value)?;
             let sealed = active.seal(&binding, &plain)?;
-            let put = KvPut {
-                owner,
-                namespace: ns.as_str(),
-                key: &row.key,
-                value: &sealed,
-                key_id: active.id(),
-                expires_at: row.expires_at,
-            };
-            tx.kv_put(put, row.updated_at).await?;
+            // A write that landed since the SELECT wins; it is already
+            // sealed with the active key.
+            tx.kv_reseal(owner, ns.as_str(), &row.key, &row.value, &sealed, active.id()).await?;
         }
         tx.commit().await?;
         Ok(n)
@@ -505,10 +511,10 @@ impl Kvs {
 
     async fn read(&self, owner: &str, ns: Namespace, key: &str) -> Result<Option<Entry>, KvsError> {
         check_key(key)?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_read().await?;
         let row = tx.kv_get(owner, ns.as_str(), key, (self.clock)()).await?;
         let keys = match &row {
-            Some(_) => self.owner_keys(&mut tx, owner, false).await?,
+            Some(r) => self.keys_opening(&mut tx, owner, [r.key_id]).await?,
             None => None,
         };
         tx.commit().await?;
@@ -538,6 +544,7 @@ impl Kvs {
             .owner_keys(&mut tx, owner, true)
             .await?
             .ok_or_else(|| KvsError::new(ErrorCode::StorageError, "no data key"))?;
+        tx.kv_lock(owner, ns.as_str(), key).await?;
         let previous = tx.kv_get(owner, ns.as_str(), key, now).await?;
         if options.key_policy == KeyPolicy::FailIfExists && previous.is_some() {
             return Err(KvsError::new(ErrorCode::KeyAlreadyExists, format!("key {key:?} already exists")));
@@ -582,6 +589,24 @@ impl Kvs {
         }
     }
 
+    /// The owner's keys, reloaded if the cache lacks one of `ids` (a data
+    /// key made on another node).
+    async fn keys_opening(
+        &self,
+        tx: &mut Tx,
+        owner: &str,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<Option<Arc<OwnerKeys>>, KvsError> {
+        let keys = self.owner_keys(tx, owner, false).await?;
+        let mut ids = ids.into_iter();
+        match keys {
+            Some(k) if ids.any(|id| !k.by_id.contains_key(&id)) => {
+                self.load_owner_keys(tx, owner, false).await
+            }
+            other => Ok(other),
+        }
+    }
+
     /// The owner's keys, from the cache or the store; with `create`, make
     /// the first data key if the owner has none.
     async fn owner_keys(
@@ -590,18 +615,36 @@ impl Kvs {
         owner: &str,
         create: bool,
     ) -> Result<Option<Arc<OwnerKeys>>, KvsError> {
-        if let Some(k) = self.keys.lock().ok().and_then(|m| m.get(owner).cloned()) {
+        let cached = self.keys.lock().ok().and_then(|m| m.get(owner).cloned());
+        if let Some(k) = cached.filter(|k| k.loaded.elapsed() < KEY_CACHE_TTL) {
             return Ok(Some(k));
         }
+        self.load_owner_keys(tx, owner, create).await
+    }
+
+    /// The owner's keys from the store, bypassing the cache: another node
+    /// may have rotated them.
+    async fn load_owner_keys(
+        &self,
+        tx: &mut Tx,
+        owner: &str,
+        create: bool,
+    ) -> Result<Option<Arc<OwnerKeys>>, KvsError> {
         let mut rows = tx.data_keys(owner).await?;
         if rows.is_empty() {
             if !create {
                 return Ok(None);
             }
-            let (_, raw) = DataKey::generate(1)?;
-            let wrapped = self.provider.wrap(owner, 1, &raw)?;
-            tx.insert_data_key(owner, 1, &wrapped, &self.provider.current_kek(), true).await?;
+            // Two first writes for one owner (on two nodes) must not both
+            // make key 1: the second waits, then finds the first's.
+            tx.kv_lock(owner, DATA_KEY_LOCK, "").await?;
             rows = tx.data_keys(owner).await?;
+            if rows.is_empty() {
+                let (_, raw) = DataKey::generate(1)?;
+                let wrapped = self.provider.wrap(owner, 1, &raw)?;
+                tx.insert_data_key(owner, 1, &wrapped, &self.provider.current_kek(), true).await?;
+                rows = tx.data_keys(owner).await?;
+            }
         }
         let mut by_id = HashMap::new();
         let mut active = None;
@@ -615,7 +658,7 @@ impl Kvs {
         }
         let active = active
             .ok_or_else(|| KvsError::new(ErrorCode::StorageError, "the owner has no active data key"))?;
-        let keys = Arc::new(OwnerKeys { active, by_id });
+        let keys = Arc::new(OwnerKeys { active, by_id, loaded: Instant::now() });
         if let Ok(mut m) = self.keys.lock() {
             m.insert(owner.to_owned(), keys.clone());
         }

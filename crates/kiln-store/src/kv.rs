@@ -184,6 +184,28 @@ impl Tx {
         Ok(row)
     }
 
+    /// Hold off every other writer of (`owner`, `namespace`, `key`) until
+    /// this transaction ends, so a read-check-write (`FAIL_IF_EXISTS`, the
+    /// previous value) is atomic. SQLite's IMMEDIATE transaction already
+    /// holds the database's write lock; PostgreSQL takes an advisory lock on
+    /// a hash of the key (a collision only serialises two unrelated writes).
+    pub async fn kv_lock(&mut self, owner: &str, namespace: &str, key: &str) -> Result<(), StoreError> {
+        match &mut self.inner {
+            TxInner::Sqlite(_) => Ok(()),
+            TxInner::Postgres(t) => {
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))",
+                )
+                .bind(owner)
+                .bind(namespace)
+                .bind(key)
+                .execute(&mut **t)
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Insert or replace an entry. `created_at` survives replacement.
     pub async fn kv_put(&mut self, put: KvPut<'_>, now: Millis) -> Result<(), StoreError> {
         let KvPut { owner, namespace, key, value, key_id, expires_at } = put;
@@ -209,6 +231,37 @@ impl Tx {
             .map(drop)
         })?;
         Ok(())
+    }
+
+    /// Replace an entry's sealed value with `new` (under data key
+    /// `key_id`) only if it still holds `old`: re-encryption never
+    /// overwrites a write that landed after it read the row. True if
+    /// replaced.
+    pub async fn kv_reseal(
+        &mut self,
+        owner: &str,
+        namespace: &str,
+        key: &str,
+        old: &[u8],
+        new: &[u8],
+        key_id: u32,
+    ) -> Result<bool, StoreError> {
+        let n = on_conn!(self, |c| {
+            sqlx::query(
+                "UPDATE kv_entries SET value = $5, key_id = $6
+                 WHERE owner = $1 AND namespace = $2 AND key = $3 AND value = $4",
+            )
+            .bind(owner)
+            .bind(namespace)
+            .bind(key)
+            .bind(old)
+            .bind(new)
+            .bind(i64::from(key_id))
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        Ok(n == 1)
     }
 
     /// Delete an entry; true if a live one existed.

@@ -157,6 +157,16 @@ impl Store {
         })
     }
 
+    /// A transaction for reads only. On SQLite it takes no write lock, so
+    /// readers run beside the writer (WAL) and see a consistent snapshot; a
+    /// write inside it may fail with "database is locked".
+    pub async fn begin_read(&self) -> Result<Tx, StoreError> {
+        Ok(match &self.db {
+            Db::Sqlite(pool) => Tx { inner: TxInner::Sqlite(pool.begin().await?) },
+            Db::Postgres(pool) => Tx { inner: TxInner::Postgres(pool.begin().await?) },
+        })
+    }
+
     pub async fn close(&self) {
         match &self.db {
             Db::Sqlite(pool) => pool.close().await,
