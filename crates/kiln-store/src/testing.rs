@@ -18,22 +18,40 @@ pub const REQUIRE_POSTGRES_VAR: &str = "KILN_REQUIRE_POSTGRES";
 pub struct TestStore {
     pub name: &'static str,
     pub store: Store,
+    /// Where the store lives, for [`open_locator`] in another process.
+    pub locator: String,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Open the store a [`TestStore::locator`] names: `sqlite:<data dir>` or
+/// `postgres:<schema>:<url>`. Crash tests use it to share a store with a
+/// child process.
+pub async fn open_locator(locator: &str) -> Result<Store, StoreError> {
+    if let Some(dir) = locator.strip_prefix("sqlite:") {
+        return Store::open_data_dir(std::path::Path::new(dir)).await;
+    }
+    match locator.strip_prefix("postgres:").and_then(|rest| rest.split_once(':')) {
+        Some((schema, url)) => Store::open_postgres(url, Some(schema)).await,
+        None => Err(StoreError::Conflict(format!("not a test store locator: {locator:?}"))),
+    }
 }
 
 /// One store on each available backend.
 pub async fn each_backend() -> Result<Vec<TestStore>, StoreError> {
     let dir =
         tempfile::tempdir().map_err(|source| StoreError::DataDir { path: std::env::temp_dir(), source })?;
-    let sqlite = Store::open_data_dir(&dir.path().join("data")).await?;
-    let mut out = vec![TestStore { name: "sqlite", store: sqlite, _dir: Some(dir) }];
+    let data = dir.path().join("data");
+    let sqlite = Store::open_data_dir(&data).await?;
+    let locator = format!("sqlite:{}", data.display());
+    let mut out = vec![TestStore { name: "sqlite", store: sqlite, locator, _dir: Some(dir) }];
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => {
             let now = crate::now_millis() / 1000;
             drop_stale_schemas(&url, now).await?;
             let schema = format!("kiln_test_{now}_{}", uuid::Uuid::new_v4().simple());
             let store = Store::open_postgres(&url, Some(&schema)).await?;
-            out.push(TestStore { name: "postgres", store, _dir: None });
+            let locator = format!("postgres:{schema}:{url}");
+            out.push(TestStore { name: "postgres", store, locator, _dir: None });
         }
         _ if std::env::var(REQUIRE_POSTGRES_VAR).is_ok_and(|v| v == "1") => {
             return Err(StoreError::Conflict(format!(
