@@ -134,10 +134,26 @@ impl Store {
             setup.close().await;
             options = options.options([("search_path", schema)]);
         }
+        // A write is acknowledged only once durable, whatever the server's default.
+        options = options.options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await?;
         let store = Store { db: Db::Postgres(pool) };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Drop a schema [`Store::open_postgres`] made (benchmarks clean up
+    /// after themselves with it). Everything in it is gone.
+    pub async fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        if !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(StoreError::Conflict(format!("schema name {schema:?} is not a plain identifier")));
+        }
+        let pool = sqlx::PgPool::connect_with(PgConnectOptions::from_str(url)?).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        Ok(())
     }
 
     pub fn backend(&self) -> &'static str {

@@ -14,6 +14,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
 
 mod bench;
+mod bench_kvs;
 mod output;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -112,6 +113,15 @@ enum BenchCommand {
         /// Measure without namespaces (for machines that cannot create them)
         #[arg(long)]
         insecure_skip_namespaces: bool,
+    },
+    /// Key-value store get, set and prefix query, encrypted beside plaintext, on SQLite (and PostgreSQL)
+    Kvs {
+        /// Sets per path and value size (gets and queries: five times as many)
+        #[arg(long, default_value_t = 2000)]
+        ops: usize,
+        /// Also measure PostgreSQL at this URL (a fresh schema, dropped afterwards)
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
 }
 
@@ -315,6 +325,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
             bench::invoke(iterations.max(10), insecure_skip_namespaces)
         }
+        Command::Bench(BenchCommand::Kvs { ops, postgres }) => bench_kvs::kvs(ops, postgres).await,
         Command::Rollback(args) => {
             let store = open(&data_dir).await?;
             let app = app_id(&args.app.app)?;

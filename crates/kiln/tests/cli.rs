@@ -522,3 +522,17 @@ fn without_the_key_file_nothing_opens_and_nothing_is_lost() {
     let list = kiln.run(&["variables", "list", "--app", &app]);
     assert_eq!(String::from_utf8_lossy(&list.stdout), "REGION=eu-1\n");
 }
+
+#[test]
+fn the_kvs_benchmark_runs_both_paths_and_reports_every_operation() {
+    let kiln = Kiln::new();
+    let out = kiln.run(&["bench", "kvs", "--ops", "100"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for op in ["set", "get", "query (page of 10)"] {
+        for size in ["128 B", "4096 B"] {
+            assert!(stdout.contains(&format!("| SQLite | {op} | {size} |")), "{op} {size}:\n{stdout}");
+        }
+    }
+    assert!(text(&out).contains("PostgreSQL skipped"), "{}", text(&out));
+}
