@@ -474,11 +474,11 @@ impl Kvs {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut tx = self.store.begin().await?;
+            let mut tx = self.store.begin_read().await?;
             let rows = tx
                 .kv_query(owner, Namespace::Variable.as_str(), "", after.as_deref(), MAX_PAGE, (self.clock)())
                 .await?;
-            let keys = self.owner_keys(&mut tx, owner, false).await?;
+            let keys = self.keys_opening(&mut tx, owner, rows.iter().map(|r| r.key_id)).await?;
             tx.commit().await?;
             let last = rows.last().map(|r| r.key.clone());
             for row in rows {
@@ -496,6 +496,35 @@ impl Kvs {
                 None => return Ok(out),
             }
         }
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    /// Store an OAuth token (access or refresh) as `name` for `owner`,
+    /// sealed under the `token` namespace: never listed by queries, never
+    /// readable as a KVS entry or a secret. With `ttl`, it disappears when
+    /// the token expires.
+    pub async fn set_token(
+        &self,
+        owner: &str,
+        name: &str,
+        token: &str,
+        ttl: Option<Ttl>,
+    ) -> Result<(), KvsError> {
+        let options = SetOptions { ttl, ..SetOptions::default() };
+        self.write(owner, Namespace::Token, name, &Value::String(token.to_owned()), options).await.map(drop)
+    }
+
+    pub async fn get_token(&self, owner: &str, name: &str) -> Result<Option<String>, KvsError> {
+        match self.read(owner, Namespace::Token, name).await? {
+            None => Ok(None),
+            Some(Entry { value: Value::String(token), .. }) => Ok(Some(token)),
+            Some(_) => Err(KvsError::new(ErrorCode::DataCorrupted, "a stored token is not a string")),
+        }
+    }
+
+    pub async fn delete_token(&self, owner: &str, name: &str) -> Result<(), KvsError> {
+        self.remove(owner, Namespace::Token, name).await
     }
 
     /// Every owner that has data keys (for rotating them all).

@@ -201,9 +201,12 @@ async fn canaries_are_nowhere_in_the_raw_database_files() {
     let data = dir.path().join("data");
     let store = kiln_store::Store::open_data_dir(&data).await.unwrap();
     let kvs = Kvs::new(store.clone(), provider());
-    let canaries = ["CANARY-VALUE-7f3a9c", "CANARY-SECRET-41b2e8"];
+    let canaries =
+        ["CANARY-VALUE-7f3a9c", "CANARY-SECRET-41b2e8", "CANARY-VARIABLE-0d5e", "CANARY-TOKEN-9a7c"];
     kvs.set("inst", "plain", &json!({"note": canaries[0]}), SetOptions::default()).await.unwrap();
     kvs.set_secret("inst", "api-token", &json!(canaries[1])).await.unwrap();
+    kvs.set_variable("variables:app:development", "API_KEY", canaries[2], true).await.unwrap();
+    kvs.set_token("inst", "oauth:access", canaries[3], None).await.unwrap();
     // And a control: a canary written in clear would be found.
     kvs.set("inst", "CANARY-KEY-IN-CLEAR", &json!(1), SetOptions::default()).await.unwrap();
     store.close().await;
@@ -353,5 +356,88 @@ async fn re_encryption_never_overwrites_a_newer_write() {
         tx.commit().await.unwrap();
         assert!(!replaced, "{}", t.name);
         assert_eq!(kvs.get("o", "k").await.unwrap().unwrap().value, json!("new"), "{}", t.name);
+    }
+}
+
+#[tokio::test]
+async fn canaries_are_nowhere_in_the_postgresql_tables() {
+    for t in each_backend().await.unwrap() {
+        let Some(rest) = t.locator.strip_prefix("postgres:") else { continue };
+        let (schema, url) = rest.split_once(':').unwrap();
+        let kvs = Kvs::new(t.store.clone(), provider());
+        let canaries = [
+            "CANARY-VALUE-pg-51c0",
+            "CANARY-SECRET-pg-2e77",
+            "CANARY-VARIABLE-pg-ab3",
+            "CANARY-TOKEN-pg-c41",
+        ];
+        kvs.set("inst", "plain", &json!({"note": canaries[0]}), SetOptions::default()).await.unwrap();
+        kvs.set_secret("inst", "api-token", &json!(canaries[1])).await.unwrap();
+        kvs.set_variable("variables:app:development", "API_KEY", canaries[2], true).await.unwrap();
+        kvs.set_token("inst", "oauth:access", canaries[3], None).await.unwrap();
+        kvs.set("inst", "CANARY-KEY-IN-CLEAR", &json!(1), SetOptions::default()).await.unwrap();
+
+        // Every row of every table, as PostgreSQL prints it (bytea as hex),
+        // and every bytea column decoded back to bytes.
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+        )
+        .bind(schema)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(tables.iter().any(|t| t == "kv_entries"), "{tables:?}");
+        let mut dump = Vec::new();
+        for table in &tables {
+            let sql = format!("SELECT t::text FROM {schema}.{table} t");
+            let rows: Vec<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap();
+            for row in rows {
+                dump.extend(row.into_bytes());
+            }
+        }
+        let sql = format!("SELECT value FROM {schema}.kv_entries");
+        let values: Vec<Vec<u8>> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap();
+        for v in values {
+            dump.extend(v);
+        }
+        pool.close().await;
+        for c in canaries {
+            let hex: String = c.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(!contains(&dump, c.as_bytes()), "{c} found in a PostgreSQL table");
+            assert!(!contains(&dump, hex.as_bytes()), "{c} found hex-encoded in a PostgreSQL table");
+        }
+        assert!(contains(&dump, b"CANARY-KEY-IN-CLEAR"), "the search must be able to find clear text");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_sealed_apart_and_never_listed() {
+    for t in each_backend().await.unwrap() {
+        let (clock, now) = TestClock::new();
+        let kvs = Kvs::with_clock(t.store.clone(), provider(), now);
+        let hour = Some(Ttl { value: 1, unit: TtlUnit::Hours });
+        kvs.set_token("inst", "oauth:access", "at-123", hour).await.unwrap();
+        kvs.set("inst", "oauth:note", &json!("visible"), SetOptions::default()).await.unwrap();
+        assert_eq!(
+            kvs.get_token("inst", "oauth:access").await.unwrap().as_deref(),
+            Some("at-123"),
+            "{}",
+            t.name
+        );
+        // Not a KVS entry, not a secret, not listed, not another owner's.
+        assert_eq!(kvs.get("inst", "oauth:access").await.unwrap(), None);
+        assert_eq!(kvs.get_secret("inst", "oauth:access").await.unwrap(), None);
+        let page = kvs.query("inst", "oauth:", None, None).await.unwrap();
+        assert_eq!(page.results.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["oauth:note"]);
+        assert_eq!(kvs.get_token("other", "oauth:access").await.unwrap(), None);
+        // It expires with its TTL, and can be deleted.
+        clock.advance_secs(3601);
+        assert_eq!(kvs.get_token("inst", "oauth:access").await.unwrap(), None, "{}", t.name);
+        kvs.set_token("inst", "oauth:refresh", "rt-456", None).await.unwrap();
+        kvs.delete_token("inst", "oauth:refresh").await.unwrap();
+        assert_eq!(kvs.get_token("inst", "oauth:refresh").await.unwrap(), None);
     }
 }
