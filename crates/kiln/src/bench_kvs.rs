@@ -23,44 +23,44 @@ const BLOCKS: usize = 40;
 /// Entries a prefix query matches; each query reads the first page of 10.
 const PER_PREFIX: usize = 100;
 
-enum Path {
+enum StorePath {
     Sealed(Kvs),
     Plain(Store),
 }
 
 type R<T> = Result<T, String>;
 
-impl Path {
+impl StorePath {
     fn name(&self) -> &'static str {
         match self {
-            Path::Sealed(_) => "encrypted",
-            Path::Plain(_) => "plaintext",
+            StorePath::Sealed(_) => "encrypted",
+            StorePath::Plain(_) => "plaintext",
         }
     }
 
     async fn set(&self, owner: &str, key: &str, value: &Value) -> R<()> {
         match self {
-            Path::Sealed(kvs) => kvs.set(owner, key, value, SetOptions::default()).await.map(drop),
-            Path::Plain(store) => plain_set(store, owner, key, value).await,
+            StorePath::Sealed(kvs) => kvs.set(owner, key, value, SetOptions::default()).await.map(drop),
+            StorePath::Plain(store) => plain_set(store, owner, key, value).await,
         }
         .map_err(|e| e.to_string())
     }
 
     async fn get(&self, owner: &str, key: &str) -> R<Option<Value>> {
         match self {
-            Path::Sealed(kvs) => {
+            StorePath::Sealed(kvs) => {
                 kvs.get(owner, key).await.map(|e| e.map(|e| e.value)).map_err(|e| e.to_string())
             }
-            Path::Plain(store) => plain_get(store, owner, key).await.map_err(|e| e.to_string()),
+            StorePath::Plain(store) => plain_get(store, owner, key).await.map_err(|e| e.to_string()),
         }
     }
 
     async fn query(&self, owner: &str, prefix: &str) -> R<usize> {
         match self {
-            Path::Sealed(kvs) => {
+            StorePath::Sealed(kvs) => {
                 kvs.query(owner, prefix, None, None).await.map(|p| p.results.len()).map_err(|e| e.to_string())
             }
-            Path::Plain(store) => plain_query(store, owner, prefix).await.map_err(|e| e.to_string()),
+            StorePath::Plain(store) => plain_query(store, owner, prefix).await.map_err(|e| e.to_string()),
         }
     }
 }
@@ -128,9 +128,9 @@ struct Row {
 }
 
 /// Time `count` operations per path, alternating blocks between them.
-async fn measure<'a, F, Fut>(paths: &'a [Path; 2], count: usize, mut op: F) -> R<(Timing, Timing)>
+async fn measure<'a, F, Fut>(paths: &'a [StorePath; 2], count: usize, mut op: F) -> R<(Timing, Timing)>
 where
-    F: FnMut(&'a Path, &'static str, usize) -> Fut,
+    F: FnMut(&'a StorePath, &'static str, usize) -> Fut,
     Fut: std::future::Future<Output = R<()>>,
 {
     let mut timings = [Timing::default(), Timing::default()];
@@ -151,10 +151,10 @@ where
     Ok((sealed, plain))
 }
 
-fn owner_of(path: &Path) -> &'static str {
+fn owner_of(path: &StorePath) -> &'static str {
     match path {
-        Path::Sealed(_) => "bench-installation-sealed",
-        Path::Plain(_) => "bench-installation-plain",
+        StorePath::Sealed(_) => "bench-installation-sealed",
+        StorePath::Plain(_) => "bench-installation-plain",
     }
 }
 
@@ -178,8 +178,10 @@ fn order(n: usize) -> Vec<usize> {
 async fn bench_backend(backend: &'static str, store: &Store, ops: usize) -> R<Vec<Row>> {
     let provider =
         EnvKeyProvider::from_value(&format!("bench:{}", bench_kek()?)).map_err(|e| e.to_string())?;
-    let paths =
-        [Path::Sealed(Kvs::new(store.clone(), std::sync::Arc::new(provider))), Path::Plain(store.clone())];
+    let paths = [
+        StorePath::Sealed(Kvs::new(store.clone(), std::sync::Arc::new(provider))),
+        StorePath::Plain(store.clone()),
+    ];
     let mut rows = Vec::new();
     for size in [128, 4096] {
         // Warm up both paths (connections, statement caches, the data key).

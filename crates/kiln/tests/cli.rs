@@ -36,6 +36,13 @@ impl Kiln {
         self.run_in(&repo(), args)
     }
 
+    /// Run a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(cwd)
@@ -435,34 +442,20 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 fn variables_are_sealed_at_rest_and_encrypted_ones_are_never_shown() {
     let kiln = Kiln::new();
     let app = example_app_id();
-    let set = |args: &[&str]| {
-        let mut all = vec!["variables", "set"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--app", &app]);
-        let out = kiln.run(&all);
-        assert_eq!(code(&out), 0, "{}", text(&out));
-        out
-    };
-    set(&["REGION", "canary-region-7f3a"]);
-    let out = set(&["API_TOKEN", "canary-secret-91c2", "--encrypt"]);
-    assert!(!text(&out).contains("canary-secret-91c2"), "{}", text(&out));
-
-    let list = kiln.run(&["variables", "list", "--app", &app]);
-    assert_eq!(code(&list), 0, "{}", text(&list));
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "API_TOKEN=<encrypted>\nREGION=canary-region-7f3a\n");
-
+    kiln.ok(&["variables", "set", "REGION", "canary-region-7f3a", "--app", &app]);
+    let said = kiln.ok(&["variables", "set", "API_TOKEN", "canary-secret-91c2", "--encrypt", "--app", &app]);
+    assert!(!said.contains("canary-secret-91c2"), "{said}");
+    let list = ["variables", "list", "--app", &app];
+    assert_eq!(kiln.ok(&list), "API_TOKEN=<encrypted>\nREGION=canary-region-7f3a\n");
     // Other environments are separate.
-    let list = kiln.run(&["variables", "list", "--app", &app, "-e", "production"]);
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "");
+    assert_eq!(kiln.ok(&["variables", "list", "--app", &app, "-e", "production"]), "");
 
     let disk = disk_bytes(&kiln.data_dir());
     assert!(!contains(&disk, "canary-region-7f3a"), "plain variable found on disk");
     assert!(!contains(&disk, "canary-secret-91c2"), "encrypted variable found on disk");
 
-    let out = kiln.run(&["variables", "unset", "REGION", "--app", &app]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let list = kiln.run(&["variables", "list", "--app", &app]);
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "API_TOKEN=<encrypted>\n");
+    kiln.ok(&["variables", "unset", "REGION", "--app", &app]);
+    assert_eq!(kiln.ok(&list), "API_TOKEN=<encrypted>\n");
 }
 
 #[test]
@@ -474,38 +467,29 @@ fn a_bad_variable_name_is_refused_and_stores_nothing() {
         assert_eq!(code(&out), 2, "{name:?}: {}", text(&out));
         assert!(text(&out).contains("variable"), "{name:?}: {}", text(&out));
     }
-    let list = kiln.run(&["variables", "list", "--app", &app]);
-    assert_eq!(code(&list), 0, "{}", text(&list));
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "");
+    assert_eq!(kiln.ok(&["variables", "list", "--app", &app]), "");
 }
 
 #[test]
 fn rotating_keys_keeps_every_value_readable() {
     let kiln = Kiln::new();
     let app = example_app_id();
-    let out = kiln.run(&["variables", "set", "REGION", "eu-1", "--app", &app]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let keys_before = std::fs::read(kiln.data_dir().join("kiln.keys")).unwrap();
+    kiln.ok(&["variables", "set", "REGION", "eu-1", "--app", &app]);
+    let key_file = kiln.data_dir().join("kiln.keys");
+    let keys_before = std::fs::read(&key_file).unwrap();
 
-    let out = kiln.run(&["keys", "rotate"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(text(&out).contains("1 data keys rewrapped"), "{}", text(&out));
-    assert_ne!(std::fs::read(kiln.data_dir().join("kiln.keys")).unwrap(), keys_before);
+    assert!(kiln.ok(&["keys", "rotate"]).contains("1 data keys rewrapped"));
+    assert_ne!(std::fs::read(&key_file).unwrap(), keys_before);
+    assert!(kiln.ok(&["keys", "rotate", "--data-keys"]).contains("1 values re-encrypted"));
 
-    let out = kiln.run(&["keys", "rotate", "--data-keys"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(text(&out).contains("1 values re-encrypted"), "{}", text(&out));
-
-    let list = kiln.run(&["variables", "list", "--app", &app]);
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "REGION=eu-1\n");
+    assert_eq!(kiln.ok(&["variables", "list", "--app", &app]), "REGION=eu-1\n");
 }
 
 #[test]
 fn without_the_key_file_nothing_opens_and_nothing_is_lost() {
     let kiln = Kiln::new();
     let app = example_app_id();
-    let out = kiln.run(&["variables", "set", "REGION", "eu-1", "--app", &app]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    kiln.ok(&["variables", "set", "REGION", "eu-1", "--app", &app]);
     let keys = kiln.data_dir().join("kiln.keys");
     let saved = kiln.data.path().join("kiln.keys.saved");
     std::fs::rename(&keys, &saved).unwrap();
@@ -519,8 +503,7 @@ fn without_the_key_file_nothing_opens_and_nothing_is_lost() {
     }
 
     std::fs::rename(&saved, &keys).unwrap();
-    let list = kiln.run(&["variables", "list", "--app", &app]);
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "REGION=eu-1\n");
+    assert_eq!(kiln.ok(&["variables", "list", "--app", &app]), "REGION=eu-1\n");
 }
 
 #[test]
