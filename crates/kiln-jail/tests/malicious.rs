@@ -92,3 +92,18 @@ fn a_spawned_worker_is_in_new_namespaces_with_nothing_inherited() {
     assert_eq!(field("no_new_privs"), "1");
     drop(leaked);
 }
+
+#[test]
+fn without_unprivileged_user_namespaces_workers_are_refused_with_the_reason() {
+    let out = Command::new(malicious()).arg("no-userns-probe").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "the jail must refuse: {stderr}");
+    for needed in [
+        "cannot start a jailed worker",
+        "Operation not permitted",
+        "max_user_namespaces",
+        "insecure-skip-namespaces",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} missing from: {stderr}");
+    }
+}

@@ -17,6 +17,9 @@ fn main() -> ExitCode {
     if action == "report" {
         return report();
     }
+    if action == "no-userns-probe" {
+        return no_userns_probe();
+    }
     if let Err(e) = kiln_jail::lockdown() {
         eprintln!("lockdown failed: {e}");
         return ExitCode::from(2);
@@ -70,6 +73,37 @@ fn attempt(action: &str) -> i64 {
                 eprintln!("unknown action {action:?}");
                 -1
             }
+        }
+    }
+}
+
+/// Play a kernel without unprivileged user namespaces (`unshare` fails with
+/// EPERM, as it does when `user.max_user_namespaces` is 0), then ask the jail
+/// whether workers can start. Prints the jail's answer; exit 0 if it said
+/// yes, 4 if it refused.
+fn no_userns_probe() -> ExitCode {
+    use std::collections::BTreeMap;
+
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let Ok(arch) = TargetArch::try_from(std::env::consts::ARCH) else { return ExitCode::from(2) };
+    let rules = BTreeMap::from([(libc::SYS_unshare, Vec::new())]);
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch);
+    let program: Result<BpfProgram, _> = filter
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.try_into().map_err(|e: seccompiler::BackendError| e.to_string()));
+    if let Err(e) = program.and_then(|p| seccompiler::apply_filter(&p).map_err(|e| e.to_string())) {
+        eprintln!("cannot simulate the kernel: {e}");
+        return ExitCode::from(2);
+    }
+    match kiln_jail::probe_namespaces() {
+        Ok(()) => {
+            eprintln!("workers can start");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(4)
         }
     }
 }
