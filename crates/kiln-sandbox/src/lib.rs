@@ -207,6 +207,14 @@ impl Sandbox {
         Ok(program)
     }
 
+    /// Cache `program` for `app` as if its compile worker had produced it.
+    /// Tests use this to play a compromised compiler handing back forged
+    /// bytecode; nothing else can put bytecode into the sandbox.
+    #[cfg(feature = "testing")]
+    pub fn insert_program(&self, app: &str, hash: &Sha256, program: Program) {
+        lock(&self.programs).insert((app.to_owned(), *hash), Arc::new(program));
+    }
+
     fn compile(&self, bundle: &Bundle) -> Result<Program, SandboxError> {
         let modules: Vec<SourceModule> = bundle
             .modules
