@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in every header. A peer speaking another
 /// version is refused at the first frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"KL";
@@ -53,7 +53,14 @@ pub enum ToWorker {
     /// Compile these sources to bytecode and answer with `Compiled`.
     Compile { modules: Vec<SourceModule>, imports: BTreeMap<String, BTreeMap<String, Import>> },
     /// The program this worker serves; sent once, before any `Invoke`.
-    Load { program: Program },
+    /// With `fork`, each invocation runs in a process forked from a
+    /// prepared template; without, in a fresh runtime in the worker, which
+    /// then gives up the right to fork.
+    Load {
+        program: Program,
+        #[serde(default)]
+        fork: bool,
+    },
     /// Run one function in a fresh runtime.
     Invoke { invocation: Invocation },
     /// The answer to a `HostCall`.
@@ -93,6 +100,12 @@ pub enum FromWorker {
     /// The invocation finished.
     Done {
         outcome: Outcome,
+    },
+    /// The process the worker forked for the invocation died without
+    /// finishing it (crashed, killed by the jail). The worker exits next.
+    InvocationDied {
+        code: Option<i32>,
+        signal: Option<i32>,
     },
 }
 

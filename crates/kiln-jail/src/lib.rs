@@ -172,7 +172,10 @@ fn child_before_exec(worker_fd: RawFd, limits: ProcessLimits, namespaces: Namesp
     set_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
     set_limit(libc::RLIMIT_CPU, limits.cpu_seconds)?;
     set_limit(libc::RLIMIT_NOFILE, MAX_OPEN_FILES)?;
-    set_limit(libc::RLIMIT_NPROC, 0)?;
+    // The worker and one forked invocation process (counted per user
+    // namespace on current kernels; root is exempt from this limit, which is
+    // one reason not to run Kiln as root).
+    set_limit(libc::RLIMIT_NPROC, 2)?;
     set_limit(libc::RLIMIT_FSIZE, 0)?;
     set_limit(libc::RLIMIT_CORE, 0)?;
     // 5. No privilege gain through exec (setuid binaries, file capabilities).
@@ -216,6 +219,125 @@ pub fn inherited_channel() -> Result<UnixStream, JailError> {
 /// seccomp allow-list. Call once the engine is initialised and before any
 /// app input is read. Irreversible.
 pub fn lockdown() -> Result<JailReport, JailError> {
+    lockdown_as(seccomp::Profile::Invocation)
+}
+
+/// As [`lockdown`], for a *template*: a worker that runs each invocation in
+/// a child forked from itself ([`fork_invocation`]), so every invocation
+/// starts from the same prepared state and leaves nothing behind. The
+/// template may additionally fork (plain `fork` only), reap, and let each
+/// child install the invocation allow-list on itself; the child does so
+/// before returning to any caller.
+pub fn lockdown_template() -> Result<JailReport, JailError> {
+    let invocation = seccomp::program(seccomp::Profile::Invocation)?;
+    let _ = TEMPLATE.set(Template { pid: std::process::id(), invocation });
+    lockdown_as(seccomp::Profile::Template)
+}
+
+/// What a template's children need after `fork`: who their parent is, and
+/// the invocation filter, built before lockdown.
+struct Template {
+    pid: u32,
+    invocation: seccompiler::BpfProgram,
+}
+
+static TEMPLATE: std::sync::OnceLock<Template> = std::sync::OnceLock::new();
+
+/// Which side of [`fork_invocation`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The new process: it dies with the template and runs under the
+    /// invocation allow-list alone (no fork, no wait).
+    Child,
+    /// The template; the child's pid, for [`wait_child`].
+    Parent(i32),
+}
+
+/// Fork an invocation process from this template (see
+/// [`lockdown_template`]). In the child, before this returns: death with the
+/// parent is armed, the parent is checked to be alive (else the child exits
+/// at once), and the invocation allow-list is installed on top of the
+/// template's. The process must be single-threaded (workers are).
+pub fn fork_invocation() -> Result<Forked, JailError> {
+    let template = TEMPLATE
+        .get()
+        .ok_or_else(|| JailError::Lockdown(io::Error::other("not locked down as a template")))?;
+    // SAFETY: the worker is single-threaded, so the child is a faithful copy
+    // with no lock held by a vanished thread; glibc's fork resets its own
+    // state (malloc, robust list) in the child.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(JailError::Spawn(io::Error::last_os_error())),
+        0 => {
+            // SAFETY: prctl with integer arguments only.
+            let armed = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } == 0;
+            // SAFETY: getppid takes no arguments.
+            let parent = unsafe { libc::getppid() };
+            let orphaned = u32::try_from(parent).ok() != Some(template.pid);
+            if !armed || orphaned || seccompiler::apply_filter(&template.invocation).is_err() {
+                exit_now(1);
+            }
+            Ok(Forked::Child)
+        }
+        child => Ok(Forked::Parent(child)),
+    }
+}
+
+/// Give up a template's extra rights for good: install the invocation
+/// allow-list on this process itself, as a forked child would. For workers
+/// that run invocations in place.
+pub fn restrict_to_invocation() -> Result<(), JailError> {
+    let template = TEMPLATE
+        .get()
+        .ok_or_else(|| JailError::Lockdown(io::Error::other("not locked down as a template")))?;
+    seccompiler::apply_filter(&template.invocation).map_err(|e| JailError::Seccomp(e.to_string()))
+}
+
+/// How a forked invocation process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildExit {
+    /// Its exit status, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl ChildExit {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Wait for the invocation process `pid` to end.
+pub fn wait_child(pid: i32) -> io::Result<ChildExit> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes one int through the pointer, which lives
+        // on this stack frame.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ChildExit { code: None, signal: Some(libc::WTERMSIG(status)) }
+    } else {
+        ChildExit { code: Some(libc::WEXITSTATUS(status)), signal: None }
+    })
+}
+
+/// End this process at once: no destructors, no buffered output, no atexit
+/// handlers (a forked invocation process must not run the template's).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process; it never returns and touches no memory.
+    unsafe { libc::_exit(code) }
+}
+
+fn lockdown_as(profile: seccomp::Profile) -> Result<JailReport, JailError> {
     // Read now: once Landlock and seccomp apply, /proc is out of reach.
     let namespaces = in_new_user_namespace();
     // No other process of the same user may attach to or read this one.
@@ -224,7 +346,7 @@ pub fn lockdown() -> Result<JailReport, JailError> {
     // SAFETY: prctl with integer arguments only; idempotent if already set.
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(JailError::Lockdown)?;
     let landlock = landlock_no_rights()?;
-    seccomp::install()?;
+    seccomp::install(profile)?;
     Ok(JailReport { namespaces, seccomp: true, landlock, no_new_privs: true })
 }
 

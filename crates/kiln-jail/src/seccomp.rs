@@ -24,6 +24,44 @@ enum Use {
     Any,
     /// Only on these file descriptors (first argument).
     OnFds(&'static [u64]),
+    /// Only with one of these values as the first argument (an operation
+    /// code, or `clone`'s flags).
+    FirstArgIn(&'static [u64]),
+}
+
+/// The flags glibc's `fork()` passes to `clone`: a plain child process, no
+/// shared memory, no threads, no new namespaces.
+const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
+
+/// What a template process (a worker that forks one process per invocation,
+/// see `crate::fork_invocation`) may do beyond [`ALLOWED`]. Its children
+/// install [`ALLOWED`] alone before they run anything, so app code in an
+/// invocation can never use these.
+#[cfg(target_arch = "x86_64")]
+const TEMPLATE_EXTRA: &[(libc::c_long, Use, &str)] = &[
+    (libc::SYS_clone, Use::FirstArgIn(&[FORK_FLAGS]), "fork one invocation process; glibc's fork flags only"),
+    (libc::SYS_wait4, Use::Any, "reap the invocation process and learn how it ended"),
+    (libc::SYS_set_robust_list, Use::Any, "glibc resets the robust-futex list in a forked child"),
+    (libc::SYS_getppid, Use::Any, "the child checks that the template is still its parent"),
+    (
+        libc::SYS_prctl,
+        Use::FirstArgIn(&[libc::PR_SET_PDEATHSIG as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
+        "the child dies with the template, then sets no_new_privs to install its filter",
+    ),
+    (
+        libc::SYS_seccomp,
+        Use::FirstArgIn(&[libc::SECCOMP_SET_MODE_FILTER as u64]),
+        "the child installs ALLOWED alone",
+    ),
+];
+
+/// Which allow-list a process runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// [`ALLOWED`]: what running an invocation needs, nothing more.
+    Invocation,
+    /// [`ALLOWED`] plus [`TEMPLATE_EXTRA`]: a process that forks invocations.
+    Template,
 }
 
 /// The allow-list. Each entry: the call, how it may be used, and why.
@@ -66,21 +104,30 @@ const ALLOWED: &[(libc::c_long, Use, &str)] = &[
 pub const FORBIDDEN_EXAMPLES: &[&str] =
     &["socket", "connect", "openat", "execve", "ptrace", "io_uring_setup", "clone", "fork", "kill"];
 
-/// Build the filter program.
-pub(crate) fn program() -> Result<BpfProgram, JailError> {
+/// Build the filter program for `profile`.
+pub(crate) fn program(profile: Profile) -> Result<BpfProgram, JailError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| JailError::Seccomp(e.to_string()))?;
+    let extra: &[(libc::c_long, Use, &str)] = match profile {
+        Profile::Invocation => &[],
+        Profile::Template => TEMPLATE_EXTRA,
+    };
+    let first_arg_in = |values: &[u64], qword: bool| {
+        values
+            .iter()
+            .map(|v| {
+                let len = if qword { SeccompCmpArgLen::Qword } else { SeccompCmpArgLen::Dword };
+                SeccompCondition::new(0, len, SeccompCmpOp::Eq, *v)
+                    .and_then(|c| SeccompRule::new(vec![c]))
+                    .map_err(|e| JailError::Seccomp(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (call, usage, _why) in ALLOWED {
+    for (call, usage, _why) in ALLOWED.iter().chain(extra) {
         let entry = match usage {
             Use::Any => Vec::new(),
-            Use::OnFds(fds) => fds
-                .iter()
-                .map(|fd| {
-                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *fd)
-                        .and_then(|c| SeccompRule::new(vec![c]))
-                        .map_err(|e| JailError::Seccomp(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
+            Use::OnFds(fds) => first_arg_in(fds, false)?,
+            Use::FirstArgIn(values) => first_arg_in(values, true)?,
         };
         rules.insert(*call, entry);
     }
@@ -89,9 +136,9 @@ pub(crate) fn program() -> Result<BpfProgram, JailError> {
     filter.try_into().map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))
 }
 
-/// Install the filter on this process. Irreversible.
-pub(crate) fn install() -> Result<(), JailError> {
-    let program = program()?;
+/// Install the filter for `profile` on this process. Irreversible.
+pub(crate) fn install(profile: Profile) -> Result<(), JailError> {
+    let program = program(profile)?;
     seccompiler::apply_filter(&program).map_err(|e| JailError::Seccomp(e.to_string()))
 }
 
@@ -100,8 +147,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_template_adds_only_forking_and_restricts_each_addition() {
+        assert!(program(Profile::Template).is_ok());
+        for (call, usage, _) in TEMPLATE_EXTRA {
+            let restricted = matches!(usage, Use::FirstArgIn(_));
+            let harmless = [libc::SYS_wait4, libc::SYS_set_robust_list, libc::SYS_getppid].contains(call);
+            assert!(restricted || harmless, "template call {call} must be restricted by its arguments");
+        }
+        for never in [
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_execve,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_kill,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!TEMPLATE_EXTRA.iter().any(|(c, _, _)| *c == never), "syscall {never} must not be added");
+        }
+    }
+
+    #[test]
     fn the_allow_list_builds_and_names_no_dangerous_call() {
-        assert!(program().is_ok());
+        assert!(program(Profile::Invocation).is_ok());
         for dangerous in [
             libc::SYS_socket,
             libc::SYS_connect,
@@ -133,6 +202,6 @@ mod tests {
 
     #[test]
     fn every_entry_says_why() {
-        assert!(ALLOWED.iter().all(|(_, _, why)| !why.is_empty()));
+        assert!(ALLOWED.iter().chain(TEMPLATE_EXTRA).all(|(_, _, why)| !why.is_empty()));
     }
 }

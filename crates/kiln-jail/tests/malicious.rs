@@ -107,3 +107,80 @@ fn without_unprivileged_user_namespaces_workers_are_refused_with_the_reason() {
         assert!(stderr.contains(needed), "{needed:?} missing from: {stderr}");
     }
 }
+
+fn template(what: &str) -> std::process::Output {
+    Command::new(malicious()).args(["template", what]).output().unwrap()
+}
+
+#[test]
+fn a_template_forks_invocation_processes_that_cannot_fork_or_escape() {
+    // What an invocation needs still works in the forked child.
+    let out = template("allowed");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Everything forbidden to a worker is forbidden to the child, and so is
+    // forking again and everything the template alone may do.
+    for action in [
+        "open",
+        "openat",
+        "socket",
+        "exec",
+        "fork",
+        "clone",
+        "clone3",
+        "ptrace",
+        "io_uring",
+        "kill",
+        "mount",
+        "unshare",
+        "prctl-dumpable",
+    ] {
+        let out = template(action);
+        assert_eq!(
+            out.status.code(),
+            Some(10),
+            "{action} in the invocation process must die by SIGSYS: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_template_itself_may_fork_only_plain_processes() {
+    // Threads, new namespaces, clone3, raw fork and everything a worker may
+    // not do still kill the template.
+    for action in [
+        "clone-thread",
+        "clone-newuser",
+        "clone3",
+        "fork",
+        "open",
+        "socket",
+        "exec",
+        "ptrace",
+        "prctl-dumpable",
+    ] {
+        let status =
+            Command::new(malicious()).args(["template", &format!("self:{action}")]).status().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGSYS),
+            "{action} in the template: expected SIGSYS, got {status:?}"
+        );
+    }
+}
+
+#[test]
+fn a_template_that_gives_up_forking_cannot_fork_again() {
+    // glibc's fork, exactly what a template may do, works before...
+    let status = Command::new(malicious()).args(["template", "self:libc-fork"]).status().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // ...and kills the process once it has restricted itself.
+    for action in ["libc-fork", "allowed"] {
+        let status =
+            Command::new(malicious()).args(["template", &format!("restricted:{action}")]).status().unwrap();
+        if action == "allowed" {
+            assert_eq!(status.code(), Some(0), "{status:?}");
+        } else {
+            assert_eq!(status.signal(), Some(libc::SIGSYS), "{action}: {status:?}");
+        }
+    }
+}

@@ -168,6 +168,15 @@ impl Program {
     }
 }
 
+impl Program {
+    /// The ids of the app's modules, sorted: a stable numbering for them.
+    pub fn module_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.links.kinds.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
 /// A module as the prelude's `require` sees it.
 #[derive(Debug, Clone)]
 struct Target {
@@ -294,6 +303,35 @@ struct Loop {
     /// The invocation's limits and start, once it has started.
     limits: Option<kiln_ipc::Limits>,
     started: Option<Instant>,
+    /// Math.random's xorshift128+ state.
+    random: [u64; 2],
+}
+
+impl Loop {
+    /// A fresh seed from the kernel for Math.random.
+    fn reseed_random(&mut self) {
+        let mut bytes = [0u8; 16];
+        if kiln_crypto::fill_random(&mut bytes).is_err() {
+            // The kernel's generator does not fail in practice; the clock
+            // still gives each invocation its own sequence if it does.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            bytes = nanos.to_le_bytes();
+        }
+        let (a, b) = bytes.split_at(8);
+        let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([1; 8]));
+        self.random = [word(a) | 1, word(b)];
+    }
+
+    /// The next Math.random value, in [0, 1).
+    fn next_random(&mut self) -> f64 {
+        let [mut s1, s0] = self.random;
+        let result = s0.wrapping_add(s1);
+        s1 ^= s1 << 23;
+        self.random = [s0, s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26)];
+        (result >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -383,6 +421,26 @@ impl Prepared {
         (prepared, true)
     }
 
+    /// A fresh runtime with the prelude and every module of `modules`
+    /// evaluated, in order. Modules that cannot load cleanly (see
+    /// [`Prepared::new`]) are left out, and returned so that callers stop
+    /// asking for them.
+    pub fn with_preloads(program: &'static Program, modules: &[String]) -> (Prepared, Vec<String>) {
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let prepared = Prepared::base(program);
+            if prepared.setup_error.is_some() {
+                return (prepared, failed);
+            }
+            let bad = modules.iter().filter(|m| !failed.contains(m)).find(|m| prepared.preload(m).is_err());
+            match bad {
+                None => return (prepared, failed),
+                // The runtime ran part of a module: start again without it.
+                Some(module) => failed.push(module.clone()),
+            }
+        }
+    }
+
     fn preload(&self, module: &str) -> Result<(), ()> {
         let (Some(context), Some(_)) = (&self.context, &self.runtime) else { return Err(()) };
         let until = u64::try_from((self.clock.elapsed() + PRELOAD_DEADLINE).as_nanos()).unwrap_or(u64::MAX);
@@ -412,6 +470,7 @@ impl Prepared {
         let deadline_nanos = Arc::new(AtomicU64::new(u64::MAX));
         let interrupted = Arc::new(AtomicBool::new(false));
         let state = Rc::new(RefCell::new(Loop::default()));
+        state.borrow_mut().reseed_random();
         let mut prepared = Prepared {
             program,
             state,
@@ -484,6 +543,9 @@ impl Prepared {
             let mut state = self.state.borrow_mut();
             state.limits = Some(invocation.limits);
             state.started = Some(start);
+            // Invocations forked from one prepared runtime must not share
+            // a sequence.
+            state.reseed_random();
         }
         self.interrupted.store(false, Ordering::Relaxed);
         let program = self.program;

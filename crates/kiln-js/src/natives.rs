@@ -239,6 +239,17 @@ pub(crate) fn install<'js>(
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, name: String| import_sync(&ctx, &name))?,
     )?;
 
+    // Math.random from a generator seeded afresh for every invocation (see
+    // `Prepared::run`). QuickJS seeds its own from the clock when a context
+    // is made, so invocations forked from one prepared context would all
+    // draw the same sequence.
+    let s = state.clone();
+    let math: Object = ctx.globals().get("Math")?;
+    math.set(
+        "random",
+        Function::new(ctx.clone(), move || -> f64 { s.borrow_mut().next_random() })?.with_name("random")?,
+    )?;
+
     let s = state;
     native.set(
         "install",

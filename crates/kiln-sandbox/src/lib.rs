@@ -80,7 +80,18 @@ pub struct SandboxConfig {
     pub recycle_after: u32,
     /// Let workers write to the server's stderr (development only).
     pub inherit_stderr: bool,
+    /// Programs with at least this many bytes of bytecode run every
+    /// invocation in a process forked from a prepared template (reading the
+    /// bytecode and running the top level once per worker); smaller ones in
+    /// a fresh runtime the worker prepares ahead, which costs less than a
+    /// fork for them. 0 always forks; `usize::MAX` never does.
+    pub fork_above_bytes: usize,
 }
+
+/// [`SandboxConfig::fork_above_bytes`] by default: where a fresh runtime
+/// starts to cost more than a fork (measured by `kiln bench invoke`; see
+/// docs/PERFORMANCE.md).
+pub const FORK_ABOVE_BYTES: usize = 48 * 1024;
 
 impl SandboxConfig {
     /// Defaults for workers that are this very executable with `__worker`.
@@ -95,6 +106,7 @@ impl SandboxConfig {
             pool_size: 2,
             recycle_after: 1_000,
             inherit_stderr: false,
+            fork_above_bytes: FORK_ABOVE_BYTES,
         })
     }
 }
@@ -240,6 +252,10 @@ impl Sandbox {
             Ok(FromWorker::CompileFailed { module, message }) => {
                 Err(SandboxError::Compile { module, message })
             }
+            Ok(FromWorker::InvocationDied { code, signal }) => Err(SandboxError::Platform(format!(
+                "the compile worker failed: {}",
+                death_reason("the compiler", signal, code)
+            ))),
             Ok(_) => Err(SandboxError::Platform("the compile worker answered out of turn".into())),
             Err(e) => Err(SandboxError::Platform(format!("the compile worker failed: {}", e.message))),
         }
@@ -370,7 +386,9 @@ struct PoolState {
 impl Pool {
     fn start(&self, sandbox: &Sandbox) -> Result<Worker, SandboxError> {
         let mut worker = sandbox.start_worker(self.memory_mb)?;
-        worker.send(&ToWorker::Load { program: (*self.program).clone() })?;
+        let bytes: usize = self.program.modules.iter().map(|m| m.code.len()).sum();
+        let fork = bytes >= sandbox.config.fork_above_bytes;
+        worker.send(&ToWorker::Load { program: (*self.program).clone(), fork })?;
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
             Ok(FromWorker::Loaded {}) => Ok(worker),
             Ok(other) => {
@@ -492,18 +510,8 @@ impl Worker {
 
     /// Why the worker is gone, from its exit status.
     fn death(&mut self) -> InvocationError {
-        let status = self.child.wait();
-        let why = match status {
-            Ok(s) => match s.signal() {
-                Some(31) => "the sandbox killed the worker: it attempted a forbidden system call".to_owned(),
-                Some(9) => "the worker was killed".to_owned(),
-                Some(24) => "the worker exceeded its CPU time limit".to_owned(),
-                Some(6) | Some(11) | Some(7) => {
-                    format!("the JavaScript engine crashed (signal {})", s.signal().unwrap_or(0))
-                }
-                Some(sig) => format!("the worker died from signal {sig}"),
-                None => format!("the worker exited with status {}", s.code().unwrap_or(-1)),
-            },
+        let why = match self.child.wait() {
+            Ok(s) => death_reason("the worker", s.signal(), s.code()),
             Err(e) => format!("the worker vanished: {e}"),
         };
         InvocationError::new(ErrorCode::PlatformError, why)
@@ -576,6 +584,12 @@ impl Worker {
                     };
                     return (outcome, healthy);
                 }
+                FromWorker::InvocationDied { code, signal } => {
+                    // The worker exits next; whatever the cause, replace it.
+                    self.kill();
+                    let why = death_reason("the invocation", signal, code);
+                    return (Outcome::Err(InvocationError::new(ErrorCode::PlatformError, why)), false);
+                }
                 other => {
                     self.kill();
                     let message =
@@ -602,6 +616,20 @@ fn variant(m: &FromWorker) -> &'static str {
         FromWorker::HostCall { .. } => "hostCall",
         FromWorker::Log { .. } => "log",
         FromWorker::Done { .. } => "done",
+        FromWorker::InvocationDied { .. } => "invocationDied",
+    }
+}
+
+/// How a process (`who`: the worker, or the process forked for an
+/// invocation) ended, in words.
+fn death_reason(who: &str, signal: Option<i32>, code: Option<i32>) -> String {
+    match signal {
+        Some(31) => format!("the sandbox killed {who}: it attempted a forbidden system call"),
+        Some(9) => format!("{who} was killed"),
+        Some(24) => format!("{who} exceeded its CPU time limit"),
+        Some(sig @ (6 | 7 | 11)) => format!("the JavaScript engine crashed in {who} (signal {sig})"),
+        Some(sig) => format!("{who} died from signal {sig}"),
+        None => format!("{who} exited with status {}", code.unwrap_or(-1)),
     }
 }
 

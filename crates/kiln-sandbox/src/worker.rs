@@ -3,7 +3,16 @@
 //! Order matters: take the channel, initialise the engine, lock down
 //! (Landlock, seccomp), and only then read anything the app supplied. After
 //! lockdown the process can read and write its channel, allocate, tell the
-//! time and sleep; anything else kills it.
+//! time and sleep, and fork; anything else kills it.
+//!
+//! The worker is a *template*: it keeps one prepared runtime (the prelude
+//! loaded, the app's entry modules evaluated) and never runs an invocation
+//! itself. Each invocation, and each compile of untrusted source, runs in a
+//! child forked from it, which first installs the invocation allow-list (no
+//! fork, no wait) and exits when done. So every invocation starts from the
+//! same prepared state, nothing it does survives it, and a large bundle's
+//! bytecode is read and its top level run once per worker rather than once
+//! per call.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -15,6 +24,19 @@ use kiln_ipc::{
     FromWorker, HostReply, LogLevel, MAX_PROGRAM_FRAME_BYTES, PROTOCOL_VERSION, ToWorker, read_frame,
     write_frame,
 };
+use kiln_jail::Forked;
+
+/// Entry modules kept evaluated in the template, at most.
+const MAX_PRELOADED: usize = 16;
+
+/// How a forked child ends, for the template: it served its request; it
+/// failed (its channel broke, or the server broke the protocol); the server
+/// asked the worker to shut down; or it served a call whose module the
+/// template should evaluate ahead (`FIRST_MODULE` + the module's index).
+const SERVED: i32 = 0;
+const FAILED: i32 = 1;
+const SHUTDOWN: i32 = 2;
+const FIRST_MODULE: i32 = 3;
 
 /// Entry point of `kiln __worker`. Never returns to app code on error: any
 /// protocol or I/O failure ends the process, and the server replaces it.
@@ -28,15 +50,21 @@ pub fn worker_main() -> ExitCode {
     // Initialise the engine's process-wide state before the filter is in
     // place: the first runtime does one-time setup.
     kiln_js::warm_up();
-    let jail = match kiln_jail::lockdown() {
+    let jail = match kiln_jail::lockdown_template() {
         Ok(report) => report,
         Err(e) => {
             let _ = (&channel).write_all(format!("lockdown failed: {e}").as_bytes());
             return ExitCode::from(3);
         }
     };
-    let mut worker =
-        Worker { channel, program: None, next: None, last_entry: None, no_preload: HashSet::new() };
+    let mut worker = Worker {
+        channel,
+        program: None,
+        fork: false,
+        template: None,
+        preloaded: Vec::new(),
+        no_preload: HashSet::new(),
+    };
     if worker.send(&FromWorker::Ready { protocol: PROTOCOL_VERSION, jail }).is_err() {
         return ExitCode::from(4);
     }
@@ -49,10 +77,14 @@ pub fn worker_main() -> ExitCode {
 struct Worker {
     channel: UnixStream,
     program: Option<&'static kiln_js::Program>,
-    /// The runtime the next invocation will use, made while idle.
-    next: Option<kiln_js::Prepared>,
-    /// The module the last invocation ran; the next runtime loads it ahead.
-    last_entry: Option<String>,
+    /// Whether invocations fork from `template` (else `template` is the
+    /// fresh runtime the next invocation uses, in this process).
+    fork: bool,
+    /// The prepared runtime every invocation forks from, or (without
+    /// `fork`) the next invocation's runtime.
+    template: Option<kiln_js::Prepared>,
+    /// Entry modules the template has evaluated.
+    preloaded: Vec<String>,
     /// Modules that failed to load ahead (threw, ran too long, awaited the
     /// host): they load inside their invocations from then on.
     no_preload: HashSet<String>,
@@ -65,57 +97,172 @@ impl Worker {
 
     fn serve(&mut self) -> Result<(), ()> {
         loop {
+            if self.fork {
+                return self.serve_forked();
+            }
             let message: ToWorker = read_frame(&mut self.channel, MAX_PROGRAM_FRAME_BYTES).map_err(|_| ())?;
             match message {
-                ToWorker::Compile { modules, imports } => {
-                    let reply = match kiln_js::compile(&modules, &imports) {
-                        Ok(compiled) => FromWorker::Compiled { modules: compiled },
-                        Err(kiln_js::CompileError::Module { module, message }) => {
-                            FromWorker::CompileFailed { module, message }
-                        }
-                        Err(e) => FromWorker::CompileFailed { module: String::new(), message: e.to_string() },
-                    };
-                    self.send(&reply)?;
-                }
-                ToWorker::Load { program } => {
+                ToWorker::Compile { modules, imports } => self.compile(&modules, &imports)?,
+                ToWorker::Load { program, fork } => {
                     if self.program.is_some() {
                         // One program per worker, for its whole life.
                         return Err(());
                     }
+                    if !fork {
+                        // Invocations run here: give up forking first.
+                        kiln_jail::restrict_to_invocation().map_err(drop)?;
+                    }
+                    self.fork = fork;
                     let program = kiln_js::Program::load(program).map_err(|_| ())?;
                     self.program = Some(program);
+                    self.template = Some(kiln_js::Prepared::new(program, None));
                     self.send(&FromWorker::Loaded {})?;
-                    self.next = Some(kiln_js::Prepared::new(program, None));
                 }
-                ToWorker::Invoke { invocation } => {
-                    let program = self.program.ok_or(())?;
-                    // A runtime made ahead for another module is used as is:
-                    // the entry module then loads inside the invocation.
-                    let prepared = self.next.take().unwrap_or_else(|| kiln_js::Prepared::new(program, None));
-                    let mut host = IpcHost { channel: &mut self.channel, broken: false };
-                    let (outcome, spent) = prepared.run(&invocation, &mut host);
-                    if host.broken {
-                        return Err(());
-                    }
-                    self.send(&FromWorker::Done { outcome })?;
-                    // Tear down the used runtime and make the next one while
-                    // the server is busy with the answer.
-                    drop(spent);
-                    let module = invocation.module;
-                    let preload = (!self.no_preload.contains(&module)).then_some(module.as_str());
-                    let (next, preloaded) = kiln_js::Prepared::with_preload(program, preload);
-                    if preload.is_some() && !preloaded {
-                        self.no_preload.insert(module.clone());
-                    }
-                    self.next = Some(next);
-                    self.last_entry = Some(module);
-                }
+                ToWorker::Invoke { invocation } => self.invoke_in_place(invocation)?,
                 ToWorker::Shutdown {} => return Ok(()),
                 // A reply to a call of an invocation that has already ended
                 // (it finished while calls were in flight): nothing awaits it.
                 ToWorker::HostReply { .. } => {}
             }
         }
+    }
+
+    /// Compile untrusted source in a child, never in this process.
+    fn compile(
+        &mut self,
+        modules: &[kiln_ipc::SourceModule],
+        imports: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, kiln_ipc::Import>>,
+    ) -> Result<(), ()> {
+        let pid = match kiln_jail::fork_invocation() {
+            Ok(Forked::Child) => {
+                let reply = match kiln_js::compile(modules, imports) {
+                    Ok(compiled) => FromWorker::Compiled { modules: compiled },
+                    Err(kiln_js::CompileError::Module { module, message }) => {
+                        FromWorker::CompileFailed { module, message }
+                    }
+                    Err(e) => FromWorker::CompileFailed { module: String::new(), message: e.to_string() },
+                };
+                let sent = self.send(&reply);
+                kiln_jail::exit_now(if sent.is_ok() { SERVED } else { FAILED });
+            }
+            Ok(Forked::Parent(pid)) => pid,
+            Err(_) => return Err(()),
+        };
+        match kiln_jail::wait_child(pid).map_err(drop)? {
+            exit if exit.code == Some(SERVED) => Ok(()),
+            exit => {
+                let _ = self.send(&FromWorker::InvocationDied { code: exit.code, signal: exit.signal });
+                Err(())
+            }
+        }
+    }
+
+    /// Serve a loaded program by forking: a standby child, forked while the
+    /// worker is idle, waits on the channel for the next request, serves it
+    /// and exits; then the next one is forked. The template itself only
+    /// waits, and keeps the modules calls use evaluated.
+    fn serve_forked(&mut self) -> Result<(), ()> {
+        let program = self.program.ok_or(())?;
+        let modules = program.module_ids();
+        loop {
+            let pid = match kiln_jail::fork_invocation() {
+                Ok(Forked::Child) => self.standby(&modules),
+                Ok(Forked::Parent(pid)) => pid,
+                Err(_) => return Err(()),
+            };
+            let exit = kiln_jail::wait_child(pid).map_err(drop)?;
+            match exit.code {
+                Some(SERVED) => {}
+                Some(SHUTDOWN) => return Ok(()),
+                Some(code) if code >= FIRST_MODULE => {
+                    let index = usize::try_from(code - FIRST_MODULE).unwrap_or(usize::MAX);
+                    if let Some(module) = modules.get(index) {
+                        self.preload(program, module.clone());
+                    }
+                }
+                _ => {
+                    let _ = self.send(&FromWorker::InvocationDied { code: exit.code, signal: exit.signal });
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    /// The standby child: serve the next request from the template's
+    /// prepared runtime, then end, telling the template through the exit
+    /// status whether the call used a module it should keep evaluated.
+    fn standby(&mut self, modules: &[String]) -> ! {
+        loop {
+            let Ok(message) = read_frame::<_, ToWorker>(&mut self.channel, MAX_PROGRAM_FRAME_BYTES) else {
+                kiln_jail::exit_now(FAILED)
+            };
+            match message {
+                ToWorker::Invoke { invocation } => {
+                    let Some(prepared) = self.template.take() else { kiln_jail::exit_now(FAILED) };
+                    let mut host = IpcHost { channel: &mut self.channel, broken: false };
+                    let (outcome, spent) = prepared.run(&invocation, &mut host);
+                    // The process ends now; tearing the runtime down would
+                    // only cost time.
+                    std::mem::forget(spent);
+                    if host.broken || self.send(&FromWorker::Done { outcome }).is_err() {
+                        kiln_jail::exit_now(FAILED);
+                    }
+                    let module = &invocation.module;
+                    let known = self.preloaded.contains(module) || self.no_preload.contains(module);
+                    let index = modules.iter().position(|m| m == module);
+                    let code = match index.and_then(|i| i32::try_from(i).ok()) {
+                        Some(i) if !known && FIRST_MODULE + i <= 255 => FIRST_MODULE + i,
+                        _ => SERVED,
+                    };
+                    kiln_jail::exit_now(code);
+                }
+                ToWorker::Shutdown {} => kiln_jail::exit_now(SHUTDOWN),
+                ToWorker::HostReply { .. } => {}
+                // A loaded worker neither compiles nor loads again.
+                ToWorker::Compile { .. } | ToWorker::Load { .. } => kiln_jail::exit_now(FAILED),
+            }
+        }
+    }
+
+    /// Rebuild the template with `module` evaluated too, unless it holds
+    /// enough already.
+    fn preload(&mut self, program: &'static kiln_js::Program, module: String) {
+        if self.preloaded.len() >= MAX_PRELOADED {
+            return;
+        }
+        self.preloaded.push(module);
+        // The old template goes first: two runtimes at once could exceed
+        // the worker's address-space limit.
+        self.template = None;
+        let (template, failed) = kiln_js::Prepared::with_preloads(program, &self.preloaded);
+        self.preloaded.retain(|m| !failed.contains(m));
+        self.no_preload.extend(failed);
+        self.template = Some(template);
+    }
+
+    /// Run an invocation in this process, in the runtime prepared for it,
+    /// then prepare the next one (with the module just used evaluated, as
+    /// the next call most likely needs it) while the server is busy.
+    fn invoke_in_place(&mut self, invocation: kiln_ipc::Invocation) -> Result<(), ()> {
+        let program = self.program.ok_or(())?;
+        // A runtime made ahead for another module is used as is: the entry
+        // module then loads inside the invocation.
+        let prepared = self.template.take().unwrap_or_else(|| kiln_js::Prepared::new(program, None));
+        let mut host = IpcHost { channel: &mut self.channel, broken: false };
+        let (outcome, spent) = prepared.run(&invocation, &mut host);
+        if host.broken {
+            return Err(());
+        }
+        self.send(&FromWorker::Done { outcome })?;
+        drop(spent);
+        let module = invocation.module;
+        let preload = (!self.no_preload.contains(&module)).then_some(module.as_str());
+        let (next, preloaded) = kiln_js::Prepared::with_preload(program, preload);
+        if preload.is_some() && !preloaded {
+            self.no_preload.insert(module);
+        }
+        self.template = Some(next);
+        Ok(())
     }
 }
 

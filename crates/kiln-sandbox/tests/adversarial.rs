@@ -39,7 +39,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn sandbox() -> Sandbox {
+/// Every test runs in both execution modes: invocations forked from a
+/// prepared template, and fresh runtimes in the worker itself.
+const MODES: [(&str, usize); 2] = [("forked", 0), ("in place", usize::MAX)];
+
+fn sandbox_with(fork_above_bytes: usize) -> Sandbox {
     Sandbox::new(SandboxConfig {
         worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
         worker_args: Vec::new(),
@@ -48,6 +52,7 @@ fn sandbox() -> Sandbox {
         pool_size: 1,
         recycle_after: 1_000,
         inherit_stderr: false,
+        fork_above_bytes,
     })
     .expect("jailed workers must start on this machine")
 }
@@ -145,7 +150,12 @@ fn canary_ok(outcome: Outcome) -> Result<(), String> {
 
 #[test]
 fn every_hostile_script_is_contained_and_the_next_invocation_is_clean() {
-    let sandbox = sandbox();
+    for (mode, fork_above_bytes) in MODES {
+        hostile_scripts_are_contained(mode, &sandbox_with(fork_above_bytes));
+    }
+}
+
+fn hostile_scripts_are_contained(mode: &str, sandbox: &Sandbox) {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/adversarial"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -159,7 +169,7 @@ fn every_hostile_script_is_contained_and_the_next_invocation_is_clean() {
         let code = std::fs::read_to_string(path).unwrap();
         let expect = parse_expect(code.lines().next().unwrap_or_default());
         let app = app(n, &code);
-        let outcome = invoke(&sandbox, &app, "main");
+        let outcome = invoke(sandbox, &app, "main");
         let verdict = match (&expect, &outcome) {
             (Expect::Ok(want), Outcome::Ok { result }) => {
                 let got: serde_json::Value = serde_json::from_str(result).unwrap();
@@ -167,7 +177,7 @@ fn every_hostile_script_is_contained_and_the_next_invocation_is_clean() {
                     Err(format!("result {got}, expected {want}"))
                 } else {
                     // Again: module state and globals start fresh.
-                    match invoke(&sandbox, &app, "main") {
+                    match invoke(sandbox, &app, "main") {
                         Outcome::Ok { result: again } if again == *result => Ok(()),
                         other => Err(format!("second run differs: {other:?}")),
                     }
@@ -184,47 +194,56 @@ fn every_hostile_script_is_contained_and_the_next_invocation_is_clean() {
             }
             (_, other) => Err(format!("unexpected outcome {other:?}")),
         };
-        let verdict = verdict.and_then(|()| canary_ok(invoke(&sandbox, &app, "canary")));
+        let verdict = verdict.and_then(|()| canary_ok(invoke(sandbox, &app, "canary")));
         if let Err(why) = verdict {
             failures.push(format!("{name}: {why}"));
         }
     }
-    assert!(failures.is_empty(), "{} scripts not contained:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scripts not contained ({mode}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn two_tenants_cannot_read_each_others_state() {
-    let sandbox = sandbox();
-    let writer = app(
-        9001,
-        "let stash = null;\nexport function run(payload) { stash = payload; globalThis.tenantSecret = 'A-secret'; Object.prototype.tenantA = 'A'; return 'stored'; }",
-    );
-    let reader = app(
-        9002,
-        "export function run() { return { global: typeof globalThis.tenantSecret, proto: ({}).tenantA === undefined ? 'clean' : 'leaked' }; }",
-    );
-    for _ in 0..3 {
-        assert!(matches!(invoke(&sandbox, &writer, "main"), Outcome::Ok { .. }));
-        match invoke(&sandbox, &reader, "main") {
-            Outcome::Ok { result } => assert_eq!(result, r#"{"global":"undefined","proto":"clean"}"#),
-            other => panic!("{other:?}"),
+    for (_, fork_above_bytes) in MODES {
+        let sandbox = sandbox_with(fork_above_bytes);
+        let writer = app(
+            9001,
+            "let stash = null;\nexport function run(payload) { stash = payload; globalThis.tenantSecret = 'A-secret'; Object.prototype.tenantA = 'A'; return 'stored'; }",
+        );
+        let reader = app(
+            9002,
+            "export function run() { return { global: typeof globalThis.tenantSecret, proto: ({}).tenantA === undefined ? 'clean' : 'leaked' }; }",
+        );
+        for _ in 0..3 {
+            assert!(matches!(invoke(&sandbox, &writer, "main"), Outcome::Ok { .. }));
+            match invoke(&sandbox, &reader, "main") {
+                Outcome::Ok { result } => assert_eq!(result, r#"{"global":"undefined","proto":"clean"}"#),
+                other => panic!("{other:?}"),
+            }
         }
+        assert!(canary_ok(invoke(&sandbox, &writer, "canary")).is_ok());
     }
-    assert!(canary_ok(invoke(&sandbox, &writer, "canary")).is_ok());
 }
 
 #[test]
 fn a_worker_killed_mid_invocation_is_replaced() {
-    let sandbox = sandbox();
-    // Sleeps past the server's hard deadline without the engine noticing:
-    // Atomics.wait blocks the thread where no interrupt handler runs.
-    let hang = app(
-        9100,
-        "export function run() { try { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1e9); } catch (e) { for (;;) {} } return 'woke'; }",
-    );
-    match invoke(&sandbox, &hang, "main") {
-        Outcome::Err(e) => assert_eq!(e.code, ErrorCode::TimeOut, "{e:?}"),
-        other => panic!("{other:?}"),
+    for (_, fork_above_bytes) in MODES {
+        let sandbox = sandbox_with(fork_above_bytes);
+        // Sleeps past the server's hard deadline without the engine noticing:
+        // Atomics.wait blocks the thread where no interrupt handler runs.
+        let hang = app(
+            9100,
+            "export function run() { try { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1e9); } catch (e) { for (;;) {} } return 'woke'; }",
+        );
+        match invoke(&sandbox, &hang, "main") {
+            Outcome::Err(e) => assert_eq!(e.code, ErrorCode::TimeOut, "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(canary_ok(invoke(&sandbox, &hang, "canary")).is_ok());
     }
-    assert!(canary_ok(invoke(&sandbox, &hang, "canary")).is_ok());
 }

@@ -16,58 +16,19 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{App, app, app_id, sandbox};
 use kiln_ipc::{CompiledModule, Outcome, Program};
-use kiln_sandbox::{Caller, InvokeRequest, NoCapabilities, Sandbox, SandboxConfig, SandboxError};
+use kiln_sandbox::{Sandbox, SandboxError};
 
 const CODE: &str =
     "export function run(payload) { return { sum: payload.a + payload.b, tag: 'genuine' }; }\n";
 
-fn sandbox() -> Sandbox {
-    Sandbox::new(SandboxConfig {
-        worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
-        worker_args: Vec::new(),
-        namespaces: kiln_sandbox::Namespaces::Require,
-        max_memory_mb: 64,
-        pool_size: 1,
-        recycle_after: 1_000,
-        inherit_stderr: false,
-    })
-    .expect("jailed workers must start on this machine")
-}
-
-struct App {
-    _dir: tempfile::TempDir,
-    bundle: kiln_bundle::Built,
-}
-
-fn app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = "app:\n  id: ari:cloud:ecosystem::app/00000000-0000-4000-8000-000000000001\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: hook\n      function: main\n  function:\n    - key: main\n      handler: index.run\n";
-    std::fs::write(dir.path().join("manifest.yml"), manifest).unwrap();
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/index.js"), CODE).unwrap();
-    let parsed = kiln_manifest::load(dir.path(), &kiln_manifest::NoVariables).unwrap();
-    let bundle = kiln_bundle::build(dir.path(), &parsed.manifest).unwrap();
-    App { _dir: dir, bundle }
-}
-
-fn app_id(n: usize) -> String {
-    format!("ari:cloud:ecosystem::app/00000000-0000-4000-8000-{n:012}")
-}
-
 fn invoke(sandbox: &Sandbox, id: &str, app: &App) -> Result<Outcome, SandboxError> {
-    let request = InvokeRequest {
-        function: "main".into(),
-        payload: serde_json::json!({ "a": 2, "b": 3 }),
-        context: serde_json::json!({}),
-        caller: Caller::WebTrigger,
-        memory_mb: 32,
-        deadline: Some(Duration::from_secs(1)),
-    };
-    sandbox.invoke(id, &app.bundle.hash, &app.bundle.bundle, &request, &mut NoCapabilities).map(|r| r.outcome)
+    common::invoke(sandbox, id, app, serde_json::json!({ "a": 2, "b": 3 }))
 }
 
 fn genuine(outcome: &Outcome) -> bool {
@@ -86,10 +47,10 @@ fn forge(program: &Program, f: impl Fn(&[u8]) -> Vec<u8>) -> Program {
 #[test]
 fn forged_bytecode_for_one_app_never_reaches_another_with_the_same_bundle() {
     let sandbox = sandbox();
-    let app = app();
+    let app = app(CODE);
     let real = sandbox.program(&app_id(1), &app.bundle.hash, &app.bundle.bundle).unwrap();
     // The compiler of app 1 was compromised: its program now returns a lie.
-    let liar = app_with_code("export function run() { return { sum: 5, tag: 'forged' }; }\n");
+    let liar = common::app("export function run() { return { sum: 5, tag: 'forged' }; }\n");
     let lie = sandbox.program(&app_id(99), &liar.bundle.hash, &liar.bundle.bundle).unwrap();
     let mut forged = (*real).clone();
     forged.modules = lie.modules.clone();
@@ -103,18 +64,10 @@ fn forged_bytecode_for_one_app_never_reaches_another_with_the_same_bundle() {
     assert!(genuine(&outcome), "app 2 ran app 1's forged bytecode: {outcome:?}");
 }
 
-fn app_with_code(code: &str) -> App {
-    let app = app();
-    std::fs::write(app._dir.path().join("src/index.js"), code).unwrap();
-    let parsed = kiln_manifest::load(app._dir.path(), &kiln_manifest::NoVariables).unwrap();
-    let bundle = kiln_bundle::build(app._dir.path(), &parsed.manifest).unwrap();
-    App { _dir: app._dir, bundle }
-}
-
 #[test]
 fn garbage_truncated_and_bit_flipped_bytecode_is_contained() {
     let sandbox = sandbox();
-    let app = app();
+    let app = app(CODE);
     let real = sandbox.program(&app_id(1), &app.bundle.hash, &app.bundle.bundle).unwrap();
     assert!(genuine(&invoke(&sandbox, &app_id(1), &app).unwrap()));
 

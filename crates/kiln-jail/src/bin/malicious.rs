@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     if action == "no-userns-probe" {
         return no_userns_probe();
     }
+    if action == "template" {
+        return template(&std::env::args().nth(2).unwrap_or_default());
+    }
     if let Err(e) = kiln_jail::lockdown() {
         eprintln!("lockdown failed: {e}");
         return ExitCode::from(2);
@@ -57,7 +60,31 @@ fn attempt(action: &str) -> i64 {
                 libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), envp.as_ptr()) as i64
             }
             "fork" => libc::syscall(libc::SYS_fork),
+            "libc-fork" => {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                pid as i64
+            }
             "clone" => libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0),
+            "clone-thread" => libc::syscall(
+                libc::SYS_clone,
+                libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::SIGCHLD,
+                0,
+                0,
+                0,
+                0,
+            ),
+            "clone-newuser" => {
+                libc::syscall(libc::SYS_clone, libc::CLONE_NEWUSER | libc::SIGCHLD, 0, 0, 0, 0)
+            }
+            "clone3" => {
+                let mut args = [0u64; 11];
+                args[4] = libc::SIGCHLD as u64; // exit_signal
+                libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), std::mem::size_of_val(&args))
+            }
+            "prctl-dumpable" => libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) as i64,
             "ptrace" => libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0),
             "io_uring" => {
                 let mut params = [0u8; 120];
@@ -104,6 +131,53 @@ fn no_userns_probe() -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(4)
+        }
+    }
+}
+
+/// Lock down as a template, then either attempt `what` in the template
+/// itself (`self:<action>`) or fork an invocation process that attempts it.
+/// Exit status: the child's own status; 10 if the child died by SIGSYS; 20
+/// plus the signal for any other death.
+fn template(what: &str) -> ExitCode {
+    if let Err(e) = kiln_jail::lockdown_template() {
+        eprintln!("lockdown failed: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(action) = what.strip_prefix("restricted:") {
+        if let Err(e) = kiln_jail::restrict_to_invocation() {
+            eprintln!("restrict failed: {e}");
+            return ExitCode::from(2);
+        }
+        let result = attempt(action);
+        eprintln!("restricted template {action}: returned {result}");
+        return if result >= 0 { ExitCode::SUCCESS } else { ExitCode::from(3) };
+    }
+    if let Some(action) = what.strip_prefix("self:") {
+        let result = attempt(action);
+        eprintln!("template {action}: returned {result}");
+        return if result >= 0 { ExitCode::SUCCESS } else { ExitCode::from(3) };
+    }
+    match kiln_jail::fork_invocation() {
+        Ok(kiln_jail::Forked::Child) => {
+            let result = attempt(what);
+            kiln_jail::exit_now(if result >= 0 { 0 } else { 3 });
+        }
+        Ok(kiln_jail::Forked::Parent(pid)) => match kiln_jail::wait_child(pid) {
+            Ok(exit) => match (exit.code, exit.signal) {
+                (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(99)),
+                (None, Some(libc::SIGSYS)) => ExitCode::from(10),
+                (None, Some(sig)) => ExitCode::from(20 + u8::try_from(sig).unwrap_or(0)),
+                (None, None) => ExitCode::from(98),
+            },
+            Err(e) => {
+                eprintln!("wait failed: {e}");
+                ExitCode::from(97)
+            }
+        },
+        Err(e) => {
+            eprintln!("fork failed: {e}");
+            ExitCode::from(96)
         }
     }
 }

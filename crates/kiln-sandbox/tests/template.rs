@@ -1,0 +1,66 @@
+//! Invocations fork from one prepared runtime per worker (the template):
+//! they must still start from the same state every time and share nothing,
+//! not even the sequence of Math.random.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+mod common;
+
+use common::{app, app_id, invoke, ok, sandbox};
+use serde_json::json;
+
+#[test]
+fn every_invocation_draws_its_own_random_numbers() {
+    let sandbox = sandbox();
+    let app = app(
+        "export function run() { return { r: [Math.random(), Math.random()], uuid: crypto.randomUUID() }; }\n",
+    );
+    let (mut numbers, mut uuids) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for _ in 0..20 {
+        let out = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+        for r in out["r"].as_array().unwrap() {
+            let r = r.as_f64().unwrap();
+            assert!((0.0..1.0).contains(&r), "{r}");
+            assert!(numbers.insert(r.to_bits()), "Math.random repeated {r} across invocations");
+        }
+        let uuid = out["uuid"].as_str().unwrap().to_owned();
+        assert!(uuids.insert(uuid.clone()), "randomUUID repeated {uuid} across invocations");
+    }
+    let named = common::app("export function run() { return [Math.random.name, typeof Math.random()]; }\n");
+    assert_eq!(ok(invoke(&sandbox, &app_id(2), &named, json!({})).unwrap()), json!(["random", "number"]));
+}
+
+#[test]
+fn module_state_and_globals_start_fresh_in_every_invocation() {
+    let sandbox = sandbox();
+    let app = app(
+        "let calls = 0;\nconst loadedAt = Date.now();\nexport function run() {\n  calls += 1;\n  globalThis.leak = (globalThis.leak || 0) + 1;\n  Object.prototype.polluted = true;\n  return { calls, leak: globalThis.leak, loadedAt };\n}\n",
+    );
+    let first = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+    for _ in 0..5 {
+        let again = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+        assert_eq!(again["calls"], 1, "module state carried over: {again}");
+        assert_eq!(again["leak"], 1, "a global carried over: {again}");
+    }
+    assert_eq!(first["calls"], 1);
+}
+
+#[test]
+fn a_crash_inside_an_invocation_is_reported_and_the_app_keeps_serving() {
+    let sandbox = sandbox();
+    let app = app(
+        "export function run(p) { if (p.boom) { const a = []; a.length = 2 ** 32 - 1; a.fill(1); } return 'fine'; }\n",
+    );
+    assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"));
+    let out = invoke(&sandbox, &app_id(1), &app, json!({ "boom": true })).unwrap();
+    assert!(matches!(out, kiln_ipc::Outcome::Err(_)), "{out:?}");
+    for _ in 0..3 {
+        assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"));
+    }
+}
