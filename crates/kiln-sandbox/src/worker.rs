@@ -3,16 +3,21 @@
 //! Order matters: take the channel, initialise the engine, lock down
 //! (Landlock, seccomp), and only then read anything the app supplied. After
 //! lockdown the process can read and write its channel, allocate, tell the
-//! time and sleep, and fork; anything else kills it.
+//! time and sleep, and (as a template only) fork; anything else kills it.
 //!
-//! The worker is a *template*: it keeps one prepared runtime (the prelude
-//! loaded, the app's entry modules evaluated) and never runs an invocation
-//! itself. Each invocation, and each compile of untrusted source, runs in a
-//! child forked from it, which first installs the invocation allow-list (no
-//! fork, no wait) and exits when done. So every invocation starts from the
-//! same prepared state, nothing it does survives it, and a large bundle's
-//! bytecode is read and its top level run once per worker rather than once
-//! per call.
+//! The worker locks down as a *template* and compiles untrusted source only
+//! in children forked for it. Once it has its program, it serves in one of
+//! two modes, chosen by the server:
+//!
+//! - forked: it keeps one prepared runtime (the prelude loaded, the entry
+//!   modules calls use evaluated) and never runs an invocation itself. A
+//!   standby child, forked while the worker is idle, installs the invocation
+//!   allow-list (no fork, no wait), waits on the channel, serves one request
+//!   and exits; then the next is forked. Every invocation starts from the
+//!   same prepared state, nothing it does survives it, and a large bundle's
+//!   bytecode is read and its top level run once per worker, not per call.
+//! - in place: it gives up forking for good, then runs each invocation in a
+//!   fresh runtime prepared ahead (cheaper than a fork for small programs).
 
 use std::collections::HashSet;
 use std::io::Write;
