@@ -440,18 +440,21 @@ mod tests {
             f
         };
         let read = |f: Vec<u8>| read_frame::<_, FromWorker>(&mut f.as_slice(), MAX_FRAME_BYTES).unwrap_err();
-        assert!(matches!(read(frame(b"XX", 1, 0, b"{}")), IpcError::BadMagic));
+        assert!(matches!(read(frame(b"XX", PROTOCOL_VERSION, 0, b"{}")), IpcError::BadMagic));
         assert!(matches!(read(frame(b"KL", 9, 0, b"{}")), IpcError::BadVersion(9)));
-        assert!(matches!(read(frame(b"KL", 1, 1, b"{}")), IpcError::BadHeader));
-        assert!(matches!(read(frame(b"KL", 1, 0, b"not json")), IpcError::Malformed(_)));
+        assert!(matches!(read(frame(b"KL", PROTOCOL_VERSION, 1, b"{}")), IpcError::BadHeader));
+        assert!(matches!(read(frame(b"KL", PROTOCOL_VERSION, 0, b"not json")), IpcError::Malformed(_)));
         // Unknown message types and unknown fields are refused, not ignored.
-        assert!(matches!(read(frame(b"KL", 1, 0, br#"{"type":"becomeRoot"}"#)), IpcError::Malformed(_)));
         assert!(matches!(
-            read(frame(b"KL", 1, 0, br#"{"type":"loaded","extra":1}"#)),
+            read(frame(b"KL", PROTOCOL_VERSION, 0, br#"{"type":"becomeRoot"}"#)),
+            IpcError::Malformed(_)
+        ));
+        assert!(matches!(
+            read(frame(b"KL", PROTOCOL_VERSION, 0, br#"{"type":"loaded","extra":1}"#)),
             IpcError::Malformed(_)
         ));
         // A frame cut short is a closed channel, not a partial message.
-        let mut cut = frame(b"KL", 1, 0, br#"{"type":"loaded"}"#);
+        let mut cut = frame(b"KL", PROTOCOL_VERSION, 0, br#"{"type":"loaded"}"#);
         cut.truncate(cut.len() - 3);
         assert!(matches!(read(cut), IpcError::Closed));
         assert!(matches!(read(Vec::new()), IpcError::Closed));
