@@ -22,7 +22,9 @@ fn every_invocation_draws_its_own_random_numbers() {
         "export function run() { return { r: [Math.random(), Math.random()], uuid: crypto.randomUUID() }; }\n",
     );
     let (mut numbers, mut uuids) = (std::collections::HashSet::new(), std::collections::HashSet::new());
-    for _ in 0..20 {
+    for n in 0..20 {
+        // Some calls back to back, some after a gap (see the next test).
+        std::thread::sleep(std::time::Duration::from_millis(if n % 3 == 0 { 5 } else { 0 }));
         let out = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
         for r in out["r"].as_array().unwrap() {
             let r = r.as_f64().unwrap();
@@ -43,12 +45,15 @@ fn module_state_and_globals_start_fresh_in_every_invocation() {
         "let calls = 0;\nconst loadedAt = Date.now();\nexport function run() {\n  calls += 1;\n  globalThis.leak = (globalThis.leak || 0) + 1;\n  Object.prototype.polluted = true;\n  return { calls, leak: globalThis.leak, loadedAt };\n}\n",
     );
     let first = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
-    for _ in 0..5 {
-        let again = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
-        assert_eq!(again["calls"], 1, "module state carried over: {again}");
-        assert_eq!(again["leak"], 1, "a global carried over: {again}");
-    }
     assert_eq!(first["calls"], 1);
+    // Back to back, a call runs on the template's state; after a gap, on a
+    // runtime the waiting child prepared itself. Both start fresh.
+    for gap in [0, 0, 0, 5, 5, 0, 5] {
+        std::thread::sleep(std::time::Duration::from_millis(gap));
+        let again = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+        assert_eq!(again["calls"], 1, "module state carried over (gap {gap} ms): {again}");
+        assert_eq!(again["leak"], 1, "a global carried over (gap {gap} ms): {again}");
+    }
 }
 
 #[test]
