@@ -145,6 +145,26 @@ impl FileKeyProvider {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The audit trail's key from this file, adding one (and saying so) if
+    /// the file has none yet.
+    pub fn audit_key(&self) -> Result<(crate::audit::AuditKey, bool), CryptoError> {
+        let io = |e: std::io::Error| CryptoError::Provider(format!("{}: {e}", self.path.display()));
+        let text = Zeroizing::new(std::fs::read_to_string(&self.path).map_err(io)?);
+        let found =
+            text.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["audit", id, b64] if valid_id(id) => Some(((*id).to_owned(), (*b64).to_owned())),
+                _ => None,
+            });
+        if let Some((id, b64)) = found {
+            let b64 = Zeroizing::new(b64);
+            return Ok((crate::audit::AuditKey::from_base64(&id, &b64)?, false));
+        }
+        let secret = crate::audit::AuditKey::new_secret()?;
+        let body = Zeroizing::new(format!("{}\naudit a1 {}\n", text.trim_end(), secret.as_str()));
+        write_private(&self.path, &body, false).map_err(io)?;
+        Ok((crate::audit::AuditKey::from_base64("a1", &secret)?, true))
+    }
 }
 
 fn parse_file(text: &str) -> Result<Keyring, String> {
@@ -158,13 +178,20 @@ fn parse_file(text: &str) -> Result<Keyring, String> {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
             ["current", id] if valid_id(id) => current = Some((*id).to_owned()),
+            // The audit key is read by `FileKeyProvider::audit_key`.
+            ["audit", id, _] if valid_id(id) => {}
             ["key", id, b64] if valid_id(id) => {
                 let key = parse_key(id, b64).map_err(|e| format!("line {}: {e}", n + 1))?;
                 if keys.insert((*id).to_owned(), key).is_some() {
                     return Err(format!("line {}: key {id} appears twice", n + 1));
                 }
             }
-            _ => return Err(format!("line {} is not 'current ID' or 'key ID BASE64'", n + 1)),
+            _ => {
+                return Err(format!(
+                    "line {} is not 'current ID', 'key ID BASE64' or 'audit ID BASE64'",
+                    n + 1
+                ));
+            }
         }
     }
     let current = current.ok_or("no 'current' line names the key in use")?;
@@ -327,6 +354,21 @@ mod tests {
         let key = STANDARD.encode([7u8; 32]);
         let env = EnvKeyProvider::from_value(&format!("k2:{key},k1:{key}")).unwrap();
         assert_eq!(env.current_kek(), "k2");
+    }
+
+    #[test]
+    fn the_audit_key_is_added_once_and_survives_kek_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.keys");
+        let (mut file, _) = FileKeyProvider::open_or_create(&path).unwrap();
+        let (first, created) = file.audit_key().unwrap();
+        assert!(created);
+        let (again, created) = file.audit_key().unwrap();
+        assert!(!created);
+        assert_eq!(first.public_key_hex(), again.public_key_hex());
+        file.rotate().unwrap();
+        let (after, _) = FileKeyProvider::open(&path).unwrap().audit_key().unwrap();
+        assert_eq!(first.public_key_hex(), after.public_key_hex());
     }
 
     #[test]

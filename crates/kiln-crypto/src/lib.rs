@@ -5,13 +5,14 @@
 //! content digests, system randomness, and envelope encryption
 //! ([`envelope`]: AES-256-GCM values bound to where they live, data keys
 //! wrapped by key-encryption keys held by a [`keys`] provider outside the
-//! database). Audit signatures will live here too.
+//! database), and the audit trail's chain and checkpoint keys ([`audit`]).
 //!
 //! It deliberately does not choose *what* to hash or encrypt; callers decide
 //! that and this crate only does the arithmetic.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod envelope;
 pub mod keys;
 

@@ -12,9 +12,11 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod kv;
 mod schema;
 
+pub use audit::{AuditRow, CheckpointRow};
 pub use kv::{DataKeyRow, KvPut, KvRow};
 
 use std::path::{Path, PathBuf};

@@ -122,4 +122,35 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX kv_entries_expiry ON kv_entries (expires_at)",
         ],
     },
+    Migration {
+        version: 3,
+        name: "audit trail",
+        statements: &[
+            // The audit trail: one row per privileged or security-relevant
+            // action, written in the transaction of the action. `mac` chains
+            // each record to the one before it under a key held outside the
+            // database (kiln-audit); rows are only ever inserted.
+            "CREATE TABLE audit_log (
+            seq BIGINT PRIMARY KEY,
+            at BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            source TEXT,
+            details TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            mac {BLOB} NOT NULL
+        )",
+            // Signed statements that the chain's head was `mac` at `seq`;
+            // also appended to a file outside the database.
+            "CREATE TABLE audit_checkpoints (
+            seq BIGINT PRIMARY KEY,
+            mac {BLOB} NOT NULL,
+            at BIGINT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature {BLOB} NOT NULL
+        )",
+        ],
+    },
 ];

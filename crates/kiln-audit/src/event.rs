@@ -1,0 +1,324 @@
+//! What a record says: who, did what, to what, with what outcome.
+
+use std::fmt;
+
+use serde_json::{Value, json};
+
+/// Every kind of event the trail holds. Adding one is a change to this
+/// list, reviewed like the seccomp allow-list: an event that is not here
+/// cannot be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    OperatorLogin,
+    OperatorLoginFailed,
+    OperatorLogout,
+    MfaChanged,
+    RoleChanged,
+    TokenCreated,
+    TokenRevoked,
+    Deploy,
+    Install,
+    Upgrade,
+    Consent,
+    Rollback,
+    VariableSet,
+    VariableUnset,
+    KeyRotation,
+    EgressAllowed,
+    EgressDenied,
+    ScopeRefused,
+    SandboxFault,
+    ConfigChanged,
+    AuditExport,
+    AuditVerify,
+    AdminRequest,
+}
+
+impl Action {
+    pub const ALL: [Action; 23] = [
+        Action::OperatorLogin,
+        Action::OperatorLoginFailed,
+        Action::OperatorLogout,
+        Action::MfaChanged,
+        Action::RoleChanged,
+        Action::TokenCreated,
+        Action::TokenRevoked,
+        Action::Deploy,
+        Action::Install,
+        Action::Upgrade,
+        Action::Consent,
+        Action::Rollback,
+        Action::VariableSet,
+        Action::VariableUnset,
+        Action::KeyRotation,
+        Action::EgressAllowed,
+        Action::EgressDenied,
+        Action::ScopeRefused,
+        Action::SandboxFault,
+        Action::ConfigChanged,
+        Action::AuditExport,
+        Action::AuditVerify,
+        Action::AdminRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::OperatorLogin => "operator.login",
+            Action::OperatorLoginFailed => "operator.login_failed",
+            Action::OperatorLogout => "operator.logout",
+            Action::MfaChanged => "operator.mfa_changed",
+            Action::RoleChanged => "operator.role_changed",
+            Action::TokenCreated => "token.created",
+            Action::TokenRevoked => "token.revoked",
+            Action::Deploy => "app.deploy",
+            Action::Install => "app.install",
+            Action::Upgrade => "app.upgrade",
+            Action::Consent => "app.consent",
+            Action::Rollback => "app.rollback",
+            Action::VariableSet => "variable.set",
+            Action::VariableUnset => "variable.unset",
+            Action::KeyRotation => "keys.rotate",
+            Action::EgressAllowed => "egress.allowed",
+            Action::EgressDenied => "egress.denied",
+            Action::ScopeRefused => "product.scope_refused",
+            Action::SandboxFault => "sandbox.fault",
+            Action::ConfigChanged => "config.changed",
+            Action::AuditExport => "audit.export",
+            Action::AuditVerify => "audit.verify",
+            Action::AdminRequest => "admin.request",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Tried and failed (bad input, a fault).
+    Failure,
+    /// Refused by policy (consent, permissions, authorization).
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// Who acted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// Someone at the command line on the Kiln host, by their OS user name.
+    Cli(String),
+    /// A signed-in operator account.
+    Operator(String),
+    /// Kiln itself (roll-outs, the sandbox, schedules).
+    System,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Cli(user) => write!(f, "cli:{user}"),
+            Actor::Operator(name) => write!(f, "operator:{name}"),
+            Actor::System => f.write_str("system"),
+        }
+    }
+}
+
+/// Who acted, and from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub actor: Actor,
+    /// The network address a request came from, if it came over one.
+    pub source: Option<String>,
+}
+
+impl Context {
+    pub fn cli(user: &str) -> Self {
+        Context { actor: Actor::Cli(user.to_owned()), source: None }
+    }
+
+    pub fn system() -> Self {
+        Context { actor: Actor::System, source: None }
+    }
+}
+
+/// One event, built by the constructors below. Targets and details hold
+/// identifiers, versions, counts and names; never a stored value, secret,
+/// token or payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub(crate) action: Action,
+    pub(crate) target: String,
+    pub(crate) outcome: Outcome,
+    pub(crate) details: Value,
+}
+
+fn app_target(app: &str, env: &str) -> String {
+    format!("app:{app}/{env}")
+}
+
+fn installation_target(app: &str, env: &str, site: &str, product: &str) -> String {
+    format!("installation:{app}/{env}@{site}#{product}")
+}
+
+impl Event {
+    fn new(action: Action, target: String, details: Value) -> Self {
+        Event { action, target, outcome: Outcome::Success, details }
+    }
+
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The same event, failed: `reason` says why (an error kind and message
+    /// about the request, never data from it).
+    pub fn failed(mut self, reason: &str) -> Self {
+        self.outcome = Outcome::Failure;
+        self.with_reason(reason)
+    }
+
+    /// The same event, refused by policy.
+    pub fn denied(mut self, reason: &str) -> Self {
+        self.outcome = Outcome::Denied;
+        self.with_reason(reason)
+    }
+
+    fn with_reason(mut self, reason: &str) -> Self {
+        let reason: String = reason.chars().take(500).collect();
+        if let Value::Object(map) = &mut self.details {
+            map.insert("reason".into(), Value::String(reason));
+        }
+        self
+    }
+
+    pub fn deploy(
+        app: &str,
+        env: &str,
+        version: &str,
+        previous: Option<&str>,
+        change: &str,
+        bundle: &str,
+    ) -> Self {
+        Event::new(
+            Action::Deploy,
+            app_target(app, env),
+            json!({ "version": version, "previous": previous, "change": change, "bundle": bundle }),
+        )
+    }
+
+    /// A deploy that did not store a version (its details say why).
+    pub fn deploy_attempt(app: Option<&str>, env: &str) -> Self {
+        Event::new(Action::Deploy, app_target(app.unwrap_or("unknown"), env), json!({}))
+    }
+
+    pub fn install(
+        app: &str,
+        env: &str,
+        site: &str,
+        product: &str,
+        version: &str,
+        installation: &str,
+    ) -> Self {
+        Event::new(
+            Action::Install,
+            installation_target(app, env, site, product),
+            json!({ "version": version, "installation": installation }),
+        )
+    }
+
+    pub fn upgrade(app: &str, env: &str, site: &str, product: &str, from: &str, to: &str) -> Self {
+        Event::new(
+            Action::Upgrade,
+            installation_target(app, env, site, product),
+            json!({ "from": from, "to": to }),
+        )
+    }
+
+    /// An installation's admin accepted a version's permissions.
+    pub fn consent(app: &str, env: &str, site: &str, product: &str, version: &str, added: &[String]) -> Self {
+        Event::new(
+            Action::Consent,
+            installation_target(app, env, site, product),
+            json!({ "version": version, "added": added }),
+        )
+    }
+
+    pub fn rollback(app: &str, env: &str, site: &str, product: &str, from: &str, to: &str) -> Self {
+        Event::new(
+            Action::Rollback,
+            installation_target(app, env, site, product),
+            json!({ "from": from, "to": to }),
+        )
+    }
+
+    /// A variable was set; its value is not recorded.
+    pub fn variable_set(app: &str, env: &str, name: &str, encrypted: bool) -> Self {
+        Event::new(Action::VariableSet, app_target(app, env), json!({ "name": name, "encrypted": encrypted }))
+    }
+
+    pub fn variable_unset(app: &str, env: &str, name: &str) -> Self {
+        Event::new(Action::VariableUnset, app_target(app, env), json!({ "name": name }))
+    }
+
+    /// `what`: "kek" or "data-keys".
+    pub fn key_rotation(what: &str, key_id: Option<&str>, count: usize) -> Self {
+        Event::new(Action::KeyRotation, format!("keys:{what}"), json!({ "keyId": key_id, "count": count }))
+    }
+
+    /// A worker crashed, was killed by the jail, or broke the protocol.
+    pub fn sandbox_fault(app: &str, function: &str, code: &str, message: &str) -> Self {
+        let message: String = message.chars().take(300).collect();
+        let mut event = Event::new(
+            Action::SandboxFault,
+            format!("function:{app}#{function}"),
+            json!({ "code": code, "message": message }),
+        );
+        event.outcome = Outcome::Failure;
+        event
+    }
+
+    pub fn audit_export(format: &str, after: i64, records: u64) -> Self {
+        Event::new(
+            Action::AuditExport,
+            "audit".into(),
+            json!({ "format": format, "after": after, "records": records }),
+        )
+    }
+
+    pub fn audit_verify(records: u64, problems: usize) -> Self {
+        let mut event = Event::new(
+            Action::AuditVerify,
+            "audit".into(),
+            json!({ "records": records, "problems": problems }),
+        );
+        if problems > 0 {
+            event.outcome = Outcome::Failure;
+        }
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_has_a_unique_name_that_parses_back() {
+        let mut seen = std::collections::HashSet::new();
+        for action in Action::ALL {
+            assert!(seen.insert(action.as_str()), "{action:?} repeats a name");
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+        }
+        assert_eq!(Action::parse("app.delete_everything"), None);
+    }
+}
