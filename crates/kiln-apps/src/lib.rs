@@ -21,6 +21,7 @@
 
 use std::path::Path;
 
+use kiln_audit::{Action, Audit, AuditError, Event};
 use kiln_bundle::{BundleError, build};
 use kiln_crypto::Sha256;
 use kiln_manifest::{GrantChange, Grants, LoadError, Manifest, VariableSource, VersionChange};
@@ -40,6 +41,8 @@ pub enum AppError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("{app} has no version in {environment}; run 'kiln deploy -e {environment}' first")]
     NotDeployed { app: AppId, environment: Environment },
     #[error(
@@ -88,6 +91,7 @@ impl AppError {
             | AppError::AmbiguousProduct(_)
             | AppError::UnknownVersion { .. } => 2,
             AppError::Store(_)
+            | AppError::Audit(_)
             | AppError::AlreadyInstalled { .. }
             | AppError::ConsentRequired { .. }
             | AppError::RollbackWouldWiden { .. }
@@ -96,6 +100,32 @@ impl AppError {
             | AppError::NothingToRollBack { .. } => 1,
         }
     }
+
+    /// How the audit trail records this failure: refused by policy, or
+    /// failed.
+    fn audited(&self, event: Event) -> Event {
+        match self {
+            AppError::ConsentRequired { .. } | AppError::RollbackWouldWiden { .. } => {
+                event.denied(&self.to_string())
+            }
+            _ => event.failed(&self.to_string()),
+        }
+    }
+}
+
+/// Record a failed operation in a transaction of its own, then return its
+/// error. The record is best effort: if the trail cannot be written either,
+/// the original error is still what the caller sees (nothing happened).
+async fn audit_failure<T>(
+    store: &Store,
+    audit: Audit<'_>,
+    event: Event,
+    error: AppError,
+) -> Result<T, AppError> {
+    if !matches!(error, AppError::Audit(_)) {
+        let _ = audit.record(store, error.audited(event)).await;
+    }
+    Err(error)
 }
 
 // ------------------------------------------------------------------ deploy
@@ -156,8 +186,31 @@ pub struct InstallationMove {
     pub to: Version,
 }
 
-/// Deploy the app in `req.app_dir` as a new version.
-pub async fn deploy(store: &Store, req: DeployRequest<'_>) -> Result<DeployOutcome, AppError> {
+/// Deploy the app in `req.app_dir` as a new version, recorded in the audit
+/// trail (a dry run stores and records nothing).
+pub async fn deploy(
+    store: &Store,
+    req: DeployRequest<'_>,
+    audit: Audit<'_>,
+) -> Result<DeployOutcome, AppError> {
+    let (env, dry_run, app_dir, variables) =
+        (req.environment.clone(), req.dry_run, req.app_dir, req.variables);
+    match deploy_inner(store, req, audit).await {
+        Err(e) if !dry_run => {
+            // The app, if the manifest says which it is.
+            let app = kiln_manifest::load(app_dir, variables).ok().map(|p| p.manifest.app.id);
+            let event = Event::deploy_attempt(app.as_ref().map(AppId::as_str), env.as_str());
+            audit_failure(store, audit, event, e).await
+        }
+        other => other,
+    }
+}
+
+async fn deploy_inner(
+    store: &Store,
+    req: DeployRequest<'_>,
+    audit: Audit<'_>,
+) -> Result<DeployOutcome, AppError> {
     let parsed = kiln_manifest::load(req.app_dir, req.variables)?;
     let manifest_source = std::fs::read_to_string(req.app_dir.join(kiln_manifest::MANIFEST_FILE))
         .map_err(|source| LoadError::Io { path: req.app_dir.join(kiln_manifest::MANIFEST_FILE), source })?;
@@ -235,10 +288,35 @@ pub async fn deploy(store: &Store, req: DeployRequest<'_>) -> Result<DeployOutco
             bundle: built.hash,
         })
         .await?;
+    let change = match &origin {
+        VersionOrigin::Initial => "initial".to_owned(),
+        VersionOrigin::Change { change: VersionChange::Minor } => "minor".to_owned(),
+        VersionOrigin::Change { .. } => "major".to_owned(),
+    };
+    let previous = latest.as_ref().map(|v| v.version.to_string());
+    let event = Event::deploy(
+        app.as_str(),
+        env.as_str(),
+        &version.to_string(),
+        previous.as_deref(),
+        &change,
+        &built.hash.to_string(),
+    );
+    audit.append(&mut tx, event).await?;
     for inst in &reach {
         tx.set_installation_version(inst.id, version_id, None).await?;
         let detail = serde_json::json!({ "reason": "minor version rolled out on deploy" });
         tx.record_event(inst.id, EventKind::AutoUpgraded, Some(inst.version_id), version_id, &detail).await?;
+        let event = Event::upgrade(
+            app.as_str(),
+            env.as_str(),
+            inst.site.as_str(),
+            inst.product.as_str(),
+            &inst.version.to_string(),
+            &version.to_string(),
+            true,
+        );
+        audit.append(&mut tx, event).await?;
     }
     tx.commit().await?;
     outcome.stored = true;
@@ -259,13 +337,38 @@ pub struct InstallOutcome {
     pub grants: Grants,
 }
 
-/// Install the latest version of `app` in `env` on `site`.
+/// Install the latest version of `app` in `env` on `site`; the site's
+/// consent to its grants is recorded with it.
 pub async fn install(
     store: &Store,
     app: &AppId,
     env: &Environment,
     site: &SiteUrl,
     product: Option<Product>,
+    audit: Audit<'_>,
+) -> Result<InstallOutcome, AppError> {
+    match install_inner(store, app, env, site, product, audit).await {
+        Err(e) => {
+            let event = Event::attempt(
+                Action::Install,
+                app.as_str(),
+                env.as_str(),
+                site.as_str(),
+                product.map(Product::as_str),
+            );
+            audit_failure(store, audit, event, e).await
+        }
+        ok => ok,
+    }
+}
+
+async fn install_inner(
+    store: &Store,
+    app: &AppId,
+    env: &Environment,
+    site: &SiteUrl,
+    product: Option<Product>,
+    audit: Audit<'_>,
 ) -> Result<InstallOutcome, AppError> {
     let mut tx = store.begin().await?;
     tx.lock_app(app).await?;
@@ -297,6 +400,12 @@ pub async fn install(
             .find(|i| i.id == id)
             .map(|i| i.public_id)
             .ok_or_else(|| StoreError::Corrupt { what: "installation".into(), detail: "vanished".into() })?;
+    let version = latest.version.to_string();
+    let (a, e, s, p) = (app.as_str(), env.as_str(), site.as_str(), product.as_str());
+    audit.append(&mut tx, Event::install(a, e, s, p, &version, &public_id.to_string())).await?;
+    let granted: Vec<String> =
+        Grants::default().missing_from(&latest.grants).iter().map(ToString::to_string).collect();
+    audit.append(&mut tx, Event::consent(a, e, s, p, &version, &granted)).await?;
     tx.commit().await?;
     Ok(InstallOutcome {
         installation: public_id,
@@ -408,6 +517,7 @@ pub enum Consent {
 /// Move the installation on `site` to version `to` (normally the latest).
 /// If `to` needs grants beyond the installation's consent, `consent` must
 /// accept that very version; the consent then becomes `to`'s grants.
+#[expect(clippy::too_many_arguments, reason = "each is a separate choice of the caller's")]
 pub async fn upgrade(
     store: &Store,
     app: &AppId,
@@ -416,6 +526,33 @@ pub async fn upgrade(
     product: Option<Product>,
     to: Version,
     consent: Consent,
+    audit: Audit<'_>,
+) -> Result<UpgradePlan, AppError> {
+    match upgrade_inner(store, app, env, site, product, to, consent, audit).await {
+        Err(e) => {
+            let event = Event::attempt(
+                Action::Upgrade,
+                app.as_str(),
+                env.as_str(),
+                site.as_str(),
+                product.map(Product::as_str),
+            );
+            audit_failure(store, audit, event, e).await
+        }
+        ok => ok,
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "as upgrade")]
+async fn upgrade_inner(
+    store: &Store,
+    app: &AppId,
+    env: &Environment,
+    site: &SiteUrl,
+    product: Option<Product>,
+    to: Version,
+    consent: Consent,
+    audit: Audit<'_>,
 ) -> Result<UpgradePlan, AppError> {
     let mut tx = store.begin().await?;
     tx.lock_app(app).await?;
@@ -445,6 +582,12 @@ pub async fn upgrade(
     let accepted: Vec<String> = plan.needs_consent.iter().map(ToString::to_string).collect();
     let detail = serde_json::json!({ "accepted": accepted });
     tx.record_event(inst.id, EventKind::Upgraded, Some(inst.version_id), target.id, &detail).await?;
+    let (a, e, s, p) = (app.as_str(), env.as_str(), site.as_str(), inst.product.as_str());
+    let (from, to) = (inst.version.to_string(), target.version.to_string());
+    if new_consent.is_some() {
+        audit.append(&mut tx, Event::consent(a, e, s, p, &to, &accepted)).await?;
+    }
+    audit.append(&mut tx, Event::upgrade(a, e, s, p, &from, &to, false)).await?;
     tx.commit().await?;
     Ok(plan)
 }
@@ -470,6 +613,31 @@ pub async fn rollback(
     site: &SiteUrl,
     product: Option<Product>,
     to: Option<Version>,
+    audit: Audit<'_>,
+) -> Result<RollbackOutcome, AppError> {
+    match rollback_inner(store, app, env, site, product, to, audit).await {
+        Err(e) => {
+            let event = Event::attempt(
+                Action::Rollback,
+                app.as_str(),
+                env.as_str(),
+                site.as_str(),
+                product.map(Product::as_str),
+            );
+            audit_failure(store, audit, event, e).await
+        }
+        ok => ok,
+    }
+}
+
+async fn rollback_inner(
+    store: &Store,
+    app: &AppId,
+    env: &Environment,
+    site: &SiteUrl,
+    product: Option<Product>,
+    to: Option<Version>,
+    audit: Audit<'_>,
 ) -> Result<RollbackOutcome, AppError> {
     let mut tx = store.begin().await?;
     tx.lock_app(app).await?;
@@ -513,6 +681,9 @@ pub async fn rollback(
     tx.set_installation_version(inst.id, target.id, None).await?;
     let detail = serde_json::json!({});
     tx.record_event(inst.id, EventKind::RolledBack, Some(inst.version_id), target.id, &detail).await?;
+    let (from, to) = (inst.version.to_string(), target.version.to_string());
+    let event = Event::rollback(app.as_str(), env.as_str(), site.as_str(), inst.product.as_str(), &from, &to);
+    audit.append(&mut tx, event).await?;
     tx.commit().await?;
     Ok(RollbackOutcome { site: site.clone(), product: inst.product, from: inst.version, to: target.version })
 }

@@ -14,6 +14,7 @@
 use std::path::Path;
 
 use kiln_apps::*;
+use kiln_audit::testing::{AUDITOR, audit};
 use kiln_manifest::{GrantChange, NoVariables};
 use kiln_store::testing::each_backend;
 use kiln_store::{EventKind, Store, VersionOrigin};
@@ -66,8 +67,12 @@ fn site(s: &str) -> SiteUrl {
 }
 
 async fn deploy_dir(store: &Store, dir: &Path) -> Result<DeployOutcome, AppError> {
-    deploy(store, DeployRequest { app_dir: dir, environment: env(), dry_run: false, variables: &NoVariables })
-        .await
+    deploy(
+        store,
+        DeployRequest { app_dir: dir, environment: env(), dry_run: false, variables: &NoVariables },
+        audit(),
+    )
+    .await
 }
 
 async fn counts(store: &Store) -> Vec<(&'static str, i64)> {
@@ -93,8 +98,10 @@ async fn minor_deploys_roll_out_to_every_installation_on_that_major() {
         let first = deploy_dir(store, app.path()).await.unwrap();
         assert_eq!(first.version, Version::FIRST, "{}", t.name);
         assert_eq!(first.origin, VersionOrigin::Initial);
-        install(store, &app_id(), &env(), &site("a.example.net"), None).await.unwrap();
-        let b = install(store, &app_id(), &env(), &site("b.example.net"), Some(Product::Jira)).await.unwrap();
+        install(store, &app_id(), &env(), &site("a.example.net"), None, audit()).await.unwrap();
+        let b = install(store, &app_id(), &env(), &site("b.example.net"), Some(Product::Jira), audit())
+            .await
+            .unwrap();
         assert_eq!(b.product, Product::Jira);
 
         app.write_code("export const run = async () => ({ ok: 'still' });\n");
@@ -120,7 +127,7 @@ async fn a_scope_change_makes_a_major_version_that_waits_for_consent() {
         let store = &t.store;
         let app = TestApp::new();
         deploy_dir(store, app.path()).await.unwrap();
-        install(store, &app_id(), &env(), &site("a.example.net"), None).await.unwrap();
+        install(store, &app_id(), &env(), &site("a.example.net"), None, audit()).await.unwrap();
 
         app.write_manifest(&["read:jira-work", "write:jira-work"], &["api.example.com"]);
         let major = deploy_dir(store, app.path()).await.unwrap();
@@ -146,17 +153,27 @@ async fn a_scope_change_makes_a_major_version_that_waits_for_consent() {
         assert_eq!(plan.needs_consent, [GrantChange::ScopeAdded("write:jira-work".into())]);
 
         let before = counts(store).await;
-        let refused =
-            upgrade(store, &app_id(), &env(), &site("a.example.net"), None, plan.to, Consent::NotGiven)
-                .await
-                .unwrap_err();
+        let refused = upgrade(
+            store,
+            &app_id(),
+            &env(),
+            &site("a.example.net"),
+            None,
+            plan.to,
+            Consent::NotGiven,
+            audit(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(refused, AppError::ConsentRequired { .. }), "{refused}");
         assert_eq!(refused.exit_code(), 1);
         assert_eq!(counts(store).await, before, "a refused upgrade stores nothing");
         // Consent given for another version does not count.
         let wrong = Consent::AcceptedFor(Version { major: 2, minor: 0 });
         assert!(
-            upgrade(store, &app_id(), &env(), &site("a.example.net"), None, plan.to, wrong).await.is_err()
+            upgrade(store, &app_id(), &env(), &site("a.example.net"), None, plan.to, wrong, audit())
+                .await
+                .is_err()
         );
 
         let done = upgrade(
@@ -167,6 +184,7 @@ async fn a_scope_change_makes_a_major_version_that_waits_for_consent() {
             None,
             plan.to,
             Consent::AcceptedFor(plan.to),
+            audit(),
         )
         .await
         .unwrap();
@@ -208,11 +226,12 @@ async fn rollback_never_grants_what_was_not_consented() {
         assert!(deploy_dir(store, app.path()).await.unwrap().origin.is_major());
 
         // Installed on 2.0.0, the site consented to reading only.
-        install(store, &app_id(), &env(), &site("c.example.net"), None).await.unwrap();
+        install(store, &app_id(), &env(), &site("c.example.net"), None, audit()).await.unwrap();
         let before = counts(store).await;
-        let err = rollback(store, &app_id(), &env(), &site("c.example.net"), None, Some(Version::FIRST))
-            .await
-            .unwrap_err();
+        let err =
+            rollback(store, &app_id(), &env(), &site("c.example.net"), None, Some(Version::FIRST), audit())
+                .await
+                .unwrap_err();
         match &err {
             AppError::RollbackWouldWiden { changes, .. } => {
                 assert_eq!(changes, &[GrantChange::ScopeAdded("write:jira-work".into())], "{}", t.name);
@@ -224,7 +243,9 @@ async fn rollback_never_grants_what_was_not_consented() {
         assert_eq!(installed_version(store, "c.example.net").await.to_string(), "2.0.0");
 
         // With no earlier version in its history there is nothing to return to.
-        let none = rollback(store, &app_id(), &env(), &site("c.example.net"), None, None).await.unwrap_err();
+        let none = rollback(store, &app_id(), &env(), &site("c.example.net"), None, None, audit())
+            .await
+            .unwrap_err();
         assert!(matches!(none, AppError::NothingToRollBack { .. }), "{none}");
     }
 }
@@ -235,12 +256,13 @@ async fn rollback_within_consent_returns_to_the_previous_version() {
         let store = &t.store;
         let app = TestApp::new();
         deploy_dir(store, app.path()).await.unwrap();
-        install(store, &app_id(), &env(), &site("d.example.net"), None).await.unwrap();
+        install(store, &app_id(), &env(), &site("d.example.net"), None, audit()).await.unwrap();
         app.write_code("export const run = async () => 'buggy';\n");
         deploy_dir(store, app.path()).await.unwrap();
         assert_eq!(installed_version(store, "d.example.net").await.to_string(), "1.1.0");
 
-        let back = rollback(store, &app_id(), &env(), &site("d.example.net"), None, None).await.unwrap();
+        let back =
+            rollback(store, &app_id(), &env(), &site("d.example.net"), None, None, audit()).await.unwrap();
         assert_eq!(
             (back.from.to_string(), back.to.to_string()),
             ("1.1.0".into(), "1.0.0".into()),
@@ -260,16 +282,19 @@ async fn rollback_within_consent_returns_to_the_previous_version() {
             &site("d.example.net"),
             None,
             Some(Version { major: 1, minor: 1 }),
+            audit(),
         )
         .await
         .unwrap();
-        let again = rollback(store, &app_id(), &env(), &site("d.example.net"), None, None).await.unwrap();
+        let again =
+            rollback(store, &app_id(), &env(), &site("d.example.net"), None, None, audit()).await.unwrap();
         assert_eq!(again.to, Version::FIRST, "{}", t.name);
 
         // Rolling "back" to a newer version is refused.
         let newer = Version { major: 1, minor: 1 };
-        let err =
-            rollback(store, &app_id(), &env(), &site("d.example.net"), None, Some(newer)).await.unwrap_err();
+        let err = rollback(store, &app_id(), &env(), &site("d.example.net"), None, Some(newer), audit())
+            .await
+            .unwrap_err();
         assert!(matches!(err, AppError::NotEarlier { .. }), "{err}");
     }
 }
@@ -283,6 +308,7 @@ async fn dry_runs_and_refused_deploys_store_nothing() {
         let dry = deploy(
             store,
             DeployRequest { app_dir: app.path(), environment: env(), dry_run: true, variables: &NoVariables },
+            audit(),
         )
         .await
         .unwrap();
@@ -317,16 +343,19 @@ async fn installs_are_unique_per_site_and_product_and_need_a_deploy() {
     for t in each_backend().await.unwrap() {
         let store = &t.store;
         let app = TestApp::new();
-        let missing = install(store, &app_id(), &env(), &site("e.example.net"), None).await.unwrap_err();
+        let missing =
+            install(store, &app_id(), &env(), &site("e.example.net"), None, audit()).await.unwrap_err();
         assert!(matches!(missing, AppError::NotDeployed { .. }), "{}: {missing}", t.name);
         deploy_dir(store, app.path()).await.unwrap();
-        install(store, &app_id(), &env(), &site("e.example.net"), None).await.unwrap();
-        let again =
-            install(store, &app_id(), &env(), &site("https://E.example.net/"), None).await.unwrap_err();
+        install(store, &app_id(), &env(), &site("e.example.net"), None, audit()).await.unwrap();
+        let again = install(store, &app_id(), &env(), &site("https://E.example.net/"), None, audit())
+            .await
+            .unwrap_err();
         assert!(matches!(again, AppError::AlreadyInstalled { .. }), "{again}");
         // Another environment is a separate installation space.
         let staging = Environment::parse("staging").unwrap();
-        let none = install(store, &app_id(), &staging, &site("e.example.net"), None).await.unwrap_err();
+        let none =
+            install(store, &app_id(), &staging, &site("e.example.net"), None, audit()).await.unwrap_err();
         assert!(matches!(none, AppError::NotDeployed { .. }));
     }
 }
@@ -337,7 +366,7 @@ async fn versions_list_installations_and_pending_upgrades() {
         let store = &t.store;
         let app = TestApp::new();
         deploy_dir(store, app.path()).await.unwrap();
-        install(store, &app_id(), &env(), &site("f.example.net"), None).await.unwrap();
+        install(store, &app_id(), &env(), &site("f.example.net"), None, audit()).await.unwrap();
         app.write_manifest(&["read:jira-work", "storage:app"], &["api.example.com"]);
         deploy_dir(store, app.path()).await.unwrap();
         let listing = versions(store, &app_id(), &env()).await.unwrap();
@@ -387,4 +416,87 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
         }
     })
     .await
+}
+
+/// The actions (and outcomes) recorded after sequence number `after`.
+async fn trail_after(store: &Store, after: i64) -> Vec<(String, String)> {
+    let mut tx = store.begin().await.unwrap();
+    let rows = tx.audit_records(after, 1000).await.unwrap();
+    rows.into_iter().map(|r| (r.action, r.outcome)).collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected.iter().map(|(a, o)| ((*a).to_owned(), (*o).to_owned())).collect()
+}
+
+#[tokio::test]
+async fn every_change_and_every_refusal_is_in_the_trail_in_order() {
+    for t in each_backend().await.unwrap() {
+        let store = &t.store;
+        let app = TestApp::new();
+        deploy_dir(store, app.path()).await.unwrap();
+        install(store, &app_id(), &env(), &site("a.example.net"), None, audit()).await.unwrap();
+        app.write_code("export const run = async () => 2;\n");
+        deploy_dir(store, app.path()).await.unwrap();
+        app.write_manifest(&["read:jira-work", "write:jira-work"], &["api.example.com"]);
+        deploy_dir(store, app.path()).await.unwrap();
+        let to = Version { major: 2, minor: 0 };
+        let site_a = site("a.example.net");
+        upgrade(store, &app_id(), &env(), &site_a, None, to, Consent::NotGiven, audit()).await.unwrap_err();
+        upgrade(store, &app_id(), &env(), &site_a, None, to, Consent::AcceptedFor(to), audit())
+            .await
+            .unwrap();
+        rollback(store, &app_id(), &env(), &site_a, None, None, audit()).await.unwrap();
+        std::fs::write(app.path().join("manifest.yml"), "modules: [\n").unwrap();
+        deploy_dir(store, app.path()).await.unwrap_err();
+
+        assert_eq!(
+            trail_after(store, 0).await,
+            pairs(&[
+                ("app.deploy", "success"),
+                ("app.install", "success"),
+                ("app.consent", "success"),
+                ("app.deploy", "success"),
+                ("app.upgrade", "success"), // the automatic minor roll-out
+                ("app.deploy", "success"),
+                ("app.upgrade", "denied"),
+                ("app.consent", "success"),
+                ("app.upgrade", "success"),
+                ("app.rollback", "success"),
+                ("app.deploy", "failure"),
+            ]),
+            "{}",
+            t.name
+        );
+        let report = AUDITOR.verify(store, None).await.unwrap();
+        assert!(report.is_intact(), "{}: {:?}", t.name, report.problems);
+
+        // No record holds the code or the manifest's values.
+        let mut tx = store.begin().await.unwrap();
+        for row in tx.audit_records(0, 1000).await.unwrap() {
+            assert!(!row.details.contains("async () =>"), "{}: {}", t.name, row.details);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_action_whose_record_cannot_be_written_does_not_happen() {
+    for t in each_backend().await.unwrap() {
+        let store = &t.store;
+        let app = TestApp::new();
+        deploy_dir(store, app.path()).await.unwrap();
+        let before = counts(store).await;
+
+        t.exec_raw("ALTER TABLE audit_log RENAME TO audit_log_gone").await.unwrap();
+        app.write_code("export const run = async () => 'never stored';\n");
+        let err = deploy_dir(store, app.path()).await.unwrap_err();
+        assert!(matches!(err, AppError::Audit(_)), "{}: {err}", t.name);
+        let refused =
+            install(store, &app_id(), &env(), &site("a.example.net"), None, audit()).await.unwrap_err();
+        assert!(matches!(refused, AppError::Audit(_)), "{}: {refused}", t.name);
+        t.exec_raw("ALTER TABLE audit_log_gone RENAME TO audit_log").await.unwrap();
+
+        assert_eq!(counts(store).await, before, "{}: nothing of either action was stored", t.name);
+        assert_eq!(trail_after(store, 0).await, pairs(&[("app.deploy", "success")]), "{}", t.name);
+    }
 }

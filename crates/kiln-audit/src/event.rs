@@ -236,12 +236,28 @@ impl Event {
         )
     }
 
-    pub fn upgrade(app: &str, env: &str, site: &str, product: &str, from: &str, to: &str) -> Self {
+    /// `automatic`: a minor version rolled out by a deploy, not asked for.
+    pub fn upgrade(
+        app: &str,
+        env: &str,
+        site: &str,
+        product: &str,
+        from: &str,
+        to: &str,
+        automatic: bool,
+    ) -> Self {
         Event::new(
             Action::Upgrade,
             installation_target(app, env, site, product),
-            json!({ "from": from, "to": to }),
+            json!({ "from": from, "to": to, "automatic": automatic }),
         )
+    }
+
+    /// An upgrade, install or rollback that did not happen (see
+    /// [`Event::failed`] and [`Event::denied`]).
+    pub fn attempt(action: Action, app: &str, env: &str, site: &str, product: Option<&str>) -> Self {
+        let target = installation_target(app, env, site, product.unwrap_or("unknown"));
+        Event::new(action, target, json!({}))
     }
 
     /// An installation's admin accepted a version's permissions.

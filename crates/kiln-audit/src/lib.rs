@@ -46,6 +46,26 @@ pub enum AuditError {
     Corrupt(String),
 }
 
+/// Who is acting, and the auditor that records it: what an audited
+/// operation takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Audit<'a> {
+    pub auditor: &'a Auditor,
+    pub ctx: &'a Context,
+}
+
+impl Audit<'_> {
+    /// [`Auditor::append`] with this context.
+    pub async fn append(&self, tx: &mut Tx, event: Event) -> Result<i64, AuditError> {
+        self.auditor.append(tx, self.ctx, event).await
+    }
+
+    /// [`Auditor::record`] with this context.
+    pub async fn record(&self, store: &Store, event: Event) -> Result<i64, AuditError> {
+        self.auditor.record(store, self.ctx, event).await
+    }
+}
+
 /// Domain separation for the record MAC.
 const RECORD_DOMAIN: &[u8] = b"kiln audit record v1";
 
@@ -176,4 +196,25 @@ impl Auditor {
 /// Hex of some bytes.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fixed test auditor, for other crates' tests (feature `testing`).
+#[cfg(feature = "testing")]
+#[allow(clippy::expect_used, reason = "test support: a fixed, valid secret")]
+pub mod testing {
+    use std::sync::LazyLock;
+
+    use super::{Audit, Auditor, Context};
+    use kiln_crypto::audit::AuditKey;
+
+    /// The auditor behind [`audit`]: key id `t1`, a fixed secret.
+    pub static AUDITOR: LazyLock<Auditor> = LazyLock::new(|| {
+        Auditor::new(AuditKey::from_secret("t1", &[3; 32]).expect("a 32-byte secret makes a key"))
+    });
+    static CONTEXT: LazyLock<Context> = LazyLock::new(|| Context::cli("tester"));
+
+    /// The CLI user `tester`, recording with [`AUDITOR`].
+    pub fn audit() -> Audit<'static> {
+        Audit { auditor: &AUDITOR, ctx: &CONTEXT }
+    }
 }

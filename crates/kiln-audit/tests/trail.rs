@@ -21,35 +21,15 @@ fn auditor() -> Auditor {
 }
 
 /// SQL straight at the tables, as an attacker with the database would.
-enum Raw {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
+struct Raw<'a>(&'a TestStore);
+
+async fn raw(t: &TestStore) -> Raw<'_> {
+    Raw(t)
 }
 
-async fn raw(t: &TestStore) -> Raw {
-    if let Some(dir) = t.locator.strip_prefix("sqlite:") {
-        let path = Path::new(dir).join("kiln.db");
-        let url = format!("sqlite://{}", path.display());
-        return Raw::Sqlite(sqlx::SqlitePool::connect(&url).await.unwrap());
-    }
-    let (schema, url) = t.locator.strip_prefix("postgres:").unwrap().split_once(':').unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            url.parse::<sqlx::postgres::PgConnectOptions>().unwrap().options([("search_path", schema)]),
-        )
-        .await
-        .unwrap();
-    Raw::Postgres(pool)
-}
-
-impl Raw {
+impl Raw<'_> {
     async fn exec(&self, sql: &str) {
-        let sql = sqlx::AssertSqlSafe(sql.to_owned());
-        match self {
-            Raw::Sqlite(p) => drop(sqlx::query(sql).execute(p).await.unwrap()),
-            Raw::Postgres(p) => drop(sqlx::query(sql).execute(p).await.unwrap()),
-        }
+        self.0.exec_raw(sql).await.unwrap();
     }
 }
 

@@ -146,20 +146,28 @@ impl FileKeyProvider {
         &self.path
     }
 
-    /// The audit trail's key from this file, adding one (and saying so) if
-    /// the file has none yet.
-    pub fn audit_key(&self) -> Result<(crate::audit::AuditKey, bool), CryptoError> {
+    /// The audit trail's key from this file, if it has one.
+    pub fn existing_audit_key(&self) -> Result<Option<crate::audit::AuditKey>, CryptoError> {
         let io = |e: std::io::Error| CryptoError::Provider(format!("{}: {e}", self.path.display()));
         let text = Zeroizing::new(std::fs::read_to_string(&self.path).map_err(io)?);
         let found =
             text.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                ["audit", id, b64] if valid_id(id) => Some(((*id).to_owned(), (*b64).to_owned())),
+                ["audit", id, b64] if valid_id(id) => {
+                    Some(((*id).to_owned(), Zeroizing::new((*b64).to_owned())))
+                }
                 _ => None,
             });
-        if let Some((id, b64)) = found {
-            let b64 = Zeroizing::new(b64);
-            return Ok((crate::audit::AuditKey::from_base64(&id, &b64)?, false));
+        found.map(|(id, b64)| crate::audit::AuditKey::from_base64(&id, &b64)).transpose()
+    }
+
+    /// The audit trail's key from this file, adding one (and saying so) if
+    /// the file has none yet.
+    pub fn audit_key(&self) -> Result<(crate::audit::AuditKey, bool), CryptoError> {
+        if let Some(key) = self.existing_audit_key()? {
+            return Ok((key, false));
         }
+        let io = |e: std::io::Error| CryptoError::Provider(format!("{}: {e}", self.path.display()));
+        let text = Zeroizing::new(std::fs::read_to_string(&self.path).map_err(io)?);
         let secret = crate::audit::AuditKey::new_secret()?;
         let body = Zeroizing::new(format!("{}\naudit a1 {}\n", text.trim_end(), secret.as_str()));
         write_private(&self.path, &body, false).map_err(io)?;
@@ -361,11 +369,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kiln.keys");
         let (mut file, _) = FileKeyProvider::open_or_create(&path).unwrap();
+        assert!(file.existing_audit_key().unwrap().is_none());
         let (first, created) = file.audit_key().unwrap();
         assert!(created);
         let (again, created) = file.audit_key().unwrap();
         assert!(!created);
         assert_eq!(first.public_key_hex(), again.public_key_hex());
+        assert_eq!(file.existing_audit_key().unwrap().unwrap().public_key_hex(), first.public_key_hex());
         file.rotate().unwrap();
         let (after, _) = FileKeyProvider::open(&path).unwrap().audit_key().unwrap();
         assert_eq!(first.public_key_hex(), after.public_key_hex());

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kiln_audit::{Audit, AuditError, Event};
 use kiln_crypto::envelope::{Binding, CryptoError, DataKey, KeyProvider, Namespace};
 use kiln_store::{KvPut, Millis, Store, StoreError, Tx};
 use serde_json::Value;
@@ -102,6 +103,12 @@ impl KvsError {
 
 impl From<StoreError> for KvsError {
     fn from(e: StoreError) -> Self {
+        KvsError::new(ErrorCode::StorageError, e.to_string())
+    }
+}
+
+impl From<AuditError> for KvsError {
+    fn from(e: AuditError) -> Self {
         KvsError::new(ErrorCode::StorageError, e.to_string())
     }
 }
@@ -279,19 +286,19 @@ impl Kvs {
         value: &Value,
         options: SetOptions,
     ) -> Result<Option<Entry>, KvsError> {
-        self.write(owner, KVS, key, value, options).await
+        self.write(owner, KVS, key, value, options, None).await
     }
 
     pub async fn set_secret(&self, owner: &str, key: &str, value: &Value) -> Result<(), KvsError> {
-        self.write(owner, SECRET, key, value, SetOptions::default()).await.map(drop)
+        self.write(owner, SECRET, key, value, SetOptions::default(), None).await.map(drop)
     }
 
     pub async fn delete(&self, owner: &str, key: &str) -> Result<(), KvsError> {
-        self.remove(owner, KVS, key).await
+        self.remove(owner, KVS, key, None).await
     }
 
     pub async fn delete_secret(&self, owner: &str, key: &str) -> Result<(), KvsError> {
-        self.remove(owner, SECRET, key).await
+        self.remove(owner, SECRET, key, None).await
     }
 
     /// Entries whose key begins with `prefix`, in key order, `limit` at a
@@ -347,7 +354,7 @@ impl Kvs {
         check_batch(items.len())?;
         let mut out = Batch { succeeded: Vec::new(), failed: Vec::new() };
         for (key, value) in items {
-            match self.write(owner, KVS, key, value, SetOptions::default()).await {
+            match self.write(owner, KVS, key, value, SetOptions::default(), None).await {
                 Ok(_) => out.succeeded.push(key.clone()),
                 Err(e) => out.failed.push((key.clone(), e)),
             }
@@ -359,7 +366,7 @@ impl Kvs {
         check_batch(keys.len())?;
         let mut out = Batch { succeeded: Vec::new(), failed: Vec::new() };
         for key in keys {
-            match self.remove(owner, KVS, key).await {
+            match self.remove(owner, KVS, key, None).await {
                 Ok(()) => out.succeeded.push(key.clone()),
                 Err(e) => out.failed.push((key.clone(), e)),
             }
@@ -377,7 +384,7 @@ impl Kvs {
 
     /// Rewrap every data key with the provider's current key-encryption key
     /// (after the provider rotated). Returns how many were rewrapped.
-    pub async fn rewrap_all(&self) -> Result<usize, KvsError> {
+    pub async fn rewrap_all(&self, audit: Audit<'_>) -> Result<usize, KvsError> {
         let current = self.provider.current_kek();
         let mut tx = self.store.begin().await?;
         let mut n = 0;
@@ -390,19 +397,21 @@ impl Kvs {
             tx.rewrap_data_key(&owner, row.key_id, &wrapped, &current).await?;
             n += 1;
         }
+        audit.append(&mut tx, Event::key_rotation("kek", Some(&current), n)).await?;
         tx.commit().await?;
         Ok(n)
     }
 
     /// Start sealing `owner`'s new values with a fresh data key. Existing
     /// values stay readable; [`Kvs::reencrypt`] moves them over.
-    pub async fn rotate_data_key(&self, owner: &str) -> Result<u32, KvsError> {
+    pub async fn rotate_data_key(&self, owner: &str, audit: Audit<'_>) -> Result<u32, KvsError> {
         let mut tx = self.store.begin().await?;
         tx.kv_lock(owner, DATA_KEY_LOCK, "").await?;
         let next = tx.data_keys(owner).await?.iter().map(|k| k.key_id).max().unwrap_or(0) + 1;
         let (_, raw) = DataKey::generate(next)?;
         let wrapped = self.provider.wrap(owner, next, &raw)?;
         tx.insert_data_key(owner, next, &wrapped, &self.provider.current_kek(), true).await?;
+        audit.append(&mut tx, Event::key_rotation("data-key", Some(&format!("{owner}#{next}")), 1)).await?;
         tx.commit().await?;
         self.forget(owner);
         Ok(next)
@@ -444,12 +453,17 @@ impl Kvs {
     /// `owner` (an app and environment). Every variable is sealed at rest;
     /// `encrypted` ones are also never shown back (`kiln variables list`
     /// masks them), as `forge variables set --encrypt` does.
+    /// Set a variable; `event` (which must not hold the value) is recorded
+    /// in the same transaction, so the change and its record stand or fall
+    /// together.
     pub async fn set_variable(
         &self,
         owner: &str,
         name: &str,
         value: &str,
         encrypted: bool,
+        audit: Audit<'_>,
+        event: Event,
     ) -> Result<(), KvsError> {
         check_variable_name(name)?;
         if value.len() > MAX_VARIABLE_BYTES {
@@ -459,12 +473,20 @@ impl Kvs {
             ));
         }
         let stored = serde_json::json!({ "value": value, "encrypted": encrypted });
-        self.write(owner, Namespace::Variable, name, &stored, SetOptions::default()).await.map(drop)
+        let record = Some((audit, event));
+        self.write(owner, Namespace::Variable, name, &stored, SetOptions::default(), record).await.map(drop)
     }
 
-    pub async fn unset_variable(&self, owner: &str, name: &str) -> Result<(), KvsError> {
+    /// Remove a variable; `event` is recorded in the same transaction.
+    pub async fn unset_variable(
+        &self,
+        owner: &str,
+        name: &str,
+        audit: Audit<'_>,
+        event: Event,
+    ) -> Result<(), KvsError> {
         check_variable_name(name)?;
-        self.remove(owner, Namespace::Variable, name).await
+        self.remove(owner, Namespace::Variable, name, Some((audit, event))).await
     }
 
     /// Every variable of `owner`: name, value (`None` when encrypted, unless
@@ -512,7 +534,9 @@ impl Kvs {
         ttl: Option<Ttl>,
     ) -> Result<(), KvsError> {
         let options = SetOptions { ttl, ..SetOptions::default() };
-        self.write(owner, Namespace::Token, name, &Value::String(token.to_owned()), options).await.map(drop)
+        self.write(owner, Namespace::Token, name, &Value::String(token.to_owned()), options, None)
+            .await
+            .map(drop)
     }
 
     pub async fn get_token(&self, owner: &str, name: &str) -> Result<Option<String>, KvsError> {
@@ -524,7 +548,7 @@ impl Kvs {
     }
 
     pub async fn delete_token(&self, owner: &str, name: &str) -> Result<(), KvsError> {
-        self.remove(owner, Namespace::Token, name).await
+        self.remove(owner, Namespace::Token, name, None).await
     }
 
     /// Every owner that has data keys (for rotating them all).
@@ -557,6 +581,7 @@ impl Kvs {
         key: &str,
         value: &Value,
         options: SetOptions,
+        record: Option<(Audit<'_>, Event)>,
     ) -> Result<Option<Entry>, KvsError> {
         check_key(key)?;
         let json = check_value(value)?;
@@ -589,6 +614,9 @@ impl Kvs {
             expires_at,
         };
         tx.kv_put(put, now).await?;
+        if let Some((audit, event)) = record {
+            audit.append(&mut tx, event).await?;
+        }
         // Acknowledged only once the commit is durable.
         tx.commit().await?;
         Ok(match options.return_value {
@@ -604,10 +632,19 @@ impl Kvs {
         })
     }
 
-    async fn remove(&self, owner: &str, ns: Namespace, key: &str) -> Result<(), KvsError> {
+    async fn remove(
+        &self,
+        owner: &str,
+        ns: Namespace,
+        key: &str,
+        record: Option<(Audit<'_>, Event)>,
+    ) -> Result<(), KvsError> {
         check_key(key)?;
         let mut tx = self.store.begin().await?;
         tx.kv_delete(owner, ns.as_str(), key, (self.clock)()).await?;
+        if let Some((audit, event)) = record {
+            audit.append(&mut tx, event).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -113,7 +113,7 @@ async fn run(kvs: &Kvs, op: &Op) {
         }
         Op::SetSecret { key, value } => kvs.set_secret(OWNER, &key_name(*key), value).await.unwrap(),
         Op::RotateDataKey => {
-            kvs.rotate_data_key(OWNER).await.unwrap();
+            kvs.rotate_data_key(OWNER, kiln_audit::testing::audit()).await.unwrap();
         }
         Op::Reencrypt => {
             kvs.reencrypt(OWNER, 10).await.unwrap();

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use kiln_audit::Event;
+use kiln_audit::testing::audit;
 use kiln_crypto::keys::{EnvKeyProvider, FileKeyProvider};
 use kiln_kvs::*;
 use kiln_store::testing::each_backend;
@@ -180,6 +182,10 @@ async fn every_limit_has_its_error_code() {
 }
 
 /// Everything Kiln keeps for the app on disk, as raw bytes.
+fn variable_event() -> Event {
+    Event::variable_set("app", "development", "API_KEY", true)
+}
+
 fn raw_database(dir: &std::path::Path) -> Vec<u8> {
     let mut all = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -205,7 +211,9 @@ async fn canaries_are_nowhere_in_the_raw_database_files() {
         ["CANARY-VALUE-7f3a9c", "CANARY-SECRET-41b2e8", "CANARY-VARIABLE-0d5e", "CANARY-TOKEN-9a7c"];
     kvs.set("inst", "plain", &json!({"note": canaries[0]}), SetOptions::default()).await.unwrap();
     kvs.set_secret("inst", "api-token", &json!(canaries[1])).await.unwrap();
-    kvs.set_variable("variables:app:development", "API_KEY", canaries[2], true).await.unwrap();
+    kvs.set_variable("variables:app:development", "API_KEY", canaries[2], true, audit(), variable_event())
+        .await
+        .unwrap();
     kvs.set_token("inst", "oauth:access", canaries[3], None).await.unwrap();
     // And a control: a canary written in clear would be found.
     kvs.set("inst", "CANARY-KEY-IN-CLEAR", &json!(1), SetOptions::default()).await.unwrap();
@@ -267,7 +275,7 @@ async fn rotation_keeps_every_value_readable() {
         // A new key-encryption key: rewrap, then the old key can go.
         let new_kek = file.rotate().unwrap();
         let rotated = Kvs::new(t.store.clone(), Arc::new(FileKeyProvider::open(&key_file).unwrap()));
-        assert_eq!(rotated.rewrap_all().await.unwrap(), 1, "{}", t.name);
+        assert_eq!(rotated.rewrap_all(audit()).await.unwrap(), 1, "{}", t.name);
         let text = std::fs::read_to_string(&key_file).unwrap();
         let only_new: String =
             text.lines().filter(|l| !l.starts_with("key k1 ")).map(|l| format!("{l}\n")).collect();
@@ -278,7 +286,7 @@ async fn rotation_keeps_every_value_readable() {
 
         // A new data key: new writes use it, re-encryption moves the rest
         // over in resumable batches.
-        assert_eq!(without_old.rotate_data_key("o").await.unwrap(), 2);
+        assert_eq!(without_old.rotate_data_key("o", audit()).await.unwrap(), 2);
         let mut moved = 0;
         loop {
             let n = without_old.reencrypt("o", 7).await.unwrap();
@@ -333,7 +341,7 @@ async fn a_node_with_cached_keys_reads_values_sealed_after_another_node_rotated(
         let b = Kvs::new(t.store.clone(), provider());
         a.set("o", "before", &json!(1), SetOptions::default()).await.unwrap();
         assert_eq!(b.get("o", "before").await.unwrap().unwrap().value, json!(1)); // b caches key 1
-        assert_eq!(a.rotate_data_key("o").await.unwrap(), 2);
+        assert_eq!(a.rotate_data_key("o", audit()).await.unwrap(), 2);
         a.set("o", "after", &json!(2), SetOptions::default()).await.unwrap();
         assert_eq!(b.get("o", "after").await.unwrap().unwrap().value, json!(2), "{}", t.name);
         let page = b.query("o", "", None, None).await.unwrap();
@@ -373,7 +381,16 @@ async fn canaries_are_nowhere_in_the_postgresql_tables() {
         ];
         kvs.set("inst", "plain", &json!({"note": canaries[0]}), SetOptions::default()).await.unwrap();
         kvs.set_secret("inst", "api-token", &json!(canaries[1])).await.unwrap();
-        kvs.set_variable("variables:app:development", "API_KEY", canaries[2], true).await.unwrap();
+        kvs.set_variable(
+            "variables:app:development",
+            "API_KEY",
+            canaries[2],
+            true,
+            audit(),
+            variable_event(),
+        )
+        .await
+        .unwrap();
         kvs.set_token("inst", "oauth:access", canaries[3], None).await.unwrap();
         kvs.set("inst", "CANARY-KEY-IN-CLEAR", &json!(1), SetOptions::default()).await.unwrap();
 

@@ -36,6 +36,38 @@ pub async fn open_locator(locator: &str) -> Result<Store, StoreError> {
     }
 }
 
+impl TestStore {
+    /// [`exec_raw`] on this store.
+    pub async fn exec_raw(&self, sql: &str) -> Result<u64, StoreError> {
+        exec_raw(&self.locator, sql).await
+    }
+}
+
+/// Run `sql` straight at the tables of the store a locator names, bypassing
+/// Kiln, as someone with a copy of (or access to) the database would: for
+/// tests that tamper with rows or take a table away.
+pub async fn exec_raw(locator: &str, sql: &str) -> Result<u64, StoreError> {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if let Some(dir) = locator.strip_prefix("sqlite:") {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(std::path::Path::new(dir).join(crate::DATABASE_FILE))
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = sqlx::SqlitePool::connect_with(options).await?;
+        let done = sqlx::query(sql).execute(&pool).await?.rows_affected();
+        pool.close().await;
+        return Ok(done);
+    }
+    let Some((schema, url)) = locator.strip_prefix("postgres:").and_then(|r| r.split_once(':')) else {
+        return Err(StoreError::Conflict(format!("not a test store locator: {locator:?}")));
+    };
+    let options = std::str::FromStr::from_str(url)
+        .map(|o: sqlx::postgres::PgConnectOptions| o.options([("search_path", schema)]))?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await?;
+    let done = sqlx::query(sql).execute(&pool).await?.rows_affected();
+    pool.close().await;
+    Ok(done)
+}
+
 /// One store on each available backend.
 pub async fn each_backend() -> Result<Vec<TestStore>, StoreError> {
     let dir =

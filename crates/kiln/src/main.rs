@@ -16,6 +16,7 @@
 mod bench;
 mod bench_kvs;
 mod output;
+mod trail;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_apps::{AppError, Consent, DeployRequest};
 use kiln_store::Store;
 use kiln_types::{AppId, Environment, Product, SiteUrl, Version};
+use trail::Trail;
 
 /// Kiln: a self-hosted, security-first platform for Jira and Confluence apps.
 #[derive(Debug, Parser)]
@@ -61,6 +63,54 @@ enum Command {
     /// Key-encryption and data keys
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The tamper-evident audit trail: verify, read, export
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every record, every checkpoint and the checkpoint file; say where anything was changed
+    Verify,
+    /// Show the latest records, oldest first
+    Tail {
+        /// How many records
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        /// Print as export lines instead of text
+        #[arg(long, value_enum)]
+        format: Option<ExportFormatArg>,
+    },
+    /// Write every record (after --after) as one line each, for a SIEM
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormatArg::Jsonl)]
+        format: ExportFormatArg,
+        /// Only records after this sequence number (for incremental export)
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Write to this file instead of standard output
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Sign the trail's head now (commands that record something do this themselves)
+    Checkpoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormatArg {
+    /// Kiln's records, one JSON object per line, with their MACs
+    Jsonl,
+    /// OCSF 1.3 events (API Activity, Authentication)
+    Ocsf,
+}
+
+impl From<ExportFormatArg> for kiln_audit::ExportFormat {
+    fn from(f: ExportFormatArg) -> Self {
+        match f {
+            ExportFormatArg::Jsonl => kiln_audit::ExportFormat::Jsonl,
+            ExportFormatArg::Ocsf => kiln_audit::ExportFormat::Ocsf,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,9 +359,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Install(args) => {
             let store = open(&data_dir).await?;
             let app = app_id(&args.app.app)?;
-            let outcome =
-                kiln_apps::install(&store, &app, &args.env.environment, &args.site.site, args.site.product)
-                    .await?;
+            let trail = Trail::open(&data_dir, &store).await?;
+            let outcome = kiln_apps::install(
+                &store,
+                &app,
+                &args.env.environment,
+                &args.site.site,
+                args.site.product,
+                trail.audit(),
+            )
+            .await;
+            trail.checkpoint(&store).await;
+            let outcome = outcome?;
             match args.format {
                 Format::Json => output::json(&outcome),
                 Format::Text => print!("{}", output::install(&outcome)),
@@ -319,7 +378,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Upgrade(args) => upgrade(&data_dir, args).await,
-        Command::Invoke(args) => invoke(args),
+        Command::Invoke(args) => invoke(&data_dir, args).await,
+        Command::Audit(command) => audit(&data_dir, command).await,
         Command::Variables(command) => variables(&data_dir, command).await,
         Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
         Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
@@ -330,8 +390,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let store = open(&data_dir).await?;
             let app = app_id(&args.app.app)?;
             let env = &args.env.environment;
-            let outcome =
-                kiln_apps::rollback(&store, &app, env, &args.site.site, args.site.product, args.to).await?;
+            let trail = Trail::open(&data_dir, &store).await?;
+            let outcome = kiln_apps::rollback(
+                &store,
+                &app,
+                env,
+                &args.site.site,
+                args.site.product,
+                args.to,
+                trail.audit(),
+            )
+            .await;
+            trail.checkpoint(&store).await;
+            let outcome = outcome?;
             println!(
                 "Rolled {} ({}) back from {} to {}; its consented permissions are unchanged.",
                 outcome.site, outcome.product, outcome.from, outcome.to
@@ -354,11 +425,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 async fn deploy(data_dir: &Path, args: DeployArgs) -> Result<(), Failure> {
     // A dry run must not create a data directory: with no database yet there
     // is no previous version, which an empty in-memory store says as well.
+    // A dry run records nothing, so it needs no key (and makes no key file).
     let store = if args.dry_run && !data_dir.join(kiln_store::DATABASE_FILE).exists() {
         Store::open_in_memory().await?
     } else {
         open(data_dir).await?
     };
+    let trail = if args.dry_run { Trail::ephemeral()? } else { Trail::open(data_dir, &store).await? };
     let variables = |name: &str| std::env::var(name).ok();
     let outcome = kiln_apps::deploy(
         &store,
@@ -368,8 +441,13 @@ async fn deploy(data_dir: &Path, args: DeployArgs) -> Result<(), Failure> {
             dry_run: args.dry_run,
             variables: &variables,
         },
+        trail.audit(),
     )
-    .await?;
+    .await;
+    if !args.dry_run {
+        trail.checkpoint(&store).await;
+    }
+    let outcome = outcome?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
@@ -385,6 +463,7 @@ async fn upgrade(data_dir: &Path, args: UpgradeArgs) -> Result<(), Failure> {
     let app = app_id(&args.app.app)?;
     let env = &args.env.environment;
     let (site, product) = (&args.site.site, args.site.product);
+    let trail = Trail::open(data_dir, &store).await?;
     let plan = kiln_apps::plan_upgrade(&store, &app, env, site, product).await?;
     if plan.is_noop() {
         println!("{} ({}) already runs {}, the latest version in {env}.", plan.site, plan.product, plan.to);
@@ -409,14 +488,16 @@ async fn upgrade(data_dir: &Path, args: UpgradeArgs) -> Result<(), Failure> {
     } else {
         Consent::NotGiven
     };
-    let done = kiln_apps::upgrade(&store, &app, env, site, product, plan.to, consent).await?;
+    let done = kiln_apps::upgrade(&store, &app, env, site, product, plan.to, consent, trail.audit()).await;
+    trail.checkpoint(&store).await;
+    let done = done?;
     println!("Upgraded {} ({}) from {} to {}.", done.site, done.product, done.from, done.to);
     Ok(())
 }
 
 /// Bundle the app in APP_DIR and run one function through a pool of jailed
 /// workers, exactly as the server will.
-fn invoke(args: InvokeArgs) -> Result<(), Failure> {
+async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
     let payload: serde_json::Value =
         serde_json::from_str(&args.payload).map_err(|e| usage(format!("--payload is not JSON: {e}")))?;
     let context: serde_json::Value = match &args.context {
@@ -457,9 +538,15 @@ fn invoke(args: InvokeArgs) -> Result<(), Failure> {
         deadline: args.timeout_ms.map(std::time::Duration::from_millis),
     };
     let app = manifest.app.id.to_string();
-    let result = sandbox
-        .invoke(&app, &built.hash, &built.bundle, &request, &mut kiln_sandbox::NoCapabilities)
-        .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    let result =
+        match sandbox.invoke(&app, &built.hash, &built.bundle, &request, &mut kiln_sandbox::NoCapabilities) {
+            Ok(result) => result,
+            Err(e) => {
+                let message = e.to_string();
+                record_fault(data_dir, &app, &args.function, "PLATFORM_ERROR", &message).await;
+                return Err(Failure { code: 1, message });
+            }
+        };
     for (level, text) in &result.logs {
         eprintln!("[{level}] {text}");
     }
@@ -471,16 +558,36 @@ fn invoke(args: InvokeArgs) -> Result<(), Failure> {
             Ok(())
         }
         kiln_ipc::Outcome::Err(e) => {
+            if e.code != kiln_ipc::ErrorCode::FunctionError {
+                record_fault(data_dir, &app, &args.function, e.code.as_str(), &e.message).await;
+            }
             output::json(&serde_json::json!({ "error": e }));
             Err(Failure { code: 1, message: format!("{}: {}", e.code, e.message) })
         }
     }
 }
 
+/// Record a sandbox fault (a timeout, the memory limit, a dead or killed
+/// worker; not an exception thrown by the app) in the data directory's
+/// audit trail. The invocation has already failed; if the record cannot be
+/// written either, say so.
+async fn record_fault(data_dir: &Path, app: &str, function: &str, code: &str, message: &str) {
+    let recorded = async {
+        let store = open(data_dir).await?;
+        let trail = Trail::open(data_dir, &store).await?;
+        trail.record(&store, kiln_audit::Event::sandbox_fault(app, function, code, message)).await?;
+        trail.checkpoint(&store).await;
+        Ok::<(), Failure>(())
+    };
+    if let Err(f) = recorded.await {
+        eprintln!("warning: the sandbox fault was not recorded in the audit trail: {}", f.message);
+    }
+}
+
 /// Where the key-encryption keys are: `KILN_KEK` if set, else the key file
 /// (`KILN_KEY_FILE`, default `kiln.keys` in the data directory), created on
 /// first use with a notice.
-async fn key_provider(
+pub(crate) async fn key_provider(
     data_dir: &Path,
     store: &Store,
 ) -> Result<std::sync::Arc<dyn kiln_crypto::envelope::KeyProvider>, Failure> {
@@ -524,14 +631,15 @@ async fn key_provider(
     Ok(std::sync::Arc::new(provider))
 }
 
-fn key_file(data_dir: &Path) -> PathBuf {
+pub(crate) fn key_file(data_dir: &Path) -> PathBuf {
     std::env::var_os("KILN_KEY_FILE").map_or_else(|| data_dir.join("kiln.keys"), PathBuf::from)
 }
 
 async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Failure> {
     let store = open(data_dir).await?;
     let provider = key_provider(data_dir, &store).await?;
-    let kvs = kiln_kvs::Kvs::new(store, provider);
+    let trail = Trail::open(data_dir, &store).await?;
+    let kvs = kiln_kvs::Kvs::new(store.clone(), provider);
     let owner = |app: &AppArg, env: &EnvArg| -> Result<String, Failure> {
         Ok(format!("variables:{}:{}", app_id(&app.app)?, env.environment))
     };
@@ -541,7 +649,12 @@ async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Fai
     };
     match command {
         VariablesCommand::Set { name, value, encrypt, env, app } => {
-            kvs.set_variable(&owner(&app, &env)?, &name, &value, encrypt).await.map_err(kvs_fail)?;
+            let (id, e) = (app_id(&app.app)?.to_string(), env.environment.to_string());
+            let event = kiln_audit::Event::variable_set(&id, &e, &name, encrypt);
+            let done = kvs
+                .set_variable(&owner(&app, &env)?, &name, &value, encrypt, trail.audit(), event.clone())
+                .await;
+            settle(&trail, &store, done.map_err(kvs_fail), event).await?;
             let how = if encrypt { "encrypted; its value will not be shown again" } else { "sealed at rest" };
             println!(
                 "Set {name} for {} in {} ({how}). Functions see it from their next invocation.",
@@ -550,7 +663,10 @@ async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Fai
             );
         }
         VariablesCommand::Unset { name, env, app } => {
-            kvs.unset_variable(&owner(&app, &env)?, &name).await.map_err(kvs_fail)?;
+            let (id, e) = (app_id(&app.app)?.to_string(), env.environment.to_string());
+            let event = kiln_audit::Event::variable_unset(&id, &e, &name);
+            let done = kvs.unset_variable(&owner(&app, &env)?, &name, trail.audit(), event.clone()).await;
+            settle(&trail, &store, done.map_err(kvs_fail), event).await?;
             println!("Removed {name}.");
         }
         VariablesCommand::List { env, app } => {
@@ -565,8 +681,25 @@ async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Fai
     Ok(())
 }
 
+/// After an audited change: checkpoint, and if it failed for a reason other
+/// than the trail itself, record the failure.
+async fn settle(
+    trail: &Trail,
+    store: &Store,
+    done: Result<(), Failure>,
+    event: kiln_audit::Event,
+) -> Result<(), Failure> {
+    if let Err(f) = &done {
+        let reason = f.message.lines().next().unwrap_or_default();
+        if !reason.contains("audit trail") {
+            trail.record(store, event.failed(reason)).await?;
+        }
+    }
+    trail.checkpoint(store).await;
+    done
+}
+
 async fn rotate_keys(data_dir: &Path, data_keys: bool) -> Result<(), Failure> {
-    let fail = |m: String| Failure { code: 1, message: m };
     if std::env::var_os(kiln_crypto::keys::KEK_ENV_VAR).is_some() {
         return Err(usage(format!(
             "the key-encryption keys come from {}: add the new key there (first in the list), then run this command to rewrap",
@@ -575,11 +708,31 @@ async fn rotate_keys(data_dir: &Path, data_keys: bool) -> Result<(), Failure> {
     }
     let store = open(data_dir).await?;
     key_provider(data_dir, &store).await?;
+    let trail = Trail::open(data_dir, &store).await?;
+    let result = rotate_keys_audited(data_dir, &store, &trail, data_keys).await;
+    if let Err(f) = &result {
+        let reason = f.message.lines().next().unwrap_or_default();
+        if !reason.contains("audit trail") {
+            let what = if data_keys { "kek+data-keys" } else { "kek" };
+            trail.record(&store, kiln_audit::Event::key_rotation(what, None, 0).failed(reason)).await?;
+        }
+    }
+    trail.checkpoint(&store).await;
+    result
+}
+
+async fn rotate_keys_audited(
+    data_dir: &Path,
+    store: &Store,
+    trail: &Trail,
+    data_keys: bool,
+) -> Result<(), Failure> {
+    let fail = |m: String| Failure { code: 1, message: m };
     let path = key_file(data_dir);
     let mut file = kiln_crypto::keys::FileKeyProvider::open(&path).map_err(|e| fail(e.to_string()))?;
     let new = file.rotate().map_err(|e| fail(e.to_string()))?;
-    let kvs = kiln_kvs::Kvs::new(store, std::sync::Arc::new(file));
-    let rewrapped = kvs.rewrap_all().await.map_err(|e| fail(e.to_string()))?;
+    let kvs = kiln_kvs::Kvs::new(store.clone(), std::sync::Arc::new(file));
+    let rewrapped = kvs.rewrap_all(trail.audit()).await.map_err(|e| fail(e.to_string()))?;
     println!("New key-encryption key {new} is current; {rewrapped} data keys rewrapped.");
     println!(
         "Older keys stay in {} until you remove them; every data key now opens with {new}.",
@@ -589,7 +742,7 @@ async fn rotate_keys(data_dir: &Path, data_keys: bool) -> Result<(), Failure> {
         let owners = kvs.owners().await.map_err(|e| fail(e.to_string()))?;
         let mut resealed = 0;
         for owner in &owners {
-            kvs.rotate_data_key(owner).await.map_err(|e| fail(e.to_string()))?;
+            kvs.rotate_data_key(owner, trail.audit()).await.map_err(|e| fail(e.to_string()))?;
             loop {
                 let n = kvs.reencrypt(owner, 500).await.map_err(|e| fail(e.to_string()))?;
                 if n == 0 {
@@ -601,6 +754,18 @@ async fn rotate_keys(data_dir: &Path, data_keys: bool) -> Result<(), Failure> {
         println!("New data keys for {} owners; {resealed} values re-encrypted.", owners.len());
     }
     Ok(())
+}
+
+async fn audit(data_dir: &Path, command: AuditCommand) -> Result<(), Failure> {
+    let store = open(data_dir).await?;
+    match command {
+        AuditCommand::Verify => trail::verify(data_dir, &store).await,
+        AuditCommand::Tail { lines, format } => trail::tail(&store, lines, format.map(Into::into)).await,
+        AuditCommand::Export { format, after, output } => {
+            trail::export(data_dir, &store, format.into(), after, output.as_deref()).await
+        }
+        AuditCommand::Checkpoint => trail::checkpoint(data_dir, &store).await,
+    }
 }
 
 /// `--data-dir`, else `KILN_DATA_DIR`, else the platform's user data directory.

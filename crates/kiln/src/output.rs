@@ -162,7 +162,7 @@ fn size(bytes: u64) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC from unix milliseconds.
-fn utc(millis: i64) -> String {
+pub(crate) fn utc(millis: i64) -> String {
     let secs = millis.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -52,6 +52,9 @@ impl Kiln {
             .env_remove("KILN_DATA_DIR")
             .env_remove("KILN_KEK")
             .env_remove("KILN_KEY_FILE")
+            .env_remove("KILN_AUDIT_KEY")
+            .env_remove("KILN_AUDIT_CHECKPOINT_FILE")
+            .env("USER", "tester")
             .output()
             .unwrap()
     }
@@ -245,6 +248,9 @@ fn the_example_app_lifecycle_through_the_cli() {
         2,
     );
     step("final state", &["versions"], 0);
+    step("the audit trail verifies", &["audit", "verify"], 0);
+    step("the latest records", &["audit", "tail", "-n", "4"], 0);
+    let transcript = transcript.replace(&kiln.data.path().display().to_string(), "KILN");
     check_golden("lifecycle.txt", &normalize(&transcript, work.path()));
 }
 
@@ -518,4 +524,181 @@ fn the_kvs_benchmark_runs_both_paths_and_reports_every_operation() {
         }
     }
     assert!(text(&out).contains("PostgreSQL skipped"), "{}", text(&out));
+}
+
+/// SQL run straight at a data directory's database, as an attacker with
+/// the file would.
+fn tamper(kiln: &Kiln, sql: &str) {
+    let locator = format!("sqlite:{}", kiln.data_dir().display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(kiln_store::testing::exec_raw(&locator, sql)).unwrap();
+}
+
+/// A data directory whose trail holds five records, each command followed
+/// by a checkpoint: deploy, install, consent, two variables.
+fn audited_kiln() -> Kiln {
+    let kiln = Kiln::new();
+    let app = repo().join("examples/issue-triage");
+    let app = app.to_str().unwrap();
+    kiln.ok(&["deploy", app]);
+    kiln.ok(&["install", "--site", "acme.atlassian.net", "--app", app]);
+    kiln.ok(&["variables", "set", "A", "first", "--app", app]);
+    kiln.ok(&["variables", "set", "B", "second", "--encrypt", "--app", app]);
+    let verified = kiln.ok(&["audit", "verify"]);
+    assert!(verified.contains("5 records (head 5), 4 checkpoints in the database, 4 in"), "{verified}");
+    kiln
+}
+
+fn checkpoints(k: &Kiln) -> PathBuf {
+    k.data_dir().join("audit-checkpoints.jsonl")
+}
+
+/// Rewrite the checkpoint file's lines with `f`.
+fn edit_file(k: &Kiln, f: &dyn Fn(Vec<String>) -> Vec<String>) {
+    let text = std::fs::read_to_string(checkpoints(k)).unwrap();
+    let lines = f(text.lines().map(str::to_owned).collect());
+    std::fs::write(checkpoints(k), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+}
+
+#[test]
+fn audit_verify_finds_every_kind_of_tampering_and_says_where() {
+    type Tamper<'a> = (&'a str, Box<dyn Fn(&Kiln)>, &'a str);
+    let cases: Vec<Tamper> = vec![
+        (
+            "a record edited",
+            Box::new(|k| {
+                tamper(
+                    k,
+                    "UPDATE audit_log SET details = '{\"name\":\"C\",\"encrypted\":false}' WHERE seq = 4",
+                )
+            }),
+            "PROBLEM record 4",
+        ),
+        (
+            "a record deleted",
+            Box::new(|k| tamper(k, "DELETE FROM audit_log WHERE seq = 3")),
+            "PROBLEM record 3",
+        ),
+        (
+            "two records swapped",
+            Box::new(|k| {
+                tamper(k, "UPDATE audit_log SET seq = 100 WHERE seq = 2");
+                tamper(k, "UPDATE audit_log SET seq = 2 WHERE seq = 3");
+                tamper(k, "UPDATE audit_log SET seq = 3 WHERE seq = 100");
+            }),
+            "PROBLEM record 2",
+        ),
+        (
+            "a record inserted",
+            Box::new(|k| {
+                tamper(k, "UPDATE audit_log SET seq = seq + 1000 WHERE seq >= 3");
+                tamper(k, "UPDATE audit_log SET seq = seq - 999 WHERE seq >= 1000");
+                tamper(
+                    k,
+                    "INSERT INTO audit_log (seq, at, actor, action, target, outcome, source, details, key_id, mac) \
+                     SELECT 3, at, actor, action, target, outcome, source, details, key_id, mac FROM audit_log WHERE seq = 2",
+                );
+            }),
+            "PROBLEM record 3",
+        ),
+        (
+            "the newest records and their checkpoints cut off",
+            Box::new(|k| {
+                tamper(k, "DELETE FROM audit_log WHERE seq >= 4");
+                tamper(k, "DELETE FROM audit_checkpoints WHERE seq >= 4");
+            }),
+            "PROBLEM record 5 (checkpoint file line 4)",
+        ),
+        (
+            "a checkpoint signature edited in the database",
+            Box::new(|k| tamper(k, "UPDATE audit_checkpoints SET signature = mac WHERE seq = 3")),
+            "PROBLEM record 3: its checkpoint in the database has an invalid signature",
+        ),
+        (
+            "a checkpoint line edited in the file",
+            Box::new(|k| {
+                edit_file(k, &|mut l| {
+                    l[1] = l[1].replacen("\"seq\":3", "\"seq\":2", 1);
+                    l
+                })
+            }),
+            "PROBLEM record 2 (checkpoint file line 2)",
+        ),
+        (
+            "a checkpoint line removed from the file",
+            Box::new(|k| {
+                edit_file(k, &|mut l| {
+                    l.remove(1);
+                    l
+                })
+            }),
+            "PROBLEM record 3",
+        ),
+        (
+            "the checkpoint file deleted",
+            Box::new(|k| std::fs::remove_file(checkpoints(k)).unwrap()),
+            "the checkpoint file",
+        ),
+    ];
+    for (what, damage, expected) in cases {
+        let kiln = audited_kiln();
+        damage(&kiln);
+        let out = kiln.run(&["audit", "verify"]);
+        assert_eq!(code(&out), 1, "{what}: verify passed:\n{}", text(&out));
+        assert!(text(&out).contains(expected), "{what}: expected {expected:?} in:\n{}", text(&out));
+    }
+}
+
+#[test]
+fn the_trail_holds_no_values_and_exports_for_a_siem() {
+    let kiln = audited_kiln();
+    let app = repo().join("examples/issue-triage");
+    kiln.ok(&["variables", "unset", "A", "--app", app.to_str().unwrap()]);
+    kiln.ok(&["keys", "rotate", "--data-keys"]);
+    let jsonl = kiln.ok(&["audit", "export", "--format", "jsonl"]);
+    let records: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let actions: Vec<&str> = records.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "app.deploy",
+            "app.install",
+            "app.consent",
+            "variable.set",
+            "variable.set",
+            "audit.verify",
+            "variable.unset",
+            "keys.rotate",
+            "keys.rotate"
+        ]
+    );
+    for value in ["first", "second"] {
+        assert!(!jsonl.contains(value), "a variable's value is in the trail:\n{jsonl}");
+    }
+    let ocsf = kiln.ok(&["audit", "export", "--format", "ocsf", "--after", "6"]);
+    let events: Vec<serde_json::Value> = ocsf.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 4, "records 7..=9 and the first export's own record:\n{ocsf}");
+    assert_eq!(events[0]["class_uid"], 6003);
+    assert_eq!(events[0]["api"]["operation"], "variable.unset");
+    // Exports are themselves recorded, and the trail still verifies.
+    let tail = kiln.ok(&["audit", "tail", "-n", "2", "--format", "jsonl"]);
+    assert!(tail.lines().all(|l| l.contains("\"audit.export\"")), "{tail}");
+    kiln.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn a_sandbox_fault_is_recorded_and_an_app_exception_is_not() {
+    let kiln = Kiln::new();
+    let app = invoke_app();
+    let dir = app.path().to_str().unwrap();
+    let thrown = kiln.run(&["invoke", "boom", dir]);
+    assert_eq!(code(&thrown), 1, "{}", text(&thrown));
+    let out = kiln.run(&["invoke", "slow", dir, "--timeout-ms", "200"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let tail = kiln.ok(&["audit", "tail", "--format", "jsonl"]);
+    let records: Vec<serde_json::Value> = tail.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 1, "{tail}");
+    assert_eq!(records[0]["action"], "sandbox.fault");
+    assert_eq!(records[0]["details"]["code"], "TIME_OUT");
+    assert!(records[0]["target"].as_str().unwrap().ends_with("#slow"), "{tail}");
 }
