@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 /// cannot be recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
+    OperatorCreated,
+    OperatorDisabled,
+    PasswordChanged,
     OperatorLogin,
     OperatorLoginFailed,
     OperatorLogout,
@@ -35,7 +38,10 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 26] = [
+        Action::OperatorCreated,
+        Action::OperatorDisabled,
+        Action::PasswordChanged,
         Action::OperatorLogin,
         Action::OperatorLoginFailed,
         Action::OperatorLogout,
@@ -63,6 +69,9 @@ impl Action {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Action::OperatorCreated => "operator.created",
+            Action::OperatorDisabled => "operator.disabled",
+            Action::PasswordChanged => "operator.password_changed",
             Action::OperatorLogin => "operator.login",
             Action::OperatorLoginFailed => "operator.login_failed",
             Action::OperatorLogout => "operator.logout",
@@ -301,6 +310,73 @@ impl Event {
         );
         event.outcome = Outcome::Failure;
         event
+    }
+
+    /// A new operator account (its password and MFA secret are not recorded).
+    pub fn operator_created(name: &str, role: &str) -> Self {
+        Event::new(Action::OperatorCreated, format!("operator:{name}"), json!({ "role": role }))
+    }
+
+    pub fn operator_disabled(name: &str, sessions: u64, tokens: u64) -> Self {
+        Event::new(
+            Action::OperatorDisabled,
+            format!("operator:{name}"),
+            json!({ "sessionsRevoked": sessions, "tokensRevoked": tokens }),
+        )
+    }
+
+    /// A password was set (not recorded); `sessions` were ended by it.
+    pub fn password_changed(name: &str, sessions: u64) -> Self {
+        Event::new(
+            Action::PasswordChanged,
+            format!("operator:{name}"),
+            json!({ "sessionsRevoked": sessions }),
+        )
+    }
+
+    pub fn role_changed(name: &str, from: &str, to: &str) -> Self {
+        Event::new(Action::RoleChanged, format!("operator:{name}"), json!({ "from": from, "to": to }))
+    }
+
+    /// `change`: "enrolled" or "reset".
+    pub fn mfa_changed(name: &str, change: &str) -> Self {
+        Event::new(Action::MfaChanged, format!("operator:{name}"), json!({ "change": change }))
+    }
+
+    /// A sign-in; `session` is a keyed fingerprint of the session, so later
+    /// records about it can be matched without revealing it.
+    pub fn login(name: &str, mfa: bool, session: &str) -> Self {
+        Event::new(
+            Action::OperatorLogin,
+            format!("operator:{name}"),
+            json!({ "mfa": mfa, "session": session }),
+        )
+    }
+
+    /// A refused sign-in. `who` is the operator's name when the account
+    /// exists, else a keyed fingerprint of what was typed (which may be a
+    /// mistyped password, so it is never recorded as typed).
+    pub fn login_failed(who: &str, reason: &str, locked: bool) -> Self {
+        let mut event =
+            Event::new(Action::OperatorLoginFailed, format!("operator:{who}"), json!({ "locked": locked }));
+        event.outcome = Outcome::Denied;
+        event.with_reason(reason)
+    }
+
+    pub fn logout(name: &str, session: &str) -> Self {
+        Event::new(Action::OperatorLogout, format!("operator:{name}"), json!({ "session": session }))
+    }
+
+    pub fn token_created(owner: &str, id: i64, name: &str, scopes: &[&str], expires_at: i64) -> Self {
+        Event::new(
+            Action::TokenCreated,
+            format!("token:{id}"),
+            json!({ "operator": owner, "name": name, "scopes": scopes, "expiresAt": expires_at }),
+        )
+    }
+
+    pub fn token_revoked(owner: &str, id: i64) -> Self {
+        Event::new(Action::TokenRevoked, format!("token:{id}"), json!({ "operator": owner }))
     }
 
     pub fn audit_export(format: &str, after: i64, records: u64) -> Self {

@@ -48,7 +48,7 @@ fn ocsf(row: &AuditRow, details: Value) -> Value {
     let (class_uid, category_uid, activity_id) = match row.action.as_str() {
         "operator.login" | "operator.login_failed" => (3002, 3, 1),
         "operator.logout" => (3002, 3, 2),
-        "app.deploy" | "app.install" | "token.created" => (6003, 6, 1),
+        "app.deploy" | "app.install" | "token.created" | "operator.created" => (6003, 6, 1),
         "audit.export" | "audit.verify" => (6003, 6, 2),
         "app.upgrade"
         | "app.rollback"
@@ -58,7 +58,7 @@ fn ocsf(row: &AuditRow, details: Value) -> Value {
         | "config.changed"
         | "operator.mfa_changed"
         | "operator.role_changed" => (6003, 6, 3),
-        "variable.unset" | "token.revoked" => (6003, 6, 4),
+        "variable.unset" | "token.revoked" | "operator.disabled" => (6003, 6, 4),
         _ => (6003, 6, 99),
     };
     let success = row.outcome == "success";

@@ -15,6 +15,8 @@
 pub mod audit;
 pub mod envelope;
 pub mod keys;
+pub mod otp;
+pub mod password;
 
 use std::fmt;
 use std::str::FromStr;
@@ -111,6 +113,12 @@ pub struct RandomError;
 pub fn fill_random(out: &mut [u8]) -> Result<(), RandomError> {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new().fill(out).map_err(|_| RandomError)
+}
+
+/// Whether `a` and `b` are equal, in time that depends only on their
+/// lengths: for comparing secrets and hashes of secrets.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

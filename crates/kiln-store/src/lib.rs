@@ -14,10 +14,12 @@
 
 mod audit;
 mod kv;
+mod operators;
 mod schema;
 
 pub use audit::{AuditRow, CheckpointRow};
 pub use kv::{DataKeyRow, KvPut, KvRow};
+pub use operators::{NewOperator, OperatorRow, SessionRow, TokenRow};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

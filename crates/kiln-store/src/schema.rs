@@ -153,4 +153,52 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    Migration {
+        version: 4,
+        name: "operators, sessions, API tokens",
+        statements: &[
+            // People who run Kiln. Passwords are Argon2id PHC strings; the
+            // TOTP secret is sealed in kv_entries (owner kiln:operator:NAME),
+            // never here. mfa_last_step makes each code usable once.
+            "CREATE TABLE operators (
+            id {ID},
+            name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            mfa_enrolled BIGINT NOT NULL,
+            mfa_last_step BIGINT,
+            failed_logins BIGINT NOT NULL,
+            locked_until BIGINT,
+            disabled_at BIGINT,
+            created_at BIGINT NOT NULL
+        )",
+            // Sessions and API tokens are stored as SHA-256 of the secret the
+            // client holds: a copy of the database opens no session.
+            "CREATE TABLE operator_sessions (
+            token_hash {BLOB} PRIMARY KEY,
+            operator_id BIGINT NOT NULL REFERENCES operators(id),
+            created_at BIGINT NOT NULL,
+            last_seen_at BIGINT NOT NULL,
+            revoked_at BIGINT,
+            source TEXT
+        )",
+            "CREATE TABLE api_tokens (
+            id {ID},
+            token_hash {BLOB} NOT NULL UNIQUE,
+            operator_id BIGINT NOT NULL REFERENCES operators(id),
+            name TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            revoked_at BIGINT,
+            last_used_at BIGINT
+        )",
+            // Failed sign-ins per source address, for throttling across nodes.
+            "CREATE TABLE login_failures (
+            source TEXT NOT NULL,
+            at BIGINT NOT NULL
+        )",
+            "CREATE INDEX login_failures_by_source ON login_failures (source, at)",
+        ],
+    },
 ];
