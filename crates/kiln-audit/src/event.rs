@@ -379,6 +379,17 @@ impl Event {
         Event::new(Action::TokenRevoked, format!("token:{id}"), json!({ "operator": owner }))
     }
 
+    /// The egress gateway refused a destination (the gateway issue fills in
+    /// method, resolved address and sizes).
+    pub fn egress_denied(app: &str, installation: &str, host: &str, reason: &str) -> Self {
+        Event::new(
+            Action::EgressDenied,
+            format!("installation:{installation}"),
+            json!({ "app": app, "host": host }),
+        )
+        .denied(reason)
+    }
+
     pub fn audit_export(format: &str, after: i64, records: u64) -> Self {
         Event::new(
             Action::AuditExport,

@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 mod checkpoint;
 mod event;
 mod export;

@@ -180,3 +180,209 @@ impl Tx {
         Ok(rows.into_iter().map(checkpoint_row).collect())
     }
 }
+
+/// One alert as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    pub id: i64,
+    pub rule: String,
+    pub dedup_key: String,
+    pub message: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub count: i64,
+    pub first_at: Millis,
+    pub last_at: Millis,
+    pub delivered_at: Option<Millis>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+type AlertTuple = (i64, String, String, String, i64, i64, i64, i64, i64, Option<i64>, i64, Option<String>);
+
+const ALERT_COLUMNS: &str = "id, rule, dedup_key, message, first_seq, last_seq, count, first_at, last_at, delivered_at, attempts, last_error";
+
+fn alert_row(t: AlertTuple) -> AlertRow {
+    let (
+        id,
+        rule,
+        dedup_key,
+        message,
+        first_seq,
+        last_seq,
+        count,
+        first_at,
+        last_at,
+        delivered_at,
+        attempts,
+        last_error,
+    ) = t;
+    AlertRow {
+        id,
+        rule,
+        dedup_key,
+        message,
+        first_seq,
+        last_seq,
+        count,
+        first_at,
+        last_at,
+        delivered_at,
+        attempts,
+        last_error,
+    }
+}
+
+/// What [`Tx::audit_count`] counts.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditCount<'a> {
+    pub action: &'a str,
+    /// Only records with this target, if given.
+    pub target: Option<&'a str>,
+    /// Only records from this source address, if given.
+    pub source: Option<&'a str>,
+    /// Only successful records, if true.
+    pub success_only: bool,
+    /// Records at or after this time.
+    pub since: Millis,
+    /// Records before this seq.
+    pub before_seq: i64,
+}
+
+impl Tx {
+    /// How many records match `q`: for alert rules that count.
+    pub async fn audit_count(&mut self, q: AuditCount<'_>) -> Result<i64, StoreError> {
+        let n: i64 = on_conn!(self, |c| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM audit_log
+                 WHERE action = $1 AND ($2 IS NULL OR target = $2) AND ($3 IS NULL OR source = $3)
+                   AND (NOT $4 OR outcome = 'success') AND at >= $5 AND seq < $6",
+            )
+            .bind(q.action)
+            .bind(q.target)
+            .bind(q.source)
+            .bind(q.success_only)
+            .bind(q.since)
+            .bind(q.before_seq)
+            .fetch_one(c)
+            .await
+        })?;
+        Ok(n)
+    }
+
+    /// The seq the alert rules have read up to; locks it (PostgreSQL) so
+    /// that one node evaluates at a time.
+    pub async fn alert_cursor(&mut self) -> Result<i64, StoreError> {
+        let seq: i64 = match &mut self.inner {
+            TxInner::Sqlite(t) => {
+                sqlx::query_scalar("SELECT seq FROM alert_cursor WHERE id = 1").fetch_one(&mut **t).await?
+            }
+            TxInner::Postgres(t) => {
+                sqlx::query_scalar("SELECT seq FROM alert_cursor WHERE id = 1 FOR UPDATE")
+                    .fetch_one(&mut **t)
+                    .await?
+            }
+        };
+        Ok(seq)
+    }
+
+    pub async fn alert_cursor_set(&mut self, seq: i64) -> Result<(), StoreError> {
+        on_conn!(self, |c| {
+            sqlx::query("UPDATE alert_cursor SET seq = $1 WHERE id = 1").bind(seq).execute(c).await.map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// The latest alert for (rule, key) whose last occurrence is at or
+    /// after `since`: the one a repeat is folded into.
+    pub async fn alert_open(
+        &mut self,
+        rule: &str,
+        key: &str,
+        since: Millis,
+    ) -> Result<Option<AlertRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE rule = $1 AND dedup_key = $2 AND last_at >= $3
+             ORDER BY id DESC LIMIT 1"
+        );
+        let row: Option<AlertTuple> = on_conn!(self, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(rule)
+                .bind(key)
+                .bind(since)
+                .fetch_optional(c)
+                .await
+        })?;
+        Ok(row.map(alert_row))
+    }
+
+    pub async fn alert_insert(
+        &mut self,
+        rule: &str,
+        key: &str,
+        message: &str,
+        seq: i64,
+        at: Millis,
+    ) -> Result<i64, StoreError> {
+        let id: i64 = on_conn!(self, |c| {
+            sqlx::query_scalar(
+                "INSERT INTO alerts (rule, dedup_key, message, first_seq, last_seq, count, first_at, last_at,
+                                     delivered_at, attempts, last_error)
+                 VALUES ($1, $2, $3, $4, $4, 1, $5, $5, NULL, 0, NULL) RETURNING id",
+            )
+            .bind(rule)
+            .bind(key)
+            .bind(message)
+            .bind(seq)
+            .bind(at)
+            .fetch_one(c)
+            .await
+        })?;
+        Ok(id)
+    }
+
+    /// Fold another occurrence into alert `id`.
+    pub async fn alert_bump(&mut self, id: i64, seq: i64, at: Millis) -> Result<(), StoreError> {
+        on_conn!(self, |c| {
+            sqlx::query("UPDATE alerts SET count = count + 1, last_seq = $2, last_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(seq)
+                .bind(at)
+                .execute(c)
+                .await
+                .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// Record a delivery attempt: delivered, or the error.
+    pub async fn alert_delivery(
+        &mut self,
+        id: i64,
+        delivered_at: Option<Millis>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        on_conn!(self, |c| {
+            sqlx::query(
+                "UPDATE alerts SET attempts = attempts + 1, delivered_at = COALESCE($2, delivered_at), last_error = $3
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(delivered_at)
+            .bind(error)
+            .execute(c)
+            .await
+            .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// The newest alerts first, at most `limit`.
+    pub async fn alerts(&mut self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+        let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY id DESC LIMIT $1");
+        let rows: Vec<AlertTuple> = on_conn!(self, |c| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(i64::from(limit)).fetch_all(c).await
+        })?;
+        Ok(rows.into_iter().map(alert_row).collect())
+    }
+}

@@ -17,7 +17,7 @@ mod kv;
 mod operators;
 mod schema;
 
-pub use audit::{AuditRow, CheckpointRow};
+pub use audit::{AlertRow, AuditCount, AuditRow, CheckpointRow};
 pub use kv::{DataKeyRow, KvPut, KvRow};
 pub use operators::{NewOperator, OperatorRow, SessionRow, TokenRow};
 

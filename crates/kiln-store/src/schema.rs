@@ -201,4 +201,33 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX login_failures_by_source ON login_failures (source, at)",
         ],
     },
+    Migration {
+        version: 5,
+        name: "alerts over the audit trail",
+        statements: &[
+            // Alerts raised by rules over the audit trail, deduplicated by
+            // (rule, key) within a window: a repeat bumps count and last_seq.
+            "CREATE TABLE alerts (
+            id {ID},
+            rule TEXT NOT NULL,
+            dedup_key TEXT NOT NULL,
+            message TEXT NOT NULL,
+            first_seq BIGINT NOT NULL,
+            last_seq BIGINT NOT NULL,
+            count BIGINT NOT NULL,
+            first_at BIGINT NOT NULL,
+            last_at BIGINT NOT NULL,
+            delivered_at BIGINT,
+            attempts BIGINT NOT NULL,
+            last_error TEXT
+        )",
+            "CREATE INDEX alerts_by_rule_key ON alerts (rule, dedup_key, last_at)",
+            // How far the rules have read the trail.
+            "CREATE TABLE alert_cursor (
+            id BIGINT PRIMARY KEY,
+            seq BIGINT NOT NULL
+        )",
+            "INSERT INTO alert_cursor (id, seq) VALUES (1, 0)",
+        ],
+    },
 ];
