@@ -607,6 +607,26 @@ impl Access {
         Ok(())
     }
 
+    /// `name` as a principal signed in by the host's owner: for creating a
+    /// token on their behalf from the command line on the Kiln host.
+    pub async fn operator_principal(&self, name: &str) -> Result<Principal, AccessError> {
+        let op = self.operator(name).await?;
+        if op.disabled_at.is_some() {
+            return Err(AccessError::Invalid(format!("{name} is disabled")));
+        }
+        let role: Role = op.role.parse().map_err(AccessError::Invalid)?;
+        Ok(Principal { operator_id: op.id, name: op.name, role, credential: Credential::Session })
+    }
+
+    /// `name`'s API tokens (never their secrets, which are not stored).
+    pub async fn tokens(&self, name: &str) -> Result<Vec<kiln_store::TokenRow>, AccessError> {
+        let op = self.operator(name).await?;
+        let mut tx = self.store.begin_read().await?;
+        let rows = tx.tokens_of(op.id).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
     /// The principal for the command line on the Kiln host: whoever can
     /// read the data directory and the key file is already the owner of
     /// this installation, so it acts as an owner without signing in, and

@@ -390,6 +390,22 @@ impl Event {
         .denied(reason)
     }
 
+    /// A request to the admin API: the route it matched, the path asked for
+    /// (identifiers only: no query string, no body), the scope it needed,
+    /// and why it was refused, if it was.
+    pub fn admin_request(method: &str, route: &str, path: &str, scope: &str, refused: Option<&str>) -> Self {
+        let path: String = path.chars().take(300).collect();
+        let event = Event::new(
+            Action::AdminRequest,
+            format!("route:{method} {route}"),
+            json!({ "path": path, "scope": scope }),
+        );
+        match refused {
+            Some(reason) => event.denied(reason),
+            None => event,
+        }
+    }
+
     pub fn audit_export(format: &str, after: i64, records: u64) -> Self {
         Event::new(
             Action::AuditExport,

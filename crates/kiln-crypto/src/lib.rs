@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod keys;
 pub mod otp;
 pub mod password;
+pub mod tls;
 
 use std::fmt;
 use std::str::FromStr;

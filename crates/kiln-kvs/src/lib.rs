@@ -327,7 +327,8 @@ impl Kvs {
         let mut rows = tx.kv_query(owner, KVS.as_str(), prefix, after.as_deref(), limit + 1, now).await?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let keys = self.keys_opening(&mut tx, owner, rows.iter().map(|r| r.key_id)).await?;
+        let keys =
+            self.keys_opening(&mut tx, owner, rows.iter().map(|r| r.key_id).collect::<Vec<u32>>()).await?;
         tx.commit().await?;
         let mut results = Vec::with_capacity(rows.len());
         for row in rows {
@@ -500,7 +501,9 @@ impl Kvs {
             let rows = tx
                 .kv_query(owner, Namespace::Variable.as_str(), "", after.as_deref(), MAX_PAGE, (self.clock)())
                 .await?;
-            let keys = self.keys_opening(&mut tx, owner, rows.iter().map(|r| r.key_id)).await?;
+            let keys = self
+                .keys_opening(&mut tx, owner, rows.iter().map(|r| r.key_id).collect::<Vec<u32>>())
+                .await?;
             tx.commit().await?;
             let last = rows.last().map(|r| r.key.clone());
             for row in rows {

@@ -13,7 +13,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool prints its results")]
 
+mod admin;
 mod bench;
+mod bench_audit;
 mod bench_kvs;
 mod output;
 mod trail;
@@ -63,9 +65,27 @@ enum Command {
     /// Key-encryption and data keys
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// The tamper-evident audit trail: verify, read, export
+    /// The tamper-evident audit trail: verify, read, export, alerts
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Operator accounts and API tokens (on the Kiln host)
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Serve the admin API over HTTPS
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: std::net::SocketAddr,
+    /// Certificate chain (PEM) [default: a self-signed one in the data directory]
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +114,11 @@ enum AuditCommand {
     },
     /// Sign the trail's head now (commands that record something do this themselves)
     Checkpoint,
+    /// Run the alert rules over new records and list alerts, newest first
+    Alerts {
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,6 +195,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         ops: usize,
         /// Also measure PostgreSQL at this URL (a fresh schema, dropped afterwards)
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+    },
+    /// Audit trail appends (alone and in an action's transaction) and verification, beside unchained baselines
+    Audit {
+        /// Operations per path and measurement
+        #[arg(long, default_value_t = 2000)]
+        records: usize,
+        /// Also measure PostgreSQL at this URL (fresh schemas, dropped afterwards)
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
     },
@@ -380,12 +414,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Upgrade(args) => upgrade(&data_dir, args).await,
         Command::Invoke(args) => invoke(&data_dir, args).await,
         Command::Audit(command) => audit(&data_dir, command).await,
+        Command::Admin(command) => admin::run(&data_dir, command).await,
+        Command::Serve(args) => serve(&data_dir, args).await,
         Command::Variables(command) => variables(&data_dir, command).await,
         Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
         Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
             bench::invoke(iterations.max(10), insecure_skip_namespaces)
         }
         Command::Bench(BenchCommand::Kvs { ops, postgres }) => bench_kvs::kvs(ops, postgres).await,
+        Command::Bench(BenchCommand::Audit { records, postgres }) => {
+            bench_audit::audit(records, postgres).await
+        }
         Command::Rollback(args) => {
             let store = open(&data_dir).await?;
             let app = app_id(&args.app.app)?;
@@ -670,11 +709,10 @@ async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Fai
             println!("Removed {name}.");
         }
         VariablesCommand::List { env, app } => {
+            // Names only: values belong to the app (process.env), not to
+            // whoever runs Kiln.
             for v in kvs.variables(&owner(&app, &env)?, false).await.map_err(kvs_fail)? {
-                match v.value {
-                    Some(value) => println!("{}={value}", v.name),
-                    None => println!("{}=<encrypted>", v.name),
-                }
+                println!("{} ({})", v.name, if v.encrypted { "encrypted" } else { "sealed at rest" });
             }
         }
     }
@@ -765,7 +803,80 @@ async fn audit(data_dir: &Path, command: AuditCommand) -> Result<(), Failure> {
             trail::export(data_dir, &store, format.into(), after, output.as_deref()).await
         }
         AuditCommand::Checkpoint => trail::checkpoint(data_dir, &store).await,
+        AuditCommand::Alerts { limit } => trail::alerts(&store, limit).await,
     }
+}
+
+/// `kiln serve`: the admin API over HTTPS until interrupted.
+async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
+    let fail = |m: String| Failure { code: 1, message: m };
+    let store = open(data_dir).await?;
+    let provider = key_provider(data_dir, &store).await?;
+    let trail = Trail::open(data_dir, &store).await?;
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => kiln_crypto::tls::Identity {
+            cert_pem: std::fs::read_to_string(cert).map_err(|e| usage(format!("{}: {e}", cert.display())))?,
+            key_pem: zeroize::Zeroizing::new(
+                std::fs::read_to_string(key).map_err(|e| usage(format!("{}: {e}", key.display())))?,
+            ),
+        },
+        _ => self_signed_identity(data_dir)?,
+    };
+    let tls = kiln_crypto::tls::server_config(&identity).map_err(|e| usage(e.to_string()))?;
+    let state = std::sync::Arc::new(kiln_server::AdminState {
+        store: store.clone(),
+        access: kiln_access::Access::new(
+            store.clone(),
+            kiln_kvs::Kvs::new(store.clone(), provider.clone()),
+            kiln_access::Settings::default(),
+        ),
+        kvs: kiln_kvs::Kvs::new(store.clone(), provider),
+        auditor: trail.auditor().clone(),
+        checkpoint_file: Some(trail.checkpoint_file().to_path_buf()),
+        alert_rules: kiln_audit::alerts::AlertRules::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
+    eprintln!("Kiln admin API on https://{} (Ctrl-C stops it)", args.listen);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    kiln_server::serve(listener, tls, kiln_server::router(state), shutdown)
+        .await
+        .map_err(|e| fail(format!("the server stopped: {e}")))?;
+    trail.checkpoint(&store).await;
+    Ok(())
+}
+
+/// A self-signed certificate for localhost, made once and kept in the data
+/// directory (the key 0600), for development.
+fn self_signed_identity(data_dir: &Path) -> Result<kiln_crypto::tls::Identity, Failure> {
+    let dir = data_dir.join("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let fail = |e: std::io::Error| Failure { code: 1, message: format!("{}: {e}", dir.display()) };
+    if cert.exists() && key.exists() {
+        return Ok(kiln_crypto::tls::Identity {
+            cert_pem: std::fs::read_to_string(&cert).map_err(fail)?,
+            key_pem: zeroize::Zeroizing::new(std::fs::read_to_string(&key).map_err(fail)?),
+        });
+    }
+    let identity = kiln_crypto::tls::self_signed(&["localhost", "127.0.0.1", "::1"])
+        .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    std::fs::write(&cert, &identity.cert_pem).map_err(fail)?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).map_err(fail)?;
+        f.write_all(identity.key_pem.as_bytes()).map_err(fail)?;
+    }
+    eprintln!(
+        "notice: made a self-signed certificate for localhost in {}; pass --cert and --key for anything but development",
+        dir.display()
+    );
+    Ok(identity)
 }
 
 /// `--data-dir`, else `KILN_DATA_DIR`, else the platform's user data directory.
@@ -781,7 +892,7 @@ fn data_dir(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
     })
 }
 
-async fn open(data_dir: &Path) -> Result<Store, Failure> {
+pub(crate) async fn open(data_dir: &Path) -> Result<Store, Failure> {
     Ok(Store::open_data_dir(data_dir).await?)
 }
 

@@ -39,7 +39,7 @@ fn audit_fail(e: kiln_audit::AuditError) -> Failure {
 }
 
 /// The operating-system user running the command.
-fn cli_user() -> String {
+pub(crate) fn cli_user() -> String {
     ["USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
@@ -98,6 +98,14 @@ impl Trail {
             ctx: Context::cli(&cli_user()),
             checkpoint_file: PathBuf::new(),
         })
+    }
+
+    pub(crate) fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
+    pub(crate) fn checkpoint_file(&self) -> &Path {
+        &self.checkpoint_file
     }
 
     pub(crate) fn audit(&self) -> Audit<'_> {
@@ -240,6 +248,33 @@ pub(crate) async fn checkpoint(data_dir: &Path, store: &Store) -> Result<(), Fai
             trail.checkpoint_file.display()
         ),
         None => println!("The trail's head is already checkpointed (or the trail is empty)."),
+    }
+    Ok(())
+}
+
+/// `kiln audit alerts`: evaluate the rules over new records, then list.
+pub(crate) async fn alerts(store: &Store, limit: u32) -> Result<(), Failure> {
+    let rules = kiln_audit::alerts::AlertRules::default();
+    let done = kiln_audit::alerts::evaluate(store, &rules).await.map_err(audit_fail)?;
+    if !done.raised.is_empty() {
+        eprintln!("{} new alerts from {} records.", done.raised.len(), done.records);
+    }
+    let rows = kiln_audit::alerts::list(store, limit).await.map_err(audit_fail)?;
+    if rows.is_empty() {
+        println!("No alerts.");
+    }
+    for a in rows {
+        println!(
+            "#{:<4} {}  {:<14} x{:<4} records {}-{}  {}{}",
+            a.id,
+            crate::output::utc(a.last_at),
+            a.rule,
+            a.count,
+            a.first_seq,
+            a.last_seq,
+            a.message,
+            if a.delivered_at.is_some() { "  (delivered)" } else { "" }
+        );
     }
     Ok(())
 }
