@@ -116,6 +116,14 @@ pub fn fill_random(out: &mut [u8]) -> Result<(), RandomError> {
     ring::rand::SystemRandom::new().fill(out).map_err(|_| RandomError)
 }
 
+/// HMAC-SHA256 of `message` under `key`: for signing webhook bodies.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), message);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
 /// Whether `a` and `b` are equal, in time that depends only on their
 /// lengths: for comparing secrets and hashes of secrets.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -125,6 +133,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_sha256_matches_rfc4231_case_2() {
+        let tag = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
 
     #[test]
     fn sha256_matches_the_standard_test_vector() {

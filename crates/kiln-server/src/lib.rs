@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerting;
 mod client;
 mod routes;
 

@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Private key (PEM)
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+    /// Settings file (TOML; `[alerts]`: rules and webhook). Unknown keys are errors.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +121,9 @@ enum AuditCommand {
     Alerts {
         #[arg(short = 'n', long, default_value_t = 50)]
         limit: u32,
+        /// Settings file with an `[alerts]` section (rules; the webhook is used by `kiln serve`)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -803,7 +809,10 @@ async fn audit(data_dir: &Path, command: AuditCommand) -> Result<(), Failure> {
             trail::export(data_dir, &store, format.into(), after, output.as_deref()).await
         }
         AuditCommand::Checkpoint => trail::checkpoint(data_dir, &store).await,
-        AuditCommand::Alerts { limit } => trail::alerts(&store, limit).await,
+        AuditCommand::Alerts { limit, config } => {
+            let config = alert_config(config.as_deref())?;
+            trail::alerts(&store, &config.rules, limit).await
+        }
     }
 }
 
@@ -823,6 +832,7 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
         _ => self_signed_identity(data_dir)?,
     };
     let tls = kiln_crypto::tls::server_config(&identity).map_err(|e| usage(e.to_string()))?;
+    let alerts = alert_config(args.config.as_deref())?;
     let state = std::sync::Arc::new(kiln_server::AdminState {
         store: store.clone(),
         access: kiln_access::Access::new(
@@ -833,8 +843,27 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
         kvs: kiln_kvs::Kvs::new(store.clone(), provider),
         auditor: trail.auditor().clone(),
         checkpoint_file: Some(trail.checkpoint_file().to_path_buf()),
-        alert_rules: kiln_audit::alerts::AlertRules::default(),
+        alert_rules: alerts.rules.clone(),
     });
+    // Evaluate the alert rules and deliver new alerts every 30 seconds.
+    let watcher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                if let Err(e) = kiln_audit::alerts::evaluate(&store, &alerts.rules).await {
+                    eprintln!("warning: alert rules could not run: {e}");
+                    continue;
+                }
+                if let Some(hook) = &alerts.webhook
+                    && let Err(e) = kiln_server::alerting::deliver_pending(&store, hook).await
+                {
+                    eprintln!("warning: alerts could not be delivered: {e}");
+                }
+            }
+        })
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -845,8 +874,17 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
     kiln_server::serve(listener, tls, kiln_server::router(state), shutdown)
         .await
         .map_err(|e| fail(format!("the server stopped: {e}")))?;
+    watcher.abort();
     trail.checkpoint(&store).await;
     Ok(())
+}
+
+/// The alert settings from `--config`, or the defaults.
+fn alert_config(path: Option<&Path>) -> Result<kiln_server::alerting::AlertConfig, Failure> {
+    match path {
+        Some(p) => kiln_server::alerting::AlertConfig::load(p).map_err(|e| usage(e.to_string())),
+        None => Ok(kiln_server::alerting::AlertConfig::default()),
+    }
 }
 
 /// A self-signed certificate for localhost, made once and kept in the data

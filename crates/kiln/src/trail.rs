@@ -253,9 +253,12 @@ pub(crate) async fn checkpoint(data_dir: &Path, store: &Store) -> Result<(), Fai
 }
 
 /// `kiln audit alerts`: evaluate the rules over new records, then list.
-pub(crate) async fn alerts(store: &Store, limit: u32) -> Result<(), Failure> {
-    let rules = kiln_audit::alerts::AlertRules::default();
-    let done = kiln_audit::alerts::evaluate(store, &rules).await.map_err(audit_fail)?;
+pub(crate) async fn alerts(
+    store: &Store,
+    rules: &kiln_audit::alerts::AlertRules,
+    limit: u32,
+) -> Result<(), Failure> {
+    let done = kiln_audit::alerts::evaluate(store, rules).await.map_err(audit_fail)?;
     if !done.raised.is_empty() {
         eprintln!("{} new alerts from {} records.", done.raised.len(), done.records);
     }

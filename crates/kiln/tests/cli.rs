@@ -862,3 +862,29 @@ fn no_command_prints_customer_data() {
     }
     assert!(seen.contains("PLAIN (sealed at rest)"), "the control: names are listed");
 }
+
+#[test]
+fn alerts_follow_the_settings_file_and_bad_settings_are_refused() {
+    let kiln = Kiln::new();
+    let app = repo().join("examples/issue-triage");
+    kiln.ok(&["deploy", app.to_str().unwrap()]);
+    // Working hours that exclude the current hour (UTC).
+    let hour =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 3600 % 24;
+    let (start, end) = if hour == 23 { (0, 1) } else { (hour + 1, hour + 2) };
+    let config = kiln.data.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!("[alerts]\nworking_hours = {{ start = {start}, end = {end}, weekends = true }}\nfailed_logins = false\n"),
+    )
+    .unwrap();
+    let listed = kiln.ok(&["audit", "alerts", "--config", config.to_str().unwrap()]);
+    assert!(listed.contains("outside-hours") && listed.contains("app.deploy by cli:tester"), "{listed}");
+    // Without the file the defaults apply, and the alert raised stays listed.
+    assert!(kiln.ok(&["audit", "alerts"]).contains("outside-hours"));
+
+    std::fs::write(&config, "[alerts]\nfailed_login = false\n").unwrap();
+    let out = kiln.run(&["audit", "alerts", "--config", config.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("failed_login"), "{}", text(&out));
+}
