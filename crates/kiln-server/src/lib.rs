@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kiln_access::{Access, AccessError, Operation, Principal};
@@ -36,6 +36,7 @@ use kiln_kvs::Kvs;
 use kiln_store::Store;
 use tokio::net::TcpListener;
 
+pub use axum::http::Method;
 pub use client::{HttpsClient, Reply};
 pub use routes::{ROUTES, Route};
 

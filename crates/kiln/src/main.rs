@@ -18,6 +18,7 @@ mod bench;
 mod bench_audit;
 mod bench_kvs;
 mod output;
+mod remote;
 mod trail;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -37,6 +38,15 @@ struct Cli {
     /// Where Kiln keeps its state [default: $KILN_DATA_DIR, else the user data directory]
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Run the command through this Kiln server's admin API (https URL),
+    /// with the API token in KILN_TOKEN
+    #[arg(long, global = true, value_name = "URL", env = "KILN_SERVER")]
+    server: Option<String>,
+
+    /// Trust this PEM file for --server [default: $KILN_SERVER_CA, else the system's roots]
+    #[arg(long, global = true, value_name = "FILE", requires = "server")]
+    server_ca: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -393,6 +403,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Some(server) = &cli.server {
+        let remote = remote::Remote::new(server, cli.server_ca)?;
+        return remote::run(&remote, cli.command).await;
+    }
     let data_dir = data_dir(cli.data_dir)?;
     match cli.command {
         Command::Deploy(args) => deploy(&data_dir, args).await,
@@ -867,7 +881,8 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
-    eprintln!("Kiln admin API on https://{} (Ctrl-C stops it)", args.listen);
+    let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    eprintln!("Kiln admin API on https://{bound} (Ctrl-C stops it)");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

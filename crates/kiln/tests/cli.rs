@@ -888,3 +888,126 @@ fn alerts_follow_the_settings_file_and_bad_settings_are_refused() {
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(text(&out).contains("failed_login"), "{}", text(&out));
 }
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kiln serve` on a free loopback port; its address and the process.
+fn serve(kiln: &Kiln) -> (String, KillOnDrop) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--data-dir")
+        .arg(kiln.data_dir())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("KILN_KEK")
+        .env_remove("KILN_AUDIT_KEY")
+        .env("USER", "tester")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = KillOnDrop(child);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("kiln serve exited before listening").unwrap();
+        if let Some(rest) = line.strip_prefix("Kiln admin API on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (addr, child)
+}
+
+#[test]
+fn the_command_line_works_through_the_admin_api_with_a_token() {
+    let kiln = Kiln::new();
+    let app = repo().join("examples/issue-triage");
+    let app = app.to_str().unwrap();
+    kiln.ok(&["deploy", app]);
+    kiln.ok(&["admin", "user", "add", "dana", "--role", "developer"]);
+    let made = kiln.ok(&[
+        "admin",
+        "token",
+        "create",
+        "laptop",
+        "--operator",
+        "dana",
+        "--scope",
+        "apps:read",
+        "--scope",
+        "apps:write",
+        "--scope",
+        "self",
+    ]);
+    let token = made
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret (shown once; Kiln keeps only its hash): "))
+        .unwrap()
+        .to_owned();
+    let (addr, server) = serve(&kiln);
+    let ca = kiln.data_dir().join("tls/cert.pem");
+    let remote = |args: &[&str], token: Option<&str>| -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.current_dir(repo()).args(["--server", &addr, "--server-ca", ca.to_str().unwrap()]).args(args);
+        cmd.env_remove("KILN_TOKEN").env_remove("KILN_SERVER").env_remove("KILN_SERVER_CA");
+        if let Some(t) = token {
+            cmd.env("KILN_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let addr_url = addr.clone();
+
+    let set = remote(&["variables", "set", "REGION", "CANARY-REMOTE-5e2", "--app", app], Some(&token));
+    assert_eq!(code(&set), 0, "{}", text(&set));
+    let list = remote(&["variables", "list", "--app", app], Some(&token));
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "REGION (sealed at rest)\n", "{}", text(&list));
+    let versions = remote(&["versions", "--app", app], Some(&token));
+    let listing: serde_json::Value = serde_json::from_slice(&versions.stdout).unwrap();
+    assert_eq!(
+        listing["versions"][0]["version"],
+        serde_json::json!({ "major": 1, "minor": 0 }),
+        "{}",
+        text(&versions)
+    );
+
+    // Beyond the token's scopes, without a token, or host-only: refused, and said why.
+    let audit = remote(&["audit", "verify"], Some(&token));
+    assert_eq!(code(&audit), 1, "{}", text(&audit));
+    assert!(text(&audit).contains("403"), "{}", text(&audit));
+    let none = remote(&["versions", "--app", app], None);
+    assert_eq!(code(&none), 2);
+    assert!(text(&none).contains("KILN_TOKEN"), "{}", text(&none));
+    let forged = remote(&["versions", "--app", app], Some("kiln_pat_forged"));
+    assert_eq!(code(&forged), 1);
+    assert!(text(&forged).contains("401"), "{}", text(&forged));
+    let host_only = remote(&["keys", "rotate"], Some(&token));
+    assert_eq!(code(&host_only), 2);
+    assert!(text(&host_only).contains("runs on the Kiln host"), "{}", text(&host_only));
+    // A server whose certificate is not the one trusted is not talked to.
+    let other_ca = kiln.data.path().join("other.pem");
+    std::fs::write(&other_ca, kiln_crypto::tls::self_signed(&["localhost"]).unwrap().cert_pem).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let untrusted = cmd
+        .args(["--server", &addr_url, "--server-ca", other_ca.to_str().unwrap(), "versions", "--app", app])
+        .env("KILN_TOKEN", &token)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(code(&untrusted), 1, "{}", text(&untrusted));
+    drop(server);
+
+    // Everything the server did is in the trail, attributed to dana.
+    let trail = kiln.ok(&["audit", "export"]);
+    assert!(trail.contains("\"operator:dana\""), "{trail}");
+    assert!(trail.contains("\"variable.set\""));
+    assert!(!trail.contains("CANARY-REMOTE-5e2"));
+    kiln.ok(&["audit", "verify"]);
+}
