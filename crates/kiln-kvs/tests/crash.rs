@@ -157,8 +157,10 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
             let r = splitmix(seed ^ (round as u64) << 32);
             let kill_after = r % 40;
             let delay = Duration::from_micros((r >> 16) % 4000);
-            let (acked, status, stderr) = run_child(&t.locator, seed, next, kill_after, delay);
+            let (acked, status, stderr) =
+                run_child(&child_locator(&t.locator), seed, next, kill_after, delay);
             let ctx = format!("{} seed {seed} round {round}", t.name);
+            wait_for_server_side_end(&t.locator, &ctx).await;
             assert!(
                 status.is_none() || status == Some(9),
                 "{ctx}: the child failed before it was killed (status {status:?}):\n{stderr}"
@@ -177,6 +179,43 @@ async fn acknowledged_writes_survive_sigkill_at_random_points() {
             t.name
         );
     }
+}
+
+/// The child's locator: on PostgreSQL its connections carry a name, so the
+/// parent can tell when the server has finished with them.
+fn child_locator(locator: &str) -> String {
+    if !locator.starts_with("postgres:") {
+        return locator.to_owned();
+    }
+    let sep = if locator.contains('?') { '&' } else { '?' };
+    format!("{locator}{sep}application_name={CHILD_APP}")
+}
+
+const CHILD_APP: &str = "kiln-crash-child";
+
+/// A killed client's last statement can still run to its commit on the
+/// PostgreSQL server after the process is gone. Wait until the server has
+/// no backend left for the child before comparing, or that late commit
+/// lands between the checks' reads.
+async fn wait_for_server_side_end(locator: &str, ctx: &str) {
+    if !locator.starts_with("postgres:") {
+        return;
+    }
+    // The control: the probe counts rows (our own backend is one).
+    let own = open_exec(locator, "SELECT 1 FROM pg_stat_activity WHERE pid = pg_backend_pid()").await;
+    assert_eq!(own, 1, "{ctx}: the backend probe does not count rows");
+    let sql = format!("SELECT 1 FROM pg_stat_activity WHERE application_name = '{CHILD_APP}'");
+    for _ in 0..200 {
+        if open_exec(locator, &sql).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{ctx}: the killed child's PostgreSQL backends did not end within 10 s");
+}
+
+async fn open_exec(locator: &str, sql: &str) -> u64 {
+    kiln_store::testing::exec_raw(locator, sql).await.unwrap()
 }
 
 fn set_model(model: &mut Model, secret: bool, key: u64, value: Option<Value>) {
