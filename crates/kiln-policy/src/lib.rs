@@ -8,6 +8,8 @@
 //!   private, shared, link-local and metadata, unique-local, documentation,
 //!   multicast, reserved — including IPv6 forms that carry such an IPv4
 //!   address.
+//! - [`product`]: the route→scope table generated from Atlassian's OpenAPI
+//!   documents, and the check the product gateway makes on every call.
 //!
 //! The gateway itself (resolution, connecting to the checked address,
 //! redirects, limits, audit records) comes with the gateway issue (#6).
@@ -16,3 +18,4 @@
 
 pub mod addr;
 pub mod egress;
+pub mod product;

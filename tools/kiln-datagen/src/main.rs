@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run -p kiln-datagen -- scopes ../shared/data/atlassian-openapi > crates/kiln-manifest/data/scopes.txt
+//! cargo run -p kiln-datagen -- routes ../shared/data/atlassian-openapi > crates/kiln-policy/data/routes.tsv
 //! ```
 //!
 //! The output is committed, so builds and CI never need the documents; a test
@@ -24,6 +25,11 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout().lock().write_all(text.as_bytes())?;
             Ok(())
         }
-        _ => bail!("usage: kiln-datagen scopes OPENAPI_DIR"),
+        [cmd, dir] if cmd == "routes" => {
+            let text = kiln_datagen::routes_file(Path::new(dir))?;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            Ok(())
+        }
+        _ => bail!("usage: kiln-datagen scopes|routes OPENAPI_DIR"),
     }
 }
