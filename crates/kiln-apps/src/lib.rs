@@ -128,6 +128,34 @@ async fn audit_failure<T>(
     Err(error)
 }
 
+/// An install, upgrade or rollback, as its failure is recorded.
+struct InstallationAttempt<'a> {
+    action: Action,
+    app: &'a AppId,
+    env: &'a Environment,
+    site: &'a SiteUrl,
+    product: Option<Product>,
+}
+
+impl InstallationAttempt<'_> {
+    /// `result`, after recording it if it is a failure.
+    async fn recorded<T>(
+        self,
+        store: &Store,
+        audit: Audit<'_>,
+        result: Result<T, AppError>,
+    ) -> Result<T, AppError> {
+        match result {
+            Err(e) => {
+                let (app, env, site) = (self.app.as_str(), self.env.as_str(), self.site.as_str());
+                let event = Event::attempt(self.action, app, env, site, self.product.map(Product::as_str));
+                audit_failure(store, audit, event, e).await
+            }
+            ok => ok,
+        }
+    }
+}
+
 // ------------------------------------------------------------------ deploy
 
 /// What to deploy.
@@ -347,19 +375,9 @@ pub async fn install(
     product: Option<Product>,
     audit: Audit<'_>,
 ) -> Result<InstallOutcome, AppError> {
-    match install_inner(store, app, env, site, product, audit).await {
-        Err(e) => {
-            let event = Event::attempt(
-                Action::Install,
-                app.as_str(),
-                env.as_str(),
-                site.as_str(),
-                product.map(Product::as_str),
-            );
-            audit_failure(store, audit, event, e).await
-        }
-        ok => ok,
-    }
+    let result = install_inner(store, app, env, site, product, audit).await;
+    let attempt = InstallationAttempt { action: Action::Install, app, env, site, product };
+    attempt.recorded(store, audit, result).await
 }
 
 async fn install_inner(
@@ -528,19 +546,9 @@ pub async fn upgrade(
     consent: Consent,
     audit: Audit<'_>,
 ) -> Result<UpgradePlan, AppError> {
-    match upgrade_inner(store, app, env, site, product, to, consent, audit).await {
-        Err(e) => {
-            let event = Event::attempt(
-                Action::Upgrade,
-                app.as_str(),
-                env.as_str(),
-                site.as_str(),
-                product.map(Product::as_str),
-            );
-            audit_failure(store, audit, event, e).await
-        }
-        ok => ok,
-    }
+    let result = upgrade_inner(store, app, env, site, product, to, consent, audit).await;
+    let attempt = InstallationAttempt { action: Action::Upgrade, app, env, site, product };
+    attempt.recorded(store, audit, result).await
 }
 
 #[expect(clippy::too_many_arguments, reason = "as upgrade")]
@@ -615,19 +623,9 @@ pub async fn rollback(
     to: Option<Version>,
     audit: Audit<'_>,
 ) -> Result<RollbackOutcome, AppError> {
-    match rollback_inner(store, app, env, site, product, to, audit).await {
-        Err(e) => {
-            let event = Event::attempt(
-                Action::Rollback,
-                app.as_str(),
-                env.as_str(),
-                site.as_str(),
-                product.map(Product::as_str),
-            );
-            audit_failure(store, audit, event, e).await
-        }
-        ok => ok,
-    }
+    let result = rollback_inner(store, app, env, site, product, to, audit).await;
+    let attempt = InstallationAttempt { action: Action::Rollback, app, env, site, product };
+    attempt.recorded(store, audit, result).await
 }
 
 async fn rollback_inner(

@@ -179,7 +179,9 @@ impl Auditor {
         ]
     }
 
-    fn record_mac(&self, prev: &[u8], row: &AuditRow) -> [u8; kiln_crypto::audit::MAC_LEN] {
+    /// The chain MAC of `row` after a record whose MAC is `prev` (empty for
+    /// the first record): what `append` stores and `verify` recomputes.
+    pub fn record_mac(&self, prev: &[u8], row: &AuditRow) -> [u8; kiln_crypto::audit::MAC_LEN] {
         let (seq, at) = (row.seq.to_be_bytes(), row.at.to_be_bytes());
         self.key.mac(&Self::record_parts(prev, row, &seq, &at))
     }

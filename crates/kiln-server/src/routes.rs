@@ -498,20 +498,13 @@ async fn alerts_list(State(s): S) -> R {
     kiln_audit::alerts::evaluate(&s.store, &s.alert_rules).await.map_err(internal)?;
     let rows = kiln_audit::alerts::list(&s.store, 200).await.map_err(internal)?;
     let list: Vec<Value> = rows
-        .into_iter()
+        .iter()
         .map(|a| {
-            json!({
-                "id": a.id,
-                "rule": a.rule,
-                "key": a.dedup_key,
-                "message": a.message,
-                "count": a.count,
-                "firstSeq": a.first_seq,
-                "lastSeq": a.last_seq,
-                "firstAt": a.first_at,
-                "lastAt": a.last_at,
-                "delivered": a.delivered_at.is_some(),
-            })
+            let mut v = crate::alerting::payload(a);
+            if let Some(map) = v.as_object_mut() {
+                map.insert("delivered".into(), json!(a.delivered_at.is_some()));
+            }
+            v
         })
         .collect();
     ok(json!(list))
