@@ -29,7 +29,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kiln_access::{Access, AccessError, Operation, Principal};
+use kiln_access::{Access, AccessError, Principal};
 use kiln_audit::alerts::AlertRules;
 use kiln_audit::{Auditor, Context, Event};
 use kiln_kvs::Kvs;
@@ -239,14 +239,4 @@ pub async fn serve(
                 .await;
         });
     }
-}
-
-/// Methods that change state: for tests that need to tell them apart.
-pub fn is_write(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD)
-}
-
-/// The operation each route performs, for the matrix test and docs.
-pub fn operations() -> Vec<(Method, &'static str, Option<Operation>)> {
-    ROUTES.iter().map(|r| (r.method.clone(), r.path, r.operation)).collect()
 }
