@@ -122,6 +122,20 @@ impl Outcome {
     }
 }
 
+/// What an egress decision record holds (the gateway's record, by field).
+#[derive(Debug, Clone, Copy)]
+pub struct EgressHop<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    pub address: Option<&'a str>,
+    pub allowed: bool,
+    pub status: Option<u16>,
+    pub request_bytes: usize,
+    pub response_bytes: usize,
+    pub reason: Option<&'a str>,
+}
+
 /// Who acted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
@@ -379,8 +393,7 @@ impl Event {
         Event::new(Action::TokenRevoked, format!("token:{id}"), json!({ "operator": owner }))
     }
 
-    /// The egress gateway refused a destination (the gateway issue fills in
-    /// method, resolved address and sizes).
+    /// The egress gateway refused a destination.
     pub fn egress_denied(app: &str, installation: &str, host: &str, reason: &str) -> Self {
         Event::new(
             Action::EgressDenied,
@@ -388,6 +401,28 @@ impl Event {
             json!({ "app": app, "host": host }),
         )
         .denied(reason)
+    }
+
+    /// One egress gateway decision: where, and how it ended; never a body
+    /// or a header's value.
+    pub fn egress(app: &str, installation: &str, hop: &EgressHop<'_>) -> Self {
+        let details = json!({
+            "app": app,
+            "method": hop.method,
+            "host": hop.host,
+            "port": hop.port,
+            "address": hop.address,
+            "status": hop.status,
+            "requestBytes": hop.request_bytes,
+            "responseBytes": hop.response_bytes,
+        });
+        let target = format!("installation:{installation}");
+        match (hop.allowed, hop.reason) {
+            (true, _) => Event::new(Action::EgressAllowed, target, details),
+            (false, reason) => {
+                Event::new(Action::EgressDenied, target, details).denied(reason.unwrap_or("refused"))
+            }
+        }
     }
 
     /// A request to the admin API: the route it matched, the path asked for

@@ -33,7 +33,7 @@ use kiln_crypto::audit::AuditKey;
 use kiln_store::{AuditRow, Millis, Store, StoreError, Tx};
 
 pub use checkpoint::Checkpoint;
-pub use event::{Action, Actor, Context, Event, Outcome};
+pub use event::{Action, Actor, Context, EgressHop, Event, Outcome};
 pub use export::{ExportFormat, export_line};
 pub use verify::{Problem, Report};
 
@@ -94,26 +94,58 @@ impl Auditor {
         event: Event,
         at: Millis,
     ) -> Result<i64, AuditError> {
+        let seqs = self.append_all_at(tx, ctx, vec![event], at).await?;
+        seqs.first().copied().ok_or_else(|| AuditError::Corrupt("an append wrote no record".into()))
+    }
+
+    /// Append `events`, in order, under one lock and one head read: for
+    /// events that come in bursts (a gateway's decisions during one
+    /// invocation), so that they cost the trail's lock once, not per event.
+    pub async fn append_all(
+        &self,
+        tx: &mut Tx,
+        ctx: &Context,
+        events: Vec<Event>,
+    ) -> Result<Vec<i64>, AuditError> {
+        self.append_all_at(tx, ctx, events, kiln_store::now_millis()).await
+    }
+
+    async fn append_all_at(
+        &self,
+        tx: &mut Tx,
+        ctx: &Context,
+        events: Vec<Event>,
+        at: Millis,
+    ) -> Result<Vec<i64>, AuditError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         tx.audit_lock().await?;
-        let (seq, prev) = match tx.audit_head().await? {
-            Some((seq, mac)) => (seq + 1, mac),
-            None => (1, Vec::new()),
+        let (mut seq, mut prev) = match tx.audit_head().await? {
+            Some((seq, mac)) => (seq, mac),
+            None => (0, Vec::new()),
         };
-        let mut row = AuditRow {
-            seq,
-            at,
-            actor: ctx.actor.to_string(),
-            action: event.action.as_str().to_owned(),
-            target: event.target,
-            outcome: event.outcome.as_str().to_owned(),
-            source: ctx.source.clone(),
-            details: event.details.to_string(),
-            key_id: self.key.id().to_owned(),
-            mac: Vec::new(),
-        };
-        row.mac = self.record_mac(&prev, &row).to_vec();
-        tx.audit_insert(&row).await?;
-        Ok(seq)
+        let mut seqs = Vec::with_capacity(events.len());
+        for event in events {
+            seq += 1;
+            let mut row = AuditRow {
+                seq,
+                at,
+                actor: ctx.actor.to_string(),
+                action: event.action.as_str().to_owned(),
+                target: event.target,
+                outcome: event.outcome.as_str().to_owned(),
+                source: ctx.source.clone(),
+                details: event.details.to_string(),
+                key_id: self.key.id().to_owned(),
+                mac: Vec::new(),
+            };
+            row.mac = self.record_mac(&prev, &row).to_vec();
+            tx.audit_insert(&row).await?;
+            prev = row.mac;
+            seqs.push(seq);
+        }
+        Ok(seqs)
     }
 
     /// Append `event` in a transaction of its own: for events that are not

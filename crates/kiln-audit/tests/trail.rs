@@ -307,3 +307,44 @@ async fn fingerprints_match_equal_values_without_revealing_them() {
     let other = Auditor::new(AuditKey::from_secret("a2", &[9; 32]).unwrap());
     assert_ne!(a.fingerprint(b"secret-value"), other.fingerprint(b"secret-value"));
 }
+
+#[tokio::test]
+async fn a_burst_appended_under_one_lock_is_one_chain_with_the_rest() {
+    for t in each_backend().await.unwrap() {
+        let a = auditor();
+        let ctx = Context { source: Some("10.0.0.9".into()), ..Context::cli("gateway") };
+        a.record(&t.store, &ctx, Event::variable_unset("app", "e", "A")).await.unwrap();
+        let hops: Vec<Event> = (0..40u16)
+            .map(|i| {
+                let host = format!("h{i}.example.com");
+                let hop = kiln_audit::EgressHop {
+                    method: "GET",
+                    host: &host,
+                    port: 443,
+                    address: Some("93.184.215.14"),
+                    allowed: i % 3 != 0,
+                    status: (i % 3 != 0).then_some(200),
+                    request_bytes: 0,
+                    response_bytes: usize::from(i),
+                    reason: (i % 3 == 0).then_some("not declared"),
+                };
+                Event::egress("app", "inst-1", &hop)
+            })
+            .collect();
+        let mut tx = t.store.begin().await.unwrap();
+        let seqs = a.append_all(&mut tx, &ctx, hops).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(seqs, (2..42).collect::<Vec<i64>>(), "{}", t.name);
+        a.record(&t.store, &ctx, Event::variable_unset("app", "e", "B")).await.unwrap();
+        let report = a.verify(&t.store, None).await.unwrap();
+        assert!(report.is_intact() && report.records == 42, "{}: {}", t.name, problems(&report));
+
+        let mut tx = t.store.begin().await.unwrap();
+        let rows = tx.audit_records(1, 40).await.unwrap();
+        let denied = rows.iter().filter(|r| r.action == "egress.denied" && r.outcome == "denied").count();
+        let allowed = rows.iter().filter(|r| r.action == "egress.allowed" && r.outcome == "success").count();
+        assert_eq!((denied, allowed), (14, 26), "{}", t.name);
+        // An empty burst writes nothing.
+        assert!(a.append_all(&mut tx, &ctx, Vec::new()).await.unwrap().is_empty());
+    }
+}
