@@ -98,21 +98,32 @@ struct Hit {
     message: String,
 }
 
+/// Records like `r` (same action; same target if given) within the
+/// threshold's window up to and including `r`.
+async fn recent(
+    tx: &mut kiln_store::Tx,
+    r: &AuditRow,
+    target: Option<&str>,
+    t: Threshold,
+) -> Result<i64, AuditError> {
+    let q = AuditCount {
+        action: &r.action,
+        target,
+        source: None,
+        success_only: false,
+        since: r.at - t.window,
+        before_seq: r.seq + 1,
+    };
+    Ok(tx.audit_count(q).await?)
+}
+
 async fn hits(tx: &mut kiln_store::Tx, rules: &AlertRules, r: &AuditRow) -> Result<Vec<Hit>, AuditError> {
     let mut out = Vec::new();
     let failed = r.outcome != "success";
     if let Some(t) = rules.failed_logins
         && r.action == "operator.login_failed"
     {
-        let q = AuditCount {
-            action: &r.action,
-            target: Some(&r.target),
-            source: None,
-            success_only: false,
-            since: r.at - t.window,
-            before_seq: r.seq + 1,
-        };
-        let n = tx.audit_count(q).await?;
+        let n = recent(tx, r, Some(&r.target), t).await?;
         if n >= t.threshold {
             out.push(Hit {
                 rule: "failed-logins",
@@ -165,15 +176,7 @@ async fn hits(tx: &mut kiln_store::Tx, rules: &AlertRules, r: &AuditRow) -> Resu
     if let Some(t) = rules.denial_spike
         && (r.action == "egress.denied" || r.action == "product.scope_refused")
     {
-        let q = AuditCount {
-            action: &r.action,
-            target: None,
-            source: None,
-            success_only: false,
-            since: r.at - t.window,
-            before_seq: r.seq + 1,
-        };
-        let n = tx.audit_count(q).await?;
+        let n = recent(tx, r, None, t).await?;
         if n >= t.threshold {
             out.push(Hit {
                 rule: "denial-spike",
