@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hyper::Method;
+use kiln_http::Method;
 use kiln_audit::alerts::{AlertRules, Threshold, WorkingHours};
 use kiln_store::{AlertRow, Store};
 use serde::Deserialize;
 
-use crate::HttpsClient;
+use kiln_http::HttpsClient;
 
 const MINUTE: i64 = 60_000;
 /// Attempts per alert before delivery gives up (the alert stays listed).

@@ -16,17 +16,15 @@
 #![forbid(unsafe_code)]
 
 pub mod alerting;
-mod client;
 mod routes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kiln_access::{Access, AccessError, Principal};
@@ -34,10 +32,8 @@ use kiln_audit::alerts::AlertRules;
 use kiln_audit::{Auditor, Context, Event};
 use kiln_kvs::Kvs;
 use kiln_store::Store;
-use tokio::net::TcpListener;
 
-pub use axum::http::Method;
-pub use client::{HttpsClient, Reply};
+pub use kiln_http::{HttpsClient, Method, Reply, serve};
 pub use routes::{ROUTES, Route};
 
 /// Everything the admin API needs. The worker never sees any of it.
@@ -177,22 +173,6 @@ async fn gate(State(state): State<Arc<AdminState>>, mut req: Request, next: Next
 #[derive(Debug, Clone)]
 pub struct Source(pub String);
 
-async fn security_headers(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
-    let h = res.headers_mut();
-    for (name, value) in [
-        ("strict-transport-security", "max-age=31536000; includeSubDomains"),
-        ("x-content-type-options", "nosniff"),
-        ("x-frame-options", "DENY"),
-        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
-        ("referrer-policy", "no-referrer"),
-        ("cache-control", "no-store"),
-    ] {
-        h.insert(name, HeaderValue::from_static(value));
-    }
-    res
-}
-
 /// The admin API's router: [`ROUTES`], each behind [`gate`], with security
 /// headers on every response (404s included).
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -203,40 +183,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(kiln_http::security_headers))
         .with_state(state)
 }
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serve `router` over TLS on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                return;
-            };
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, service)
-                .await;
-        });
-    }
-}

@@ -1,5 +1,5 @@
 //! A small HTTPS client for Kiln's own use: tests that talk to the server
-//! they started on loopback, and (later) alert webhooks. It verifies the
+//! they started on loopback, alert webhooks, the product gateway. It verifies the
 //! server against the roots it is given, speaks HTTP/1.1, and reads at most
 //! a bounded response.
 
