@@ -1,15 +1,27 @@
 //! `kiln-egress`: the egress gateway that serves an app's `fetch`, inside
 //! the server (the worker only asks).
 //!
-//! Each request, and each redirect hop as if it were new:
+//! Before anything is resolved, the app's headers are parsed: a name that
+//! is not an HTTP token, or a value holding CR, LF, NUL or another control
+//! character, refuses the request ([`FetchError::Header`]), so nothing can
+//! be smuggled into it.
+//!
+//! Then each request, and each redirect hop as if it were new:
 //! 1. the URL is checked by name against the installation's consented
 //!    `permissions.external.fetch.backend` (`kiln_policy::egress`);
-//! 2. the name is resolved, and the whole request is refused if **any**
-//!    address is non-public (`kiln_policy::addr`);
-//! 3. the gateway connects to an address it checked — never resolving
-//!    again — so DNS rebinding cannot switch it;
+//! 2. the name is resolved once, through the [`Resolve`] seam, and the
+//!    whole request is refused if **any** address is non-public
+//!    (`kiln_policy::addr`);
+//! 3. the gateway opens the connection through the [`Dial`] seam, which is
+//!    handed an address it checked (at the checked port) and never a name,
+//!    so DNS rebinding cannot switch it;
 //! 4. TLS is verified (rustls through `kiln-crypto`); no environment
 //!    proxies are read.
+//!
+//! Production uses [`SystemResolver`] and [`SystemDialer`]. Tests replace
+//! both: the SSRF suite (`tests/ssrf.rs`) dials through a dialer that
+//! reaches only the upstreams it starts on loopback and records any other
+//! attempt, so a bypass shows as a failed case and never as traffic.
 //!
 //! Bounds: request and response size, connect and total timeouts, at most
 //! five redirects (credentials and cookies dropped when the origin
@@ -24,12 +36,15 @@
 
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
+use hyper::header::{HeaderName, HeaderValue};
 use kiln_manifest::EgressTarget;
 use kiln_policy::addr::non_public;
 use kiln_policy::egress::{Destination, Refused};
@@ -94,6 +109,29 @@ impl Resolve for SystemResolver {
     }
 }
 
+/// Opening the TCP connection, replaceable in tests. It is handed the
+/// address the gateway checked, never a name, so it cannot resolve again;
+/// the gateway bounds it with `connect_timeout`.
+pub trait Dial: Send + Sync {
+    fn dial<'a>(
+        &'a self,
+        addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>>;
+}
+
+/// A plain TCP connection to the address: no proxy, no other address tried.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemDialer;
+
+impl Dial for SystemDialer {
+    fn dial<'a>(
+        &'a self,
+        addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>> {
+        Box::pin(TcpStream::connect(addr))
+    }
+}
+
 /// A request from the app.
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
@@ -139,6 +177,11 @@ pub enum FetchError {
     Connect { host: String, message: String },
     #[error("{0:?} is not an HTTP method apps may use")]
     Method(String),
+    /// A header that could smuggle a second request or header line.
+    #[error(
+        "the header {name:?} is refused: {why} (names are HTTP tokens; values may not hold CR, LF, NUL or other control characters)"
+    )]
+    Header { name: String, why: &'static str },
 }
 
 impl FetchError {
@@ -200,6 +243,7 @@ impl Budget {
 pub struct Gateway {
     config: Config,
     resolver: Arc<dyn Resolve>,
+    dialer: Arc<dyn Dial>,
     tls: tokio_rustls::TlsConnector,
 }
 
@@ -225,12 +269,20 @@ const DROPPED: [&str; 8] = [
 const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 impl Gateway {
+    /// A gateway that resolves names with `resolver` and opens connections
+    /// with `dialer` ([`SystemResolver`] and [`SystemDialer`] in production).
     pub fn new(
         config: Config,
         resolver: Arc<dyn Resolve>,
+        dialer: Arc<dyn Dial>,
     ) -> Result<Gateway, kiln_crypto::envelope::CryptoError> {
         let tls = tokio_rustls::TlsConnector::from(kiln_crypto::tls::client_config(&config.roots_pem)?);
-        Ok(Gateway { config, resolver, tls })
+        Ok(Gateway { config, resolver, dialer, tls })
+    }
+
+    /// The limits it applies (an invocation's [`Budget`] is built from them).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Serve one `fetch` for an installation that consented to `consented`.
@@ -249,10 +301,11 @@ impl Gateway {
         if request.body.len() > self.config.max_request_bytes {
             return Err(FetchError::RequestTooLarge(self.config.max_request_bytes));
         }
+        let headers = parse_headers(request.headers)?;
         budget.take()?;
         let _slot =
             budget.concurrent.acquire().await.map_err(|_| FetchError::Timeout("waiting for a slot"))?;
-        let work = self.follow(consented, method, request, records);
+        let work = self.follow(consented, method, request.url, headers, request.body, records);
         tokio::time::timeout(self.config.total_timeout, work)
             .await
             .map_err(|_| FetchError::Timeout("the request"))?
@@ -262,19 +315,20 @@ impl Gateway {
         &self,
         consented: &[EgressTarget],
         mut method: String,
-        request: FetchRequest,
+        mut url: String,
+        mut headers: Vec<(HeaderName, HeaderValue)>,
+        mut body: Vec<u8>,
         records: &mut Vec<EgressRecord>,
     ) -> Result<FetchResponse, FetchError> {
-        let mut url = request.url.clone();
-        let mut headers: Vec<(String, String)> = request
-            .headers
-            .into_iter()
-            .filter(|(k, _)| !DROPPED.contains(&k.to_ascii_lowercase().as_str()))
-            .collect();
-        let mut body = request.body;
         let mut origin: Option<(String, u16)> = None;
         for hop in 0..=self.config.max_redirects {
-            let dest = Destination::parse(&url).map_err(FetchError::NotAllowed)?;
+            let dest = match Destination::parse(&url) {
+                Ok(dest) => dest,
+                Err(refused) => {
+                    records.push(refused_before_parsing(&method, &url, body.len(), &refused));
+                    return Err(FetchError::NotAllowed(refused));
+                }
+            };
             let mut record = EgressRecord {
                 method: method.clone(),
                 host: dest.host.clone(),
@@ -289,7 +343,7 @@ impl Gateway {
             if let Some(o) = &origin
                 && *o != (dest.host.clone(), dest.port)
             {
-                headers.retain(|(k, _)| !CREDENTIALS.contains(&k.to_ascii_lowercase().as_str()));
+                headers.retain(|(k, _)| !CREDENTIALS.contains(&k.as_str()));
             }
             origin = Some((dest.host.clone(), dest.port));
             let checked = match self.check(consented, &dest).await {
@@ -317,9 +371,15 @@ impl Gateway {
             let location = res_headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone());
             match (status, location) {
                 (301 | 302 | 303 | 307 | 308, Some(location)) if hop < self.config.max_redirects => {
-                    let next = url::Url::parse(&url).and_then(|base| base.join(&location)).map_err(|e| {
-                        FetchError::NotAllowed(Refused::NotAUrl(location.clone(), e.to_string()))
-                    })?;
+                    let next = match url::Url::parse(&url).and_then(|base| base.join(&location)) {
+                        Ok(next) => next,
+                        Err(e) => {
+                            let refused =
+                                Refused::NotAUrl(location.chars().take(200).collect(), e.to_string());
+                            records.push(refused_before_parsing(&method, &location, body.len(), &refused));
+                            return Err(FetchError::NotAllowed(refused));
+                        }
+                    };
                     if status == 303 || ((status == 301 || status == 302) && method == "POST") {
                         method = "GET".into();
                         body.clear();
@@ -343,7 +403,8 @@ impl Gateway {
         Err(FetchError::TooManyRedirects(self.config.max_redirects))
     }
 
-    /// The name check, then every resolved address; the address to use.
+    /// The name check, then every resolved address; the address to use,
+    /// at the port the URL named and the name check allowed.
     async fn check(&self, consented: &[EgressTarget], dest: &Destination) -> Result<SocketAddr, FetchError> {
         dest.allowed_by(consented).map_err(FetchError::NotAllowed)?;
         let addrs: Vec<SocketAddr> = if dest.ip_literal {
@@ -376,7 +437,7 @@ impl Gateway {
         }
         addrs
             .first()
-            .copied()
+            .map(|a| SocketAddr::new(a.ip(), dest.port))
             .ok_or_else(|| FetchError::Resolve { host: dest.host.clone(), message: "no addresses".into() })
     }
 
@@ -386,11 +447,11 @@ impl Gateway {
         dest: &Destination,
         addr: SocketAddr,
         method: &str,
-        headers: &[(String, String)],
+        headers: &[(HeaderName, HeaderValue)],
         body: &[u8],
     ) -> Result<(u16, String, Vec<(String, String)>, Vec<u8>), FetchError> {
         let connect_err = |m: String| FetchError::Connect { host: dest.host.clone(), message: m };
-        let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(self.config.connect_timeout, self.dialer.dial(addr))
             .await
             .map_err(|_| FetchError::Timeout("connecting"))?
             .map_err(|e| connect_err(e.to_string()))?;
@@ -403,15 +464,22 @@ impl Gateway {
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let driver = tokio::spawn(conn);
-        let host_header =
-            if dest.port == 443 { dest.host.clone() } else { format!("{}:{}", dest.host, dest.port) };
-        let mut req =
-            hyper::Request::builder().method(method).uri(&dest.path_and_query).header("host", host_header);
+        // An IPv6 literal is bracketed in `Host`, as in a URL.
+        let authority = if dest.ip_literal && dest.host.contains(':') {
+            format!("[{}]", dest.host)
+        } else {
+            dest.host.clone()
+        };
+        let host_header = if dest.port == 443 { authority } else { format!("{authority}:{}", dest.port) };
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(&dest.path_and_query)
+            .header("host", host_header)
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|e| connect_err(e.to_string()))?;
         for (k, v) in headers {
-            req = req.header(k.as_str(), v.as_str());
+            req.headers_mut().append(k.clone(), v.clone());
         }
-        let req =
-            req.body(Full::new(Bytes::copy_from_slice(body))).map_err(|e| connect_err(e.to_string()))?;
         let res = sender.send_request(req).await.map_err(|e| connect_err(e.to_string()))?;
         let (parts, res_body) = res.into_parts();
         let limit = self.config.max_response_bytes;
@@ -429,5 +497,42 @@ impl Gateway {
             .collect();
         let reason = parts.status.canonical_reason().unwrap_or_default().to_owned();
         Ok((parts.status.as_u16(), reason, res_headers, bytes))
+    }
+}
+
+/// The app's headers as the gateway will send them: each name an HTTP
+/// token and each value free of CR, LF, NUL and other control characters,
+/// so no header line or second request can be smuggled in; minus the
+/// headers the gateway sets itself or that frame the message.
+fn parse_headers(headers: Vec<(String, String)>) -> Result<Vec<(HeaderName, HeaderValue)>, FetchError> {
+    let mut parsed = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let refused = |why| FetchError::Header { name: name.chars().take(100).collect(), why };
+        let header =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| refused("its name is not an HTTP token"))?;
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| refused("its value holds a control character such as CR, LF or NUL"))?;
+        if !DROPPED.contains(&header.as_str()) {
+            parsed.push((header, value));
+        }
+    }
+    Ok(parsed)
+}
+
+/// The record of a hop refused before it had a [`Destination`] (a scheme,
+/// user-info, port or URL the policy refuses), so that the trail holds
+/// every refusal: host and port as far as the URL parser can read them.
+fn refused_before_parsing(method: &str, url: &str, request_bytes: usize, refused: &Refused) -> EgressRecord {
+    let parsed = url::Url::parse(url).ok();
+    EgressRecord {
+        method: method.to_owned(),
+        host: parsed.as_ref().and_then(|u| u.host_str()).unwrap_or_default().to_owned(),
+        port: parsed.as_ref().and_then(url::Url::port_or_known_default).unwrap_or(0),
+        address: None,
+        allowed: false,
+        status: None,
+        request_bytes,
+        response_bytes: 0,
+        reason: Some(refused.to_string()),
     }
 }

@@ -1,6 +1,7 @@
 //! The egress gateway against HTTPS upstreams this test starts on loopback
 //! (reached through the `insecure_allow_loopback` setting; a resolver the
-//! test controls maps names to addresses).
+//! test controls maps names to addresses, and a dialer that reaches only
+//! loopback opens the connections).
 
 #![allow(
     clippy::unwrap_used,
@@ -10,6 +11,8 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
+use common::LoopbackOnly;
 use kiln_egress::*;
 use kiln_manifest::EgressTarget;
 
@@ -82,6 +86,7 @@ async fn upstream(
 
 fn gateway(
     cert: &kiln_crypto::tls::Identity,
+    dialer: &Arc<LoopbackOnly>,
     extra: &[(&str, &str)],
     tune: impl FnOnce(&mut Config),
 ) -> Gateway {
@@ -94,7 +99,7 @@ fn gateway(
     let mut config = Config::new(cert.cert_pem.clone());
     config.insecure_allow_loopback = true;
     tune(&mut config);
-    Gateway::new(config, Arc::new(FakeDns(dns))).unwrap()
+    Gateway::new(config, Arc::new(FakeDns(dns)), dialer.clone()).unwrap()
 }
 
 fn req(url: &str) -> FetchRequest {
@@ -111,7 +116,8 @@ async fn the_gateway_checks_every_hop_by_name_and_address() {
     let (other_port, _stop_other) = upstream(&cert, 1).await;
     let (port, _stop) = upstream(&cert, other_port).await;
     let base = format!("https://api.example.com:{port}");
-    let gw = gateway(&cert, &[], |_| {});
+    let dialer = LoopbackOnly::new();
+    let gw = gateway(&cert, &dialer, &[], |_| {});
     let both = granted(&["api.example.com", "other.example.com"]);
 
     // Allowed: the response, and a record of the decision.
@@ -136,10 +142,10 @@ async fn the_gateway_checks_every_hop_by_name_and_address() {
 
     // A name that resolves to any non-public address is refused whole, even
     // when another address is fine; `*` opens nothing more.
-    let gw_mixed = gateway(&cert, &[("api.example.com", "10.1.2.3")], |_| {});
+    let gw_mixed = gateway(&cert, &dialer, &[("api.example.com", "10.1.2.3")], |_| {});
     let err = gw_mixed.fetch(&[EgressTarget::Any], &budget, req(&format!("{base}/hello")), &mut vec![]).await;
     assert!(matches!(err, Err(FetchError::NonPublic { why: "private", .. })), "{err:?}");
-    let strict = gateway(&cert, &[], |c| c.insecure_allow_loopback = false);
+    let strict = gateway(&cert, &dialer, &[], |c| c.insecure_allow_loopback = false);
     let err = strict.fetch(&both, &budget, req(&format!("{base}/hello")), &mut vec![]).await;
     assert!(matches!(err, Err(FetchError::NonPublic { why: "loopback", .. })), "{err:?}");
 
@@ -185,6 +191,7 @@ async fn the_gateway_checks_every_hop_by_name_and_address() {
     let mut records = Vec::new();
     gw.fetch(&both, &budget, post, &mut records).await.unwrap();
     assert_eq!((records[1].method.as_str(), records[1].request_bytes), ("GET", 0));
+    dialer.assert_stayed_on_loopback();
 }
 
 #[tokio::test]
@@ -193,7 +200,8 @@ async fn limits_hold() {
     let (port, _stop) = upstream(&cert, 1).await;
     let base = format!("https://api.example.com:{port}");
     let api = granted(&["api.example.com"]);
-    let gw = gateway(&cert, &[], |c| {
+    let dialer = LoopbackOnly::new();
+    let gw = gateway(&cert, &dialer, &[], |c| {
         c.max_response_bytes = 1000;
         c.max_request_bytes = 10;
         c.per_minute = 3;
@@ -229,7 +237,8 @@ async fn limits_hold() {
     assert!(matches!(gw.fetch(&api, &fresh, trace, &mut vec![]).await, Err(FetchError::Method(_))));
     // A server whose certificate is not trusted is not talked to.
     let other_cert = kiln_crypto::tls::self_signed(&NAMES).unwrap();
-    let untrusting = gateway(&other_cert, &[], |_| {});
+    let untrusting = gateway(&other_cert, &dialer, &[], |_| {});
     let err = untrusting.fetch(&api, &fresh, req(&format!("{base}/hello")), &mut vec![]).await.unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
+    dialer.assert_stayed_on_loopback();
 }

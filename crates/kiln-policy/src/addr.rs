@@ -5,8 +5,10 @@
 //! The table follows the IANA special-purpose registries (RFC 6890 and its
 //! updates) and adds what they do not mark but a server must never let
 //! tenants reach: cloud metadata endpoints and the shared address space.
-//! IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64, 6to4,
-//! Teredo) are judged by the address they carry.
+//! IPv6 forms that carry an IPv4 address (mapped, compatible, well-known
+//! NAT64, 6to4, Teredo) are judged by the address they carry; local-use
+//! NAT64 (64:ff9b:1::/48), whose embedding the operator chooses, is refused
+//! whole.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -31,7 +33,8 @@ pub enum NonPublic {
     Benchmarking,
     Multicast,
     Broadcast,
-    /// 0.0.0.0/8, 240.0.0.0/4, 192.0.0.0/24, IPv6 reserved and discard ranges.
+    /// 0.0.0.0/8, 240.0.0.0/4, 192.0.0.0/24, IPv6 reserved and discard ranges,
+    /// local-use NAT64 (64:ff9b:1::/48).
     Reserved,
 }
 
@@ -105,10 +108,11 @@ pub fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
     if seg[..6] == [0, 0, 0, 0, 0, 0] && u32::from(low32) > 1 {
         return Some(low32);
     }
-    // 64:ff9b::/96 (NAT64 well-known) and 64:ff9b:1::/48 (local-use NAT64).
-    if in_v6(a, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
-        || in_v6(a, Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48)
-    {
+    // 64:ff9b::/96 (NAT64 well-known). The local-use 64:ff9b:1::/48 is not
+    // here: an operator may carve it into shorter prefixes that put the IPv4
+    // address elsewhere than the last 32 bits, so the whole range is
+    // refused in `classify_v6` instead.
+    if in_v6(a, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
         return Some(low32);
     }
     // 2002::/16 (6to4): the IPv4 address is in bits 16..48.
@@ -129,6 +133,12 @@ fn classify_v6(a: Ipv6Addr) -> Option<NonPublic> {
     }
     if a.is_loopback() {
         return Some(Loopback);
+    }
+    // Local-use NAT64 (RFC 8215), not globally reachable. Judging it by its
+    // last 32 bits let `64:ff9b:1:a9fe:a9:fe00:808:808` (169.254.169.254
+    // under a /48 translator prefix, 8.8.8.8 in the ignored suffix) pass.
+    if in_v6(a, Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48) {
+        return Some(Reserved);
     }
     if let Some(v4) = embedded_v4(a) {
         // A tunnel or translator form: judged by where it leads, and never
@@ -218,7 +228,9 @@ mod tests {
             ("::127.0.0.1", Some(Loopback)),
             ("64:ff9b::a9fe:a9fe", Some(LinkLocal)),
             ("64:ff9b::10.0.0.1", Some(Private)),
-            ("64:ff9b:1::c0a8:101", Some(Private)),
+            ("64:ff9b:1::c0a8:101", Some(Reserved)),
+            ("64:ff9b:1::808:808", Some(Reserved)), // local-use NAT64 is never public
+            ("64:ff9b:1:a9fe:a9:fe00:808:808", Some(Reserved)), // /48 form of 169.254.169.254
             ("64:ff9b::808:808", None),
             ("2002:a00:1::1", Some(Private)),
             ("2002:7f00:1::1", Some(Loopback)),

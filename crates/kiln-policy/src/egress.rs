@@ -28,6 +28,8 @@ pub enum Refused {
     Scheme(String),
     #[error("URLs with a user name or password are refused; send credentials in headers")]
     UserInfo,
+    #[error("the host {0:?} has an empty label; write the name as api.example.com")]
+    EmptyLabel(String),
     #[error(
         "port {0} is not one apps may reach (allowed: 80, 8080, 443, 8443, 8444, 7990, 8089, 8090, 8085, 8060)"
     )]
@@ -37,18 +39,28 @@ pub enum Refused {
 }
 
 impl Destination {
-    /// Parse `url`: https only, no user-info, a host, an allowed port.
+    /// Parse `url`: https only, no user-info (not even an empty one), a
+    /// host without empty labels, an allowed port.
     pub fn parse(url: &str) -> Result<Destination, Refused> {
         let parsed = url::Url::parse(url)
             .map_err(|e| Refused::NotAUrl(url.chars().take(200).collect(), e.to_string()))?;
         if parsed.scheme() != "https" {
             return Err(Refused::Scheme(parsed.scheme().to_owned()));
         }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
+        if !parsed.username().is_empty() || parsed.password().is_some() || authority_has_at(url) {
             return Err(Refused::UserInfo);
         }
         let (host, ip_literal) = match parsed.host() {
-            Some(url::Host::Domain(d)) => (d.trim_end_matches('.').to_ascii_lowercase(), false),
+            Some(url::Host::Domain(d)) => {
+                // One trailing dot is the absolute form of the same name;
+                // any other empty label is not a name DNS can hold, yet
+                // `a..example.com` would pass a `*.example.com` suffix test.
+                let name = d.strip_suffix('.').unwrap_or(d);
+                if name.split('.').any(str::is_empty) {
+                    return Err(Refused::EmptyLabel(d.chars().take(200).collect()));
+                }
+                (name.to_ascii_lowercase(), false)
+            }
             Some(url::Host::Ipv4(a)) => (a.to_string(), true),
             Some(url::Host::Ipv6(a)) => (a.to_string(), true),
             None => return Err(Refused::NotAUrl(url.chars().take(200).collect(), "no host".into())),
@@ -75,12 +87,28 @@ impl Destination {
                 !self.ip_literal && h.trim_end_matches('.').eq_ignore_ascii_case(&self.host)
             }
             EgressTarget::Subdomains(d) => {
-                !self.ip_literal && is_strict_subdomain(&self.host, &d.to_ascii_lowercase())
+                !self.ip_literal
+                    && is_strict_subdomain(&self.host, &d.trim_end_matches('.').to_ascii_lowercase())
             }
             EgressTarget::Remote(_) | EgressTarget::Scheme(_) => false,
         });
         if ok { Ok(()) } else { Err(Refused::NotDeclared(self.host.clone())) }
     }
+}
+
+/// Whether the authority of the https URL `raw`, found as the URL parser
+/// finds it, holds an `@`. The parser drops an empty user-info
+/// (`https://@host/`, `https://:@host/`) without a trace, but such a URL
+/// is still one with user-info, and is refused like the others.
+fn authority_has_at(raw: &str) -> bool {
+    // The parser skips tabs and newlines anywhere; in a special scheme a
+    // backslash is a slash, so the authority ends at the first of `/ \ ? #`.
+    let cleaned: String = raw.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).collect();
+    let Some((_scheme, rest)) = cleaned.split_once(':') else {
+        return false;
+    };
+    let authority = rest.trim_start_matches(['/', '\\']);
+    authority.split(['/', '\\', '?', '#']).next().is_some_and(|a| a.contains('@'))
 }
 
 #[cfg(test)]
@@ -101,12 +129,20 @@ mod tests {
         assert_eq!(Destination::parse("https://example.com:8443/").unwrap().port, 8443);
         assert_eq!(Destination::parse("https://bücher.example/").unwrap().host, "xn--bcher-kva.example");
         assert!(Destination::parse("https://[::1]/").unwrap().ip_literal);
+        // A backslash ends the authority, so the `@` is in the path, not user-info.
+        assert_eq!(Destination::parse("https://example.com\\@evil.test/").unwrap().host, "example.com");
+        assert_eq!(Destination::parse("https://example.com/a@b?c@d").unwrap().host, "example.com");
         for (bad, want) in [
             ("http://example.com/", "only https"),
             ("ftp://example.com/", "only https"),
             ("file:///etc/passwd", "only https"),
             ("https://user:pw@example.com/", "user name or password"),
             ("https://user@example.com/", "user name or password"),
+            ("https://@example.com/", "user name or password"),
+            ("https://:@example.com/", "user name or password"),
+            ("https://.example.com/", "empty label"),
+            ("https://a..example.com/", "empty label"),
+            ("https://example.com../", "empty label"),
             ("https://example.com:22/", "port 22"),
             ("https://example.com:6379/", "port 6379"),
             ("not a url", "not a URL"),
