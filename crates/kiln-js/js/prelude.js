@@ -118,7 +118,10 @@ function fireTimer(id, repeat) {
 
 const pendingCalls = new Map();
 
-function hostCall(capability, args) {
+// Ask the server for something; the promise settles with its reply. Kiln's
+// own modules import it from here rather than through the global, which app
+// code can replace.
+export function hostCall(capability, args) {
   return new Promise((resolve, reject) => {
     const id = native.hostCall(String(capability), JSON.stringify(args === undefined ? null : args));
     pendingCalls.set(id, { resolve, reject });
@@ -165,6 +168,9 @@ lazy('structuredClone', 'kiln:clone', 'structuredClone');
 lazy('crypto', 'kiln:crypto', 'crypto');
 lazy('performance', 'kiln:crypto', 'performance');
 lazy('DOMException', 'kiln:crypto', 'DOMException');
+lazy('fetch', 'kiln:fetch', 'fetch');
+lazy('Headers', 'kiln:fetch', 'Headers');
+lazy('Response', 'kiln:fetch', 'Response');
 define('btoa', (data) => native.btoa(String(data)));
 define('atob', (data) => native.atob(String(data)));
 

@@ -45,12 +45,13 @@ pub use compile::{CompileError, compile};
 const PRELUDE: &str = "kiln:prelude";
 
 /// Kiln's own modules, compiled in every worker from this source.
-const KILN_MODULES: [(&str, &str); 10] = [
+const KILN_MODULES: [(&str, &str); 11] = [
     (PRELUDE, include_str!("../js/prelude.js")),
     ("kiln:text", include_str!("../js/lazy/text.js")),
     ("kiln:url", include_str!("../js/lazy/url.js")),
     ("kiln:clone", include_str!("../js/lazy/clone.js")),
     ("kiln:crypto", include_str!("../js/lazy/crypto.js")),
+    ("kiln:fetch", include_str!("../js/lazy/fetch.js")),
     ("builtin:kiln:unsupported", include_str!("../js/builtins/unsupported.js")),
     ("builtin:@forge/api", include_str!("../js/builtins/forge-api.js")),
     ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kiln_ipc::LogLevel;
 use rquickjs::function::Opt;
-use rquickjs::{Ctx, Exception, Function, Module, Object, Persistent, Result, Value};
+use rquickjs::{ArrayBuffer, Ctx, Exception, Function, Module, Object, Persistent, Result, Value};
 
 use crate::{Loop, MAX_PENDING_HOST_CALLS, MAX_TIMERS, Program, Timer};
 
@@ -152,6 +152,19 @@ pub(crate) fn install<'js>(
                     &ctx,
                     "InvalidCharacterError: atob was given text that is not base64",
                 )),
+            }
+        })?,
+    )?;
+
+    native.set(
+        "base64ToBytes",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<ArrayBuffer<'js>> {
+            use base64::Engine;
+            // Bodies of host replies (fetch, product requests) arrive as base64;
+            // decoding here spares a byte-at-a-time loop in JavaScript.
+            match base64::engine::general_purpose::STANDARD_NO_PAD.decode(input.trim_end_matches('=')) {
+                Ok(bytes) => ArrayBuffer::new(ctx, bytes),
+                Err(_) => Err(Exception::throw_type(&ctx, "the text is not base64")),
             }
         })?,
     )?;

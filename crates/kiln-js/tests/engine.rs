@@ -420,7 +420,7 @@ import { kvs } from '@forge/kvs';
 const resolver = new Resolver();
 resolver.define('hello', ({ payload, context }) => ({ hi: payload.name, account: context.accountId }));
 export const handler = resolver.getDefinitions();
-export const useApi = async () => { try { await api.asApp().requestJira(route`/rest/api/3/myself`); } catch (e) { return { name: e.name, message: e.message }; } };
+export const useApi = async () => { try { await api.asApp().requestBitbucket(route`/2.0/user`); } catch (e) { return { name: e.name, message: e.message }; } };
 export const useKvs = async () => { await kvs.get('k'); };"#,
         )
         .import("src/index.js", "@forge/resolver", "builtin:@forge/resolver")
@@ -433,7 +433,7 @@ export const useKvs = async () => { await kvs.get('k'); };"#,
     assert_eq!(ok(outcome), serde_json::json!({"hi": "kiln", "account": "a-1"}));
     let v = ok(invoke(p, "src/index.js", "useApi"));
     assert_eq!(v["name"], "NotSupportedError");
-    assert_eq!(v["message"], "@forge/api route is not supported by Kiln yet");
+    assert_eq!(v["message"], "@forge/api asApp().requestBitbucket is not supported by Kiln yet");
     let e = err(invoke(p, "src/index.js", "useKvs"));
     assert_eq!(e.message, "NotSupportedError: @forge/kvs kvs.get is not supported by Kiln yet");
 }
