@@ -29,6 +29,7 @@ pub enum Action {
     KeyRotation,
     EgressAllowed,
     EgressDenied,
+    ProductRequest,
     ScopeRefused,
     SandboxFault,
     ConfigChanged,
@@ -38,7 +39,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 27] = [
         Action::OperatorCreated,
         Action::OperatorDisabled,
         Action::PasswordChanged,
@@ -59,6 +60,7 @@ impl Action {
         Action::KeyRotation,
         Action::EgressAllowed,
         Action::EgressDenied,
+        Action::ProductRequest,
         Action::ScopeRefused,
         Action::SandboxFault,
         Action::ConfigChanged,
@@ -89,6 +91,7 @@ impl Action {
             Action::KeyRotation => "keys.rotate",
             Action::EgressAllowed => "egress.allowed",
             Action::EgressDenied => "egress.denied",
+            Action::ProductRequest => "product.request",
             Action::ScopeRefused => "product.scope_refused",
             Action::SandboxFault => "sandbox.fault",
             Action::ConfigChanged => "config.changed",
@@ -136,6 +139,25 @@ pub struct EgressHop<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// What a product gateway decision record holds: the route (its template,
+/// not the path, so no identifiers from the app's data), on whose behalf,
+/// and how it ended; never a body, a header's value or a token.
+#[derive(Debug, Clone, Copy)]
+pub struct ProductCall<'a> {
+    pub product: &'a str,
+    pub method: &'a str,
+    /// The matched template, or the refused path cut to 300 characters.
+    pub route: &'a str,
+    /// `app`, `user`, `impersonation` or `none`.
+    pub acting: &'a str,
+    pub account_id: Option<&'a str>,
+    pub status: Option<u16>,
+    pub request_bytes: usize,
+    pub response_bytes: usize,
+    /// Why it was refused, when it was.
+    pub refused: Option<&'a str>,
+}
+
 /// Who acted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
@@ -145,6 +167,9 @@ pub enum Actor {
     Operator(String),
     /// Kiln itself (roll-outs, the sandbox, schedules).
     System,
+    /// An app's code, through the host calls it makes (egress, product
+    /// requests); by app id.
+    App(String),
 }
 
 impl fmt::Display for Actor {
@@ -153,6 +178,7 @@ impl fmt::Display for Actor {
             Actor::Cli(user) => write!(f, "cli:{user}"),
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::System => f.write_str("system"),
+            Actor::App(id) => write!(f, "app:{id}"),
         }
     }
 }
@@ -422,6 +448,27 @@ impl Event {
             (false, reason) => {
                 Event::new(Action::EgressDenied, target, details).denied(reason.unwrap_or("refused"))
             }
+        }
+    }
+
+    /// One product gateway decision (`requestJira`, `requestConfluence`).
+    pub fn product(app: &str, installation: &str, call: &ProductCall<'_>) -> Self {
+        let route: String = call.route.chars().take(300).collect();
+        let details = json!({
+            "app": app,
+            "product": call.product,
+            "method": call.method,
+            "route": route,
+            "acting": call.acting,
+            "accountId": call.account_id,
+            "status": call.status,
+            "requestBytes": call.request_bytes,
+            "responseBytes": call.response_bytes,
+        });
+        let target = format!("installation:{installation}");
+        match call.refused {
+            None => Event::new(Action::ProductRequest, target, details),
+            Some(reason) => Event::new(Action::ScopeRefused, target, details).denied(reason),
         }
     }
 

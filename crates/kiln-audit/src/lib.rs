@@ -33,7 +33,7 @@ use kiln_crypto::audit::AuditKey;
 use kiln_store::{AuditRow, Millis, Store, StoreError, Tx};
 
 pub use checkpoint::Checkpoint;
-pub use event::{Action, Actor, Context, EgressHop, Event, Outcome};
+pub use event::{Action, Actor, Context, EgressHop, Event, Outcome, ProductCall};
 pub use export::{ExportFormat, export_line};
 pub use verify::{Problem, Report};
 
