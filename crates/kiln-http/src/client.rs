@@ -39,6 +39,7 @@ pub struct HttpsClient {
     addr: String,
     host: String,
     tls: tokio_rustls::TlsConnector,
+    max_body: usize,
 }
 
 impl std::fmt::Debug for HttpsClient {
@@ -54,7 +55,14 @@ impl HttpsClient {
             addr: addr.to_owned(),
             host: host.to_owned(),
             tls: tokio_rustls::TlsConnector::from(roots),
+            max_body: MAX_BODY,
         }
+    }
+
+    /// Read at most `bytes` of any response body; a longer one is an error.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     /// Send one request on a new connection.
@@ -96,7 +104,8 @@ impl HttpsClient {
         let req = req.body(Full::new(bytes)).map_err(|e| io_err(&e))?;
         let res = sender.send_request(req).await.map_err(|e| io_err(&e))?;
         let (parts, body) = res.into_parts();
-        let body = Limited::new(body, MAX_BODY).collect().await.map_err(|e| io_err(&e))?.to_bytes().to_vec();
+        let body =
+            Limited::new(body, self.max_body).collect().await.map_err(|e| io_err(&e))?.to_bytes().to_vec();
         driver.abort();
         Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
