@@ -19,6 +19,33 @@
 
 pub mod worker;
 
+/// Every frame payload the server sends to or receives from a worker, for
+/// tests that search the worker's whole view of an invocation (say, for a
+/// token that must never reach it).
+#[cfg(feature = "testing")]
+pub mod tap {
+    use std::sync::Mutex;
+
+    static FRAMES: Mutex<Option<Vec<Vec<u8>>>> = Mutex::new(None);
+
+    /// Start keeping frames (dropping any kept before).
+    pub fn start() {
+        *FRAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Vec::new());
+    }
+
+    /// Stop, and hand over what was kept.
+    pub fn take() -> Vec<Vec<u8>> {
+        FRAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().unwrap_or_default()
+    }
+
+    pub(crate) fn record(payload: Result<Vec<u8>, serde_json::Error>) {
+        let mut frames = FRAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(frames), Ok(payload)) = (frames.as_mut(), payload) {
+            frames.push(payload);
+        }
+    }
+}
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::net::UnixStream;
@@ -477,6 +504,8 @@ struct Worker {
 
 impl Worker {
     fn send(&mut self, message: &ToWorker) -> Result<(), SandboxError> {
+        #[cfg(feature = "testing")]
+        tap::record(serde_json::to_vec(message));
         write_frame(&mut self.channel, message)
             .map_err(|e| SandboxError::Platform(format!("cannot reach the worker: {e}")))
     }
@@ -491,7 +520,12 @@ impl Worker {
                 return Err(InvocationError::new(ErrorCode::PlatformError, format!("worker channel: {e}")));
             }
         }
-        read_frame(&mut self.channel, limit).map_err(|e| match e {
+        let message = read_frame(&mut self.channel, limit);
+        #[cfg(feature = "testing")]
+        if let Ok(m) = &message {
+            tap::record(serde_json::to_vec(m));
+        }
+        message.map_err(|e| match e {
             kiln_ipc::IpcError::Closed => self.death(),
             kiln_ipc::IpcError::Io(io)
                 if matches!(
