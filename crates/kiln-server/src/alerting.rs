@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_http::Method;
 use kiln_audit::alerts::{AlertRules, Threshold, WorkingHours};
+use kiln_http::Method;
 use kiln_store::{AlertRow, Store};
 use serde::Deserialize;
 

@@ -186,4 +186,3 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::middleware::from_fn(kiln_http::security_headers))
         .with_state(state)
 }
-

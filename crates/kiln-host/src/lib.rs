@@ -1,0 +1,337 @@
+//! `kiln-host`: the server's side of an invocation's host calls.
+//!
+//! The worker is assumed compromised: it holds no keys, tokens, database
+//! handles or sockets, and everything it asks arrives here as a
+//! capability name and JSON arguments. [`InvocationHost`] decides each
+//! call against the invocation's [`InvocationGrants`] (which the server
+//! builds from the installation's consented grants and the invocation's
+//! context, never from anything the worker says), serves it through the
+//! gateways, and writes every decision to the audit trail before the app
+//! sees the answer: an answer whose record cannot be written is replaced
+//! by an error.
+//!
+//! Capabilities:
+//! - `fetch` → [`kiln_egress::Gateway`]: `{url, method, headers: [[k, v]],
+//!   body: base64 | null}` → `{status, statusText, headers, body, url}`.
+//!   The per-minute limit answers HTTP 429 with `FETCH_LIMIT_EXCEEDED`,
+//!   as Forge does.
+//! - `product.request` → [`kiln_product::ProductGateway`]: `{product,
+//!   as: "app" | "user" | "none", accountId, path, method, headers, body}`
+//!   → the same reply shape.
+//!
+//! Host calls are answered one at a time, in the order the worker sends
+//! them; `Promise.all` over several fetches runs them one after another.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use kiln_audit::{Actor, Auditor, Context, EgressHop, Event, ProductCall};
+use kiln_egress::{Budget, EgressRecord, FetchError, FetchRequest, Gateway};
+use kiln_ipc::HostReply;
+use kiln_manifest::EgressTarget;
+use kiln_product::{Acting, Installation, Product, ProductGateway, ProductRecord, ProductRequest};
+use kiln_sandbox::HostHandler;
+use kiln_store::Store;
+use serde_json::{Value, json};
+
+/// What the server gives every invocation's host calls.
+pub struct Host {
+    runtime: tokio::runtime::Handle,
+    store: Store,
+    auditor: Auditor,
+    egress: Arc<Gateway>,
+    product: Option<Arc<ProductGateway>>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("product", &self.product.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// `runtime` drives the gateways: the handler blocks on it from the
+    /// thread running the invocation, which must not be one of its workers.
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        store: Store,
+        auditor: Auditor,
+        egress: Arc<Gateway>,
+        product: Option<Arc<ProductGateway>>,
+    ) -> Self {
+        Host { runtime, store, auditor, egress, product }
+    }
+
+    /// A handler for one invocation.
+    pub fn invocation<'a>(&'a self, grants: &'a InvocationGrants) -> InvocationHost<'a> {
+        InvocationHost {
+            host: self,
+            grants,
+            budget: Budget::new(self.egress.config()),
+            ctx: Context { actor: Actor::App(grants.app.clone()), source: None },
+        }
+    }
+}
+
+/// What one invocation may do: decided by the server.
+#[derive(Debug, Clone)]
+pub struct InvocationGrants {
+    pub app: String,
+    /// The installation's id, for the audit trail.
+    pub installation: String,
+    /// The consented `permissions.external.fetch.backend`.
+    pub egress: Vec<EgressTarget>,
+    /// The consented scopes, and where the installation's tokens live.
+    pub product: Installation,
+    /// The user in session, if the invocation has one (a resolver called
+    /// from the UI); none for web triggers, triggers and consumers.
+    pub user: Option<String>,
+}
+
+/// Serves one invocation's host calls.
+pub struct InvocationHost<'a> {
+    host: &'a Host,
+    grants: &'a InvocationGrants,
+    budget: Budget,
+    ctx: Context,
+}
+
+impl std::fmt::Debug for InvocationHost<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvocationHost").field("app", &self.grants.app).finish_non_exhaustive()
+    }
+}
+
+fn err(code: &str, message: impl Into<String>) -> HostReply {
+    HostReply::Err { code: code.to_owned(), message: message.into() }
+}
+
+const BAD_CALL: &str = "INVALID_HOST_CALL";
+
+/// The reply shape both gateways answer with.
+fn response(
+    status: u16,
+    status_text: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    url: &str,
+) -> HostReply {
+    let headers: Vec<[&str; 2]> = headers.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+    HostReply::Ok {
+        value: json!({
+            "status": status,
+            "statusText": status_text,
+            "headers": headers,
+            "body": B64.encode(body),
+            "url": url,
+        }),
+    }
+}
+
+/// The arguments both capabilities share: method, headers and body.
+struct Message {
+    method: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn string<'v>(args: &'v Value, name: &str) -> Result<&'v str, HostReply> {
+    args.get(name).and_then(Value::as_str).ok_or_else(|| err(BAD_CALL, format!("'{name}' must be a string")))
+}
+
+fn message(args: &Value) -> Result<Message, HostReply> {
+    let method = string(args, "method")?.to_owned();
+    let headers = match args.get("headers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(pairs)) => pairs
+            .iter()
+            .map(|pair| match pair.as_array().map(Vec::as_slice) {
+                Some([Value::String(k), Value::String(v)]) => Ok((k.clone(), v.clone())),
+                _ => Err(err(BAD_CALL, "'headers' must be a list of [name, value] strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(err(BAD_CALL, "'headers' must be a list of [name, value] strings")),
+    };
+    let body = match args.get("body") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(b)) => B64.decode(b).map_err(|_| err(BAD_CALL, "'body' is not base64"))?,
+        Some(_) => return Err(err(BAD_CALL, "'body' must be base64 text or null")),
+    };
+    Ok(Message { method, headers, body })
+}
+
+impl InvocationHost<'_> {
+    fn fetch(&mut self, args: &Value) -> HostReply {
+        let url = match string(args, "url") {
+            Ok(u) => u.to_owned(),
+            Err(reply) => return reply,
+        };
+        let m = match message(args) {
+            Ok(m) => m,
+            Err(reply) => return reply,
+        };
+        let request =
+            FetchRequest { method: m.method.clone(), url: url.clone(), headers: m.headers, body: m.body };
+        let host = self.host;
+        let mut records = Vec::new();
+        let result = host.runtime.block_on(host.egress.fetch(
+            &self.grants.egress,
+            &self.budget,
+            request,
+            &mut records,
+        ));
+        // A refusal before any hop (a malformed URL, the rate limit) is a
+        // decision too.
+        if records.is_empty()
+            && let Err(e) = &result
+        {
+            records.push(EgressRecord {
+                method: m.method.to_ascii_uppercase(),
+                host: host_of(&url),
+                port: 0,
+                address: None,
+                allowed: false,
+                status: None,
+                request_bytes: 0,
+                response_bytes: 0,
+                reason: Some(e.to_string()),
+            });
+        }
+        if let Err(reply) = self.record(records.iter().map(|r| self.egress_event(r)).collect()) {
+            return reply;
+        }
+        match result {
+            Ok(res) => response(res.status, &res.status_text, &res.headers, &res.body, &res.url),
+            Err(FetchError::RateLimited(n)) => {
+                let body = json!({
+                    "code": "FETCH_LIMIT_EXCEEDED",
+                    "message": format!("more than {n} fetch requests in a minute in this invocation"),
+                });
+                let headers = [("content-type".to_owned(), "application/json".to_owned())];
+                response(429, "Too Many Requests", &headers, body.to_string().as_bytes(), &url)
+            }
+            Err(e) => err(e.code(), e.to_string()),
+        }
+    }
+
+    fn egress_event(&self, r: &EgressRecord) -> Event {
+        let address = r.address.map(|a| a.to_string());
+        let hop = EgressHop {
+            method: &r.method,
+            host: &r.host,
+            port: r.port,
+            address: address.as_deref(),
+            allowed: r.allowed,
+            status: r.status,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            reason: r.reason.as_deref(),
+        };
+        Event::egress(&self.grants.app, &self.grants.installation, &hop)
+    }
+
+    fn product(&mut self, args: &Value) -> HostReply {
+        let Some(gateway) = self.host.product.clone() else {
+            return err(
+                "RequestProductNotAllowedError",
+                "this Kiln has no Jira or Confluence site configured",
+            );
+        };
+        let product = match string(args, "product").map(Product::parse) {
+            Ok(Some(p)) => p,
+            Ok(None) => return err(BAD_CALL, "'product' must be \"jira\" or \"confluence\""),
+            Err(reply) => return reply,
+        };
+        let account = match args.get("accountId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(a)) => Some(a.clone()),
+            Some(_) => return err(BAD_CALL, "'accountId' must be a string or null"),
+        };
+        // Who the call acts for is decided here, from the invocation: the
+        // worker can only say which kind it wants.
+        let acting = match (string(args, "as"), account) {
+            (Ok("none"), _) => Acting::Nobody,
+            (Ok("app"), _) => Acting::App,
+            (Ok("user"), None) => match &self.grants.user {
+                Some(user) => Acting::User(user.clone()),
+                None => {
+                    return err(
+                        "NeedsAuthenticationError",
+                        "asUser() needs a user in session, and this invocation has none; \
+                         use asApp() or asUser(accountId)",
+                    );
+                }
+            },
+            (Ok("user"), Some(a)) if self.grants.user.as_deref() == Some(a.as_str()) => Acting::User(a),
+            (Ok("user"), Some(a)) => Acting::Impersonate(a),
+            (Ok(_), _) => return err(BAD_CALL, "'as' must be \"app\", \"user\" or \"none\""),
+            (Err(reply), _) => return reply,
+        };
+        let path = match string(args, "path") {
+            Ok(p) => p.to_owned(),
+            Err(reply) => return reply,
+        };
+        let m = match message(args) {
+            Ok(m) => m,
+            Err(reply) => return reply,
+        };
+        let request =
+            ProductRequest { product, acting, method: m.method, path, headers: m.headers, body: m.body };
+        let (result, record) = self.host.runtime.block_on(gateway.request(&self.grants.product, request));
+        if let Err(reply) = self.record(vec![self.product_event(&record)]) {
+            return reply;
+        }
+        match result {
+            Ok(res) => response(res.status, &res.status_text, &res.headers, &res.body, ""),
+            Err(e) => err(e.code(), e.to_string()),
+        }
+    }
+
+    fn product_event(&self, r: &ProductRecord) -> Event {
+        let call = ProductCall {
+            product: r.product,
+            method: &r.method,
+            route: &r.route,
+            acting: r.acting,
+            account_id: r.account_id.as_deref(),
+            status: r.status,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            refused: r.refused.as_deref(),
+        };
+        Event::product(&self.grants.app, &self.grants.installation, &call)
+    }
+
+    /// Write `events` in one transaction; if they cannot be written, the
+    /// app gets an error instead of the answer.
+    fn record(&self, events: Vec<Event>) -> Result<(), HostReply> {
+        let host = self.host;
+        let written = host.runtime.block_on(async {
+            let mut tx = host.store.begin().await.map_err(|e| e.to_string())?;
+            host.auditor.append_all(&mut tx, &self.ctx, events).await.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())
+        });
+        written.map_err(|e| err("PLATFORM_ERROR", format!("the audit trail cannot record this call: {e}")))
+    }
+}
+
+/// The host of a URL for a record, or the URL cut short when it has none.
+fn host_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.host_str().unwrap_or_default().to_owned(),
+        Err(_) => url.chars().take(200).collect(),
+    }
+}
+
+impl HostHandler for InvocationHost<'_> {
+    fn handle(&mut self, capability: &str, args: Value) -> HostReply {
+        match capability {
+            "fetch" => self.fetch(&args),
+            "product.request" => self.product(&args),
+            other => err("CAPABILITY_NOT_AVAILABLE", format!("the host offers no '{other}' capability")),
+        }
+    }
+}
