@@ -137,6 +137,8 @@ pub struct EgressHop<'a> {
     pub request_bytes: usize,
     pub response_bytes: usize,
     pub reason: Option<&'a str>,
+    /// Reached loopback through the gateway's insecure test setting.
+    pub insecure: bool,
 }
 
 /// What a product gateway decision record holds: the route (its template,
@@ -432,7 +434,7 @@ impl Event {
     /// One egress gateway decision: where, and how it ended; never a body
     /// or a header's value.
     pub fn egress(app: &str, installation: &str, hop: &EgressHop<'_>) -> Self {
-        let details = json!({
+        let mut details = json!({
             "app": app,
             "method": hop.method,
             "host": hop.host,
@@ -442,6 +444,9 @@ impl Event {
             "requestBytes": hop.request_bytes,
             "responseBytes": hop.response_bytes,
         });
+        if let (true, Some(map)) = (hop.insecure, details.as_object_mut()) {
+            map.insert("insecure".into(), json!("insecure_allow_loopback"));
+        }
         let target = format!("installation:{installation}");
         match (hop.allowed, hop.reason) {
             (true, _) => Event::new(Action::EgressAllowed, target, details),

@@ -327,6 +327,7 @@ async fn a_burst_appended_under_one_lock_is_one_chain_with_the_rest() {
                     request_bytes: 0,
                     response_bytes: usize::from(i),
                     reason: (i % 3 == 0).then_some("not declared"),
+                    insecure: false,
                 };
                 Event::egress("app", "inst-1", &hop)
             })

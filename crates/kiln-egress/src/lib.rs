@@ -105,7 +105,10 @@ impl Resolve for SystemResolver {
         port: u16,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>>
     {
-        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+        // Asked as an absolute name, so the system's search domains cannot
+        // turn an unresolvable granted name into an internal one.
+        let absolute = if host.ends_with('.') { host.to_owned() } else { format!("{host}.") };
+        Box::pin(async move { Ok(tokio::net::lookup_host((absolute.as_str(), port)).await?.collect()) })
     }
 }
 
@@ -208,6 +211,9 @@ pub struct EgressRecord {
     pub request_bytes: usize,
     pub response_bytes: usize,
     pub reason: Option<String>,
+    /// The hop reached loopback only because of
+    /// [`Config::insecure_allow_loopback`]: every such use is recorded.
+    pub insecure: bool,
 }
 
 /// What one invocation has used: the minute's requests and the concurrency.
@@ -339,6 +345,7 @@ impl Gateway {
                 request_bytes: body.len(),
                 response_bytes: 0,
                 reason: None,
+                insecure: false,
             };
             if let Some(o) = &origin
                 && *o != (dest.host.clone(), dest.port)
@@ -356,6 +363,7 @@ impl Gateway {
             };
             record.address = Some(checked.ip());
             record.allowed = true;
+            record.insecure = self.config.insecure_allow_loopback && checked.ip().is_loopback();
             let sent = self.send(&dest, checked, &method, &headers, &body).await;
             let (status, reason, res_headers, res_body) = match sent {
                 Ok(r) => r,
@@ -534,5 +542,6 @@ fn refused_before_parsing(method: &str, url: &str, request_bytes: usize, refused
         request_bytes,
         response_bytes: 0,
         reason: Some(refused.to_string()),
+        insecure: false,
     }
 }

@@ -35,6 +35,7 @@ use kiln_manifest::EgressTarget;
 use kiln_product::{Acting, Installation, Product, ProductGateway, ProductRecord, ProductRequest};
 use kiln_sandbox::HostHandler;
 use kiln_store::Store;
+use kiln_types::Environment;
 use serde_json::{Value, json};
 
 /// What the server gives every invocation's host calls.
@@ -65,15 +66,29 @@ impl Host {
         Host { runtime, store, auditor, egress, product }
     }
 
-    /// A handler for one invocation.
-    pub fn invocation<'a>(&'a self, grants: &'a InvocationGrants) -> InvocationHost<'a> {
-        InvocationHost {
+    /// A handler for one invocation; refused for a production
+    /// installation while the egress gateway may reach loopback (a test
+    /// setting).
+    pub fn invocation<'a>(&'a self, grants: &'a InvocationGrants) -> Result<InvocationHost<'a>, HostError> {
+        if grants.environment.is_production() && self.egress.config().insecure_allow_loopback {
+            return Err(HostError::InsecureInProduction);
+        }
+        Ok(InvocationHost {
             host: self,
             grants,
             budget: Budget::new(self.egress.config()),
             ctx: Context { actor: Actor::App(grants.app.clone()), source: None },
-        }
+        })
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error(
+        "the egress gateway runs with insecure_allow_loopback, a setting for tests; \
+         Kiln refuses to run a production installation's code with it"
+    )]
+    InsecureInProduction,
 }
 
 /// What one invocation may do: decided by the server.
@@ -82,6 +97,8 @@ pub struct InvocationGrants {
     pub app: String,
     /// The installation's id, for the audit trail.
     pub installation: String,
+    /// The installation's environment: production refuses insecure settings.
+    pub environment: Environment,
     /// The consented `permissions.external.fetch.backend`.
     pub egress: Vec<EgressTarget>,
     /// The consented scopes, and where the installation's tokens live.
@@ -198,6 +215,7 @@ impl InvocationHost<'_> {
                 request_bytes: 0,
                 response_bytes: 0,
                 reason: Some(e.to_string()),
+                insecure: false,
             });
         }
         if let Err(reply) = self.record(records.iter().map(|r| self.egress_event(r)).collect()) {
@@ -229,6 +247,7 @@ impl InvocationHost<'_> {
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
             reason: r.reason.as_deref(),
+            insecure: r.insecure,
         };
         Event::egress(&self.grants.app, &self.grants.installation, &hop)
     }

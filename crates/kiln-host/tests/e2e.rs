@@ -189,6 +189,7 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
         let invocation = InvocationGrants {
             app: manifest.app.id.to_string(),
             installation: "e2e".into(),
+            environment: kiln_types::Environment::default(),
             egress: vec![EgressTarget::Host(DECLARED.into())],
             product: Installation::new(OWNER, &scopes),
             user: None,
@@ -203,7 +204,14 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
             memory_mb: 32,
             deadline: Some(Duration::from_secs(20)),
         };
-        let mut handler = host.invocation(&invocation);
+        // The loopback setting is for tests: a production installation is refused with it.
+        let production = InvocationGrants {
+            environment: kiln_types::Environment::parse("production").unwrap(),
+            ..invocation.clone()
+        };
+        let refused = host.invocation(&production).unwrap_err();
+        assert!(refused.to_string().contains("insecure_allow_loopback"), "{refused}");
+        let mut handler = host.invocation(&invocation).unwrap();
         let app_id = manifest.app.id.to_string();
         let result = sandbox.invoke(&app_id, &built.hash, &built.bundle, &request, &mut handler).unwrap();
         let frames = kiln_sandbox::tap::take();
@@ -264,6 +272,12 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
             assert!(actions.contains(&expected), "{}: {expected:?} missing from {actions:?}", t.name);
         }
         assert!(rows.iter().all(|r| r.actor == format!("app:{app_id}")));
+        // Each use of the insecure loopback setting is on the record.
+        let allowed: Vec<_> = rows.iter().filter(|r| r.action == "egress.allowed").collect();
+        assert!(
+            allowed.iter().all(|r| r.details.contains(r#""insecure":"insecure_allow_loopback""#)),
+            "{allowed:?}"
+        );
         for row in &rows {
             assert!(!row.details.contains(&token), "a token in the audit trail");
         }
