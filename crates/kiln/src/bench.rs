@@ -41,13 +41,13 @@ fn workloads() -> Vec<Workload> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Stats {
-    p50_us: f64,
-    p99_us: f64,
-    per_second: f64,
+pub(crate) struct Stats {
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) per_second: f64,
 }
 
-fn stats(mut samples: Vec<Duration>, wall: Duration) -> Stats {
+pub(crate) fn stats(mut samples: Vec<Duration>, wall: Duration) -> Stats {
     samples.sort();
     let at = |q: f64| {
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;

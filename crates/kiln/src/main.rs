@@ -16,6 +16,7 @@
 mod admin;
 mod bench;
 mod bench_audit;
+mod bench_gateways;
 mod bench_kvs;
 mod output;
 mod remote;
@@ -222,6 +223,12 @@ enum BenchCommand {
         /// Also measure PostgreSQL at this URL (fresh schemas, dropped afterwards)
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+    },
+    /// Latency the egress and product gateways add, beside a direct HTTPS client, on loopback
+    Gateways {
+        /// Requests per path and side
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
     },
 }
 
@@ -442,6 +449,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             bench::invoke(iterations.max(10), insecure_skip_namespaces)
         }
         Command::Bench(BenchCommand::Kvs { ops, postgres }) => bench_kvs::kvs(ops, postgres).await,
+        Command::Bench(BenchCommand::Gateways { requests }) => {
+            bench_gateways::gateways(requests.max(50)).await
+        }
         Command::Bench(BenchCommand::Audit { records, postgres }) => {
             bench_audit::audit(records, postgres).await
         }
