@@ -84,6 +84,18 @@ enum Command {
     Admin(admin::AdminCommand),
     /// Serve the admin API over HTTPS
     Serve(ServeArgs),
+    /// Run the dev site: an emulated Jira and Confluence with OAuth, on loopback, for development
+    Devsite(DevsiteArgs),
+}
+
+#[derive(Debug, Args)]
+struct DevsiteArgs {
+    /// Address to listen on (loopback only)
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    listen: std::net::SocketAddr,
+    /// Seed data (JSON; unknown keys are errors) [default: the built-in example site]
+    #[arg(long, value_name = "FILE")]
+    seed: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -443,6 +455,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(command) => audit(&data_dir, command).await,
         Command::Admin(command) => admin::run(&data_dir, command).await,
         Command::Serve(args) => serve(&data_dir, args).await,
+        Command::Devsite(args) => devsite(&data_dir, args).await,
         Command::Variables(command) => variables(&data_dir, command).await,
         Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
         Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
@@ -914,6 +927,47 @@ fn alert_config(path: Option<&Path>) -> Result<kiln_server::alerting::AlertConfi
 
 /// A self-signed certificate for localhost, made once and kept in the data
 /// directory (the key 0600), for development.
+/// `kiln devsite`: the emulated product on loopback until Ctrl-C, with the
+/// data directory's development certificate.
+async fn devsite(data_dir: &Path, args: DevsiteArgs) -> Result<(), Failure> {
+    if !args.listen.ip().is_loopback() {
+        return Err(usage(format!(
+            "the dev site listens on loopback only (127.0.0.1 or ::1), not {}: it hands out tokens to anyone who asks",
+            args.listen.ip()
+        )));
+    }
+    let seed = match &args.seed {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read the seed {}: {e}", path.display())))?;
+            kiln_devsite::Seed::from_json(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?
+        }
+        None => kiln_devsite::Seed::example(),
+    };
+    let identity = self_signed_identity(data_dir)?;
+    let tls = kiln_crypto::tls::server_config(&identity).map_err(|e| usage(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure { code: 1, message: format!("cannot listen on {}: {e}", args.listen) })?;
+    let clients: Vec<&str> = seed.oauth_clients.iter().map(|c| c.client_id.as_str()).collect();
+    let users: Vec<&str> = seed.users.iter().map(|u| u.account_id.as_str()).collect();
+    let (clients, users) = (clients.join(", "), users.join(", "));
+    let site = kiln_devsite::start(listener, tls, kiln_devsite::DevSiteConfig { seed, events: None })
+        .await
+        .map_err(|e| usage(e.to_string()))?;
+    eprintln!(
+        "Dev site on {base} (Ctrl-C stops it)\n  cloud id:  {cloud}\n  Jira:      {base}/ex/jira/{cloud}/rest/api/3/...\n  \
+         Confluence: {base}/ex/confluence/{cloud}/wiki/api/v2/...\n  OAuth:     {base}/authorize, {base}/oauth/token \
+         (clients: {clients})\n  users:     {users}\n  certificate: {}",
+        data_dir.join("tls/cert.pem").display(),
+        base = site.base_url(),
+        cloud = site.cloud_id(),
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    site.shutdown();
+    Ok(())
+}
+
 fn self_signed_identity(data_dir: &Path) -> Result<kiln_crypto::tls::Identity, Failure> {
     let dir = data_dir.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));

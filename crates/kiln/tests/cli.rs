@@ -1011,3 +1011,59 @@ fn the_command_line_works_through_the_admin_api_with_a_token() {
     assert!(!trail.contains("CANARY-REMOTE-5e2"));
     kiln.ok(&["audit", "verify"]);
 }
+
+#[test]
+fn the_dev_site_runs_on_loopback_only_and_hands_out_tokens_there() {
+    use std::io::BufRead;
+    let kiln = Kiln::new();
+    // Never on a reachable address; a bad seed is refused before anything listens.
+    let wide = kiln.run(&["devsite", "--listen", "0.0.0.0:0"]);
+    assert_eq!(code(&wide), 2, "{}", text(&wide));
+    assert!(text(&wide).contains("loopback only"), "{}", text(&wide));
+    let seed = kiln.data_dir().with_file_name("seed.json");
+    std::fs::write(&seed, r#"{"site":"x.atlassian.net","cloud_id":"c","users":[],"colour":"red"}"#).unwrap();
+    let bad = kiln.run(&["devsite", "--listen", "127.0.0.1:0", "--seed", seed.to_str().unwrap()]);
+    assert_eq!(code(&bad), 2, "{}", text(&bad));
+    assert!(text(&bad).contains("colour"), "{}", text(&bad));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--data-dir")
+        .arg(kiln.data_dir())
+        .args(["devsite", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = KillOnDrop(child);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let base = loop {
+        let line = lines.next().expect("kiln devsite exited before listening").unwrap();
+        if let Some(rest) = line.strip_prefix("Dev site on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let printed: Vec<String> = lines.by_ref().take(5).map(Result::unwrap).collect();
+    std::thread::spawn(move || for _ in lines {});
+    assert!(printed.iter().any(|l| l.contains("cloud id:")), "{printed:?}");
+    assert!(printed.iter().any(|l| l.contains("kiln-dev-client")), "{printed:?}");
+
+    // The example client gets an app token, with the data directory's certificate.
+    let addr = base.strip_prefix("https://").unwrap().to_owned();
+    let ca = std::fs::read_to_string(kiln.data_dir().join("tls/cert.pem")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reply = rt.block_on(async {
+        let roots = kiln_crypto::tls::client_config(&ca).unwrap();
+        let client = kiln_http::HttpsClient::new(&addr, "127.0.0.1", roots);
+        let body = serde_json::json!({
+            "grant_type": "client_credentials", "client_id": "kiln-dev-client",
+            "client_secret": "kiln-dev-client-secret",
+        });
+        client
+            .send(kiln_http::Method::POST, "/oauth/token", &[], Some(body.to_string().as_bytes()))
+            .await
+            .unwrap()
+    });
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
+    assert!(reply.json()["access_token"].is_string());
+}
