@@ -6,9 +6,9 @@
 //! call against the invocation's [`InvocationGrants`] (which the server
 //! builds from the installation's consented grants and the invocation's
 //! context, never from anything the worker says), serves it through the
-//! gateways, and writes every decision to the audit trail before the app
-//! sees the answer: an answer whose record cannot be written is replaced
-//! by an error.
+//! gateways, and writes every egress and product decision to the audit
+//! trail before the app sees the answer: an answer whose record cannot be
+//! written is replaced by an error.
 //!
 //! Capabilities:
 //! - `fetch` → [`kiln_egress::Gateway`]: `{url, method, headers: [[k, v]],
@@ -18,11 +18,18 @@
 //! - `product.request` → [`kiln_product::ProductGateway`]: `{product,
 //!   as: "app" | "user" | "none", accountId, path, method, headers, body}`
 //!   → the same reply shape.
+//! - `kvs.get`, `kvs.set`, `kvs.delete`, `kvs.query`, `kvs.batchGet`,
+//!   `kvs.batchSet`, `kvs.batchDelete`, `kvs.getSecret`, `kvs.setSecret`,
+//!   `kvs.deleteSecret` → [`kiln_kvs::Kvs`], always for the invocation's
+//!   installation (see [`kvs`] for the contract). These are the app's own
+//!   data and are not audited.
 //!
 //! Host calls are answered one at a time, in the order the worker sends
 //! them; `Promise.all` over several fetches runs them one after another.
 
 #![forbid(unsafe_code)]
+
+pub mod kvs;
 
 use std::sync::Arc;
 
@@ -45,25 +52,32 @@ pub struct Host {
     auditor: Auditor,
     egress: Arc<Gateway>,
     product: Option<Arc<ProductGateway>>,
+    kvs: Option<Arc<kiln_kvs::Kvs>>,
 }
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("product", &self.product.is_some()).finish_non_exhaustive()
+        f.debug_struct("Host")
+            .field("product", &self.product.is_some())
+            .field("kvs", &self.kvs.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl Host {
-    /// `runtime` drives the gateways: the handler blocks on it from the
-    /// thread running the invocation, which must not be one of its workers.
+    /// `runtime` drives the gateways and the store: the handler blocks on
+    /// it from the thread running the invocation, which must not be one of
+    /// its workers. Without `product` or `kvs`, those capabilities answer
+    /// that this Kiln does not offer them.
     pub fn new(
         runtime: tokio::runtime::Handle,
         store: Store,
         auditor: Auditor,
         egress: Arc<Gateway>,
         product: Option<Arc<ProductGateway>>,
+        kvs: Option<Arc<kiln_kvs::Kvs>>,
     ) -> Self {
-        Host { runtime, store, auditor, egress, product }
+        Host { runtime, store, auditor, egress, product, kvs }
     }
 
     /// A handler for one invocation; refused for a production
@@ -101,7 +115,8 @@ pub struct InvocationGrants {
     pub environment: Environment,
     /// The consented `permissions.external.fetch.backend`.
     pub egress: Vec<EgressTarget>,
-    /// The consented scopes, and where the installation's tokens live.
+    /// The consented scopes, and the installation's owner in the key-value
+    /// store: its tokens, and the app's own entries and secrets.
     pub product: Installation,
     /// The user in session, if the invocation has one (a resolver called
     /// from the UI); none for web triggers, triggers and consumers.
@@ -350,6 +365,7 @@ impl HostHandler for InvocationHost<'_> {
         match capability {
             "fetch" => self.fetch(&args),
             "product.request" => self.product(&args),
+            kvs if kvs.starts_with("kvs.") => self.kvs(kvs, &args),
             other => err("CAPABILITY_NOT_AVAILABLE", format!("the host offers no '{other}' capability")),
         }
     }

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,8 +24,10 @@ use kiln_egress::{Dial, Resolve};
 use kiln_host::{Host, InvocationGrants};
 use kiln_manifest::{EgressTarget, Scope, ScopeGrant};
 use kiln_product::{CloudSite, Endpoint, Installation, OAuthClient, ProductGateway, Site};
-use kiln_sandbox::{Caller, InvokeRequest, Sandbox, SandboxConfig};
+use kiln_sandbox::{Caller, InvokeRequest};
 use serde_json::{Value, json};
+
+mod common;
 
 const OWNER: &str = "installation:e2e";
 const DECLARED: &str = "api.example.com";
@@ -71,20 +72,6 @@ impl Dial for ToUpstream {
     }
 }
 
-fn sandbox() -> Sandbox {
-    Sandbox::new(SandboxConfig {
-        worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-host-worker")),
-        worker_args: Vec::new(),
-        namespaces: kiln_sandbox::Namespaces::Require,
-        max_memory_mb: 64,
-        pool_size: 1,
-        recycle_after: 1_000,
-        inherit_stderr: false,
-        fork_above_bytes: usize::MAX,
-    })
-    .expect("jailed workers must start on this machine")
-}
-
 const APP: &str = r#"
 import api, { route, fetch } from '@forge/api';
 
@@ -106,16 +93,7 @@ export async function run(payload) {
 }
 "#;
 
-fn app() -> (tempfile::TempDir, kiln_bundle::Built) {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = "app:\n  id: ari:cloud:ecosystem::app/00000000-0000-4000-8000-0000000000e2\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: hook\n      function: main\n  function:\n    - key: main\n      handler: index.run\npermissions:\n  scopes:\n    - read:jira-work\n  external:\n    fetch:\n      backend:\n        - api.example.com\n";
-    std::fs::write(dir.path().join("manifest.yml"), manifest).unwrap();
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/index.js"), APP).unwrap();
-    let parsed = kiln_manifest::load(dir.path(), &kiln_manifest::NoVariables).unwrap();
-    let built = kiln_bundle::build(dir.path(), &parsed.manifest).unwrap();
-    (dir, built)
-}
+const MANIFEST: &str = "app:\n  id: ari:cloud:ecosystem::app/00000000-0000-4000-8000-0000000000e2\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: hook\n      function: main\n  function:\n    - key: main\n      handler: index.run\npermissions:\n  scopes:\n    - read:jira-work\n  external:\n    fetch:\n      backend:\n        - api.example.com\n";
 
 #[test]
 fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
@@ -123,9 +101,8 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
     let cert = kiln_crypto::tls::self_signed(&["127.0.0.1", DECLARED]).unwrap();
     let tls = kiln_crypto::tls::server_config(&cert).unwrap();
     let stores = rt.block_on(kiln_store::testing::each_backend()).unwrap();
-    let sandbox = sandbox();
-    let (_dir, built) = app();
-    let manifest = kiln_manifest::load(_dir.path(), &kiln_manifest::NoVariables).unwrap().manifest;
+    let sandbox = common::sandbox();
+    let (_dir, manifest, built) = common::app(MANIFEST, APP);
     let grants = kiln_manifest::Grants::of(&manifest);
 
     for t in stores {
@@ -150,12 +127,7 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
             (site, port)
         });
 
-        let kvs = {
-            use base64::Engine;
-            let key = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
-            let provider = kiln_crypto::keys::EnvKeyProvider::from_value(&format!("k1:{key}")).unwrap();
-            Arc::new(kiln_kvs::Kvs::new(t.store.clone(), Arc::new(provider)))
-        };
+        let kvs = common::kvs(&t.store, Arc::new(kiln_store::now_millis));
         let seed = Seed::example();
         let client = &seed.oauth_clients[0];
         let endpoint = || Endpoint::new(site.base_url(), &cert.cert_pem, 5 << 20).unwrap();
@@ -184,6 +156,7 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
             auditor.clone(),
             Arc::new(egress),
             Some(Arc::new(product)),
+            Some(kvs.clone()),
         );
         let scopes: BTreeMap<Scope, ScopeGrant> = grants.scopes.clone();
         let invocation = InvocationGrants {

@@ -421,7 +421,7 @@ const resolver = new Resolver();
 resolver.define('hello', ({ payload, context }) => ({ hi: payload.name, account: context.accountId }));
 export const handler = resolver.getDefinitions();
 export const useApi = async () => { try { await api.asApp().requestBitbucket(route`/2.0/user`); } catch (e) { return { name: e.name, message: e.message }; } };
-export const useKvs = async () => { await kvs.get('k'); };"#,
+export const useKvs = async () => { kvs.entity('employee'); };"#,
         )
         .import("src/index.js", "@forge/resolver", "builtin:@forge/resolver")
         .import("src/index.js", "@forge/api", "builtin:@forge/api")
@@ -435,7 +435,10 @@ export const useKvs = async () => { await kvs.get('k'); };"#,
     assert_eq!(v["name"], "NotSupportedError");
     assert_eq!(v["message"], "@forge/api asApp().requestBitbucket is not supported by Kiln yet");
     let e = err(invoke(p, "src/index.js", "useKvs"));
-    assert_eq!(e.message, "NotSupportedError: @forge/kvs kvs.get is not supported by Kiln yet");
+    assert_eq!(
+        e.message,
+        "NotSupportedError: @forge/kvs kvs.entity (the entity store) is not supported by Kiln yet"
+    );
 }
 
 #[test]

@@ -5,13 +5,17 @@
 // `api.fetch` and the global fetch); `requestJira` and `requestConfluence`
 // as the app (`asApp()`), as a user (`asUser(accountId?)`) and, at the top
 // level, as nobody (no credentials, as in Forge), all through the server's
-// product gateway; Forge's error classes and helpers.
+// product gateway; Forge's error classes and helpers; the legacy `storage`
+// API (`get`, `set`, `delete`, `getSecret`, `setSecret`, `deleteSecret`,
+// `query().where('key', startsWith(p))...`) on the same store as @forge/kvs.
 //
 // Still throwing NotSupportedError: `requestBitbucket`, `requestGraph`,
 // `requestAtlassian`, `requestConnectedData`, `requestTeamworkGraph`,
 // `withProvider`, `withContext`, `invokeRemote`, `invokeService`,
 // `getAppContext`, `bindInvocationContext`, `authorize`, `webTrigger`,
-// `permissions`, `privacy`, `i18n` and the old `storage` API.
+// `permissions`, `privacy`, `i18n`, `storage.entity` and legacy query
+// conditions other than `startsWith` on 'key'.
+import { hostCall } from 'kiln:prelude';
 import { unsupported, NotSupportedError } from 'builtin:kiln:unsupported';
 import {
   fetch as egressFetch,
@@ -235,16 +239,101 @@ export const permissions = {
 };
 export const privacy = { reportPersonalData: unsupported('@forge/api privacy.reportPersonalData') };
 export const i18n = { getTranslations: unsupported('@forge/api i18n.getTranslations') };
+
+// ---------------------------------------------------------------- storage
+// The legacy `storage` API (deprecated by Forge for @forge/kvs, and gone
+// from @forge/api 8): the same entries and secrets as @forge/kvs, through
+// the same host calls, with the old shapes and errors.
+
+// The old store's error: the server's message (or its code), named 'Error'.
+// Kiln adds the code, which the old API did not expose.
+class APIError extends Error {}
+
+async function storageCall(capability, args) {
+  try {
+    return await hostCall(capability, args);
+  } catch (e) {
+    const error = new APIError((e && e.message) || (e && e.code) || 'Internal server error');
+    error.code = e && e.code;
+    throw error;
+  }
+}
+
+export const startsWith = (value) => ({ condition: 'STARTS_WITH', value });
+
+// The old API gave a cursor with every non-empty page, and an empty page
+// without one after the last. Kiln's store gives none on the last page, so
+// that page carries this marker (never a real cursor, which is URL-safe
+// base64), and a query from it is the empty page, asked of nobody.
+const AFTER_LAST_PAGE = 'kiln:after-last-page';
+
+function storagePrefix(where) {
+  if (where === undefined) return '';
+  const [{ field, condition, value }] = where;
+  if (field !== 'key' || condition !== 'STARTS_WITH') {
+    throw new NotSupportedError(`@forge/api storage.query().where('${field}', ${condition}) (Kiln serves startsWith on 'key')`);
+  }
+  return String(value);
+}
+
+// Unlike @forge/kvs's, each step returns a new builder.
+class StorageQuery {
+  #options;
+
+  constructor(options) {
+    this.#options = options;
+  }
+
+  where(field, condition) {
+    return new StorageQuery({ ...this.#options, where: [{ field, ...condition }] });
+  }
+
+  cursor(cursor) {
+    return new StorageQuery({ ...this.#options, cursor });
+  }
+
+  limit(limit) {
+    return new StorageQuery({ ...this.#options, limit });
+  }
+
+  async getOne() {
+    const { results } = await this.limit(1).getMany();
+    return results.length > 0 ? results[0] : undefined;
+  }
+
+  async getMany() {
+    const { where, cursor, limit } = this.#options;
+    if (cursor === AFTER_LAST_PAGE) return { results: [], nextCursor: undefined };
+    const page = await storageCall('kvs.query', { prefix: storagePrefix(where), cursor, limit });
+    const results = page.results.map(({ key, value }) => ({ key, value }));
+    const nextCursor = page.nextCursor !== null ? page.nextCursor : results.length > 0 ? AFTER_LAST_PAGE : undefined;
+    return { results, nextCursor };
+  }
+}
+
+const orUndefined = (value) => (value === null ? undefined : value);
+
 export const storage = {
-  get: unsupported('@forge/api storage.get'),
-  set: unsupported('@forge/api storage.set'),
-  delete: unsupported('@forge/api storage.delete'),
-  query: unsupported('@forge/api storage.query'),
-  getSecret: unsupported('@forge/api storage.getSecret'),
-  setSecret: unsupported('@forge/api storage.setSecret'),
-  deleteSecret: unsupported('@forge/api storage.deleteSecret'),
+  get: async (key) => {
+    const entry = await storageCall('kvs.get', { key });
+    return entry === null ? undefined : entry.value;
+  },
+  set: async (key, value) => {
+    await storageCall('kvs.set', { key, value });
+  },
+  delete: async (key) => {
+    await storageCall('kvs.delete', { key });
+  },
+  getSecret: async (key) => orUndefined(await storageCall('kvs.getSecret', { key })),
+  setSecret: async (key, value) => {
+    await storageCall('kvs.setSecret', { key, value });
+  },
+  deleteSecret: async (key) => {
+    await storageCall('kvs.deleteSecret', { key });
+  },
+  query: () => new StorageQuery({}),
+  entity: unsupported('@forge/api storage.entity (the entity store)'),
 };
-export const startsWith = unsupported('@forge/api startsWith');
 
 export default {
   asApp,
