@@ -36,6 +36,16 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// The system's trusted roots as PEM: the file `SSL_CERT_FILE` names, else
+/// Debian's or Red Hat's bundle; `None` when there is none.
+pub fn system_roots() -> Option<String> {
+    let named = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    named
+        .into_iter()
+        .chain(["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"].map(Into::into))
+        .find_map(|path| std::fs::read_to_string(path).ok())
+}
+
 /// A self-signed certificate for `hosts` (DNS names or IP addresses), for
 /// development and tests; production deployments bring their own.
 pub fn self_signed(hosts: &[&str]) -> Result<Identity, CryptoError> {

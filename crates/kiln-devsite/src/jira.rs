@@ -239,6 +239,31 @@ async fn get_issue(
     Ok(reply(StatusCode::OK, issue_json(dir, issue, &view)))
 }
 
+/// `update.labels`: a list of `{add: l}`, `{remove: l}` or `{set: [l...]}`.
+fn apply_label_ops(labels: &mut Vec<String>, ops: &Value) -> Result<(), String> {
+    let ops = ops.as_array().ok_or("'update.labels' must be a list of operations.")?;
+    for op in ops {
+        let op = op
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .ok_or("Each label operation is one of add, remove or set.")?;
+        match op.iter().next() {
+            Some((verb, value)) if verb == "add" => {
+                let label = check_labels(&Value::Array(vec![value.clone()]))?;
+                for l in label {
+                    if !labels.contains(&l) {
+                        labels.push(l);
+                    }
+                }
+            }
+            Some((verb, Value::String(label))) if verb == "remove" => labels.retain(|l| l != label),
+            Some((verb, value)) if verb == "set" => *labels = check_labels(value)?,
+            _ => return Err("Each label operation is one of add, remove or set.".into()),
+        }
+    }
+    Ok(())
+}
+
 async fn edit_issue(
     State(site): State<Arc<Site>>,
     Extension(caller): Extension<Caller>,
@@ -253,11 +278,6 @@ async fn edit_issue(
         let (id, project) = visible(dir, &content, user, &p.issue)?;
         if !user.can(project, Permission::EditIssues) {
             return Err(forbidden("You do not have permission to edit issues in this project."));
-        }
-        if body.get("update").and_then(Value::as_object).is_some_and(|u| !u.is_empty()) {
-            return Err(bad(
-                "The dev site does not support 'update' operations; set the values under 'fields'.",
-            ));
         }
         let empty = Map::new();
         let fields = match body.get("fields") {
@@ -275,6 +295,24 @@ async fn edit_issue(
                 "labels" => check_labels(value).map(|l| next.labels = l),
                 "assignee" => check_user(dir, value).map(|a| next.assignee = a),
                 other => Err(cannot_set(other)),
+            };
+            if let Err(e) = result {
+                errors.insert(name.clone(), e);
+            }
+        }
+        // Jira's `update` verbs, for labels (what apps use most); other
+        // fields' verbs are refused by name.
+        let updates = match body.get("update") {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Object(u)) => u,
+            Some(_) => return Err(bad("'update' must be an object.")),
+        };
+        for (name, ops) in updates {
+            let result = match name.as_str() {
+                "labels" => apply_label_ops(&mut next.labels, ops),
+                other => Err(format!(
+                    "The dev site supports 'update' operations on labels only, not on '{other}'."
+                )),
             };
             if let Err(e) = result {
                 errors.insert(name.clone(), e);

@@ -338,7 +338,7 @@ impl Seed {
             issues: vec![
                 issue("KILN-1", "Set up the dev site", "To Do", ALICE),
                 issue("KILN-2", "Write the product gateway", "In Progress", BOB),
-                issue("SEC-1", "Rotate the signing keys", "To Do", ALICE),
+                issue("SEC-1", "Rotate the signing keys after the security leak", "To Do", ALICE),
             ],
             statuses: default_statuses(),
             transitions: default_transitions(),

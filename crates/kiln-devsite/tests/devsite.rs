@@ -532,6 +532,29 @@ async fn issues_are_created_read_edited_with_a_changelog_and_deleted() {
     assert_eq!(items[1]["fromString"], "In ADF.");
     assert_eq!(f.site.issue("KILN-3").unwrap()["changelog"]["total"], 1);
 
+    // Jira's `update` verbs on labels: add (once), remove, set; other fields' verbs are refused.
+    let issue3 = f.jira("/issue/KILN-3");
+    let labels =
+        |ops: Value| f.call(Method::PUT, &issue3, Some(&token), Some(json!({ "update": { "labels": ops } })));
+    let added = labels(json!([{ "add": "a" }, { "add": "b" }, { "add": "a" }])).await;
+    assert_eq!(added.status, StatusCode::NO_CONTENT, "{}", added.text());
+    assert_eq!(f.site.issue("KILN-3").unwrap()["fields"]["labels"], json!(["dev", "a", "b"]));
+    assert_eq!(labels(json!([{ "remove": "a" }])).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(f.site.issue("KILN-3").unwrap()["fields"]["labels"], json!(["dev", "b"]));
+    assert_eq!(labels(json!([{ "set": ["x", "y"] }])).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(f.site.issue("KILN-3").unwrap()["fields"]["labels"], json!(["x", "y"]));
+    assert_eq!(labels(json!([{ "add": "has space" }])).await.status, StatusCode::BAD_REQUEST);
+    let other = f
+        .call(
+            Method::PUT,
+            &f.jira("/issue/KILN-3"),
+            Some(&token),
+            Some(json!({ "update": { "summary": [{ "set": "s" }] } })),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::BAD_REQUEST);
+    assert!(other.json()["errors"]["summary"].as_str().unwrap().contains("labels only"), "{}", other.text());
+
     // Errors in Jira's shape.
     let unknown = f
         .call(

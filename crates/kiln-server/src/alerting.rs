@@ -125,20 +125,6 @@ fn threshold(s: ThresholdSection, what: &str) -> Result<Threshold, String> {
     Ok(Threshold { threshold: s.threshold, window: s.window_minutes * MINUTE })
 }
 
-/// The system's trusted roots: `SSL_CERT_FILE`, else Debian's bundle.
-fn system_roots() -> Result<String, String> {
-    let candidates = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from).into_iter().chain([
-        PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
-        PathBuf::from("/etc/pki/tls/certs/ca-bundle.crt"),
-    ]);
-    for path in candidates {
-        if let Ok(pem) = std::fs::read_to_string(&path) {
-            return Ok(pem);
-        }
-    }
-    Err("no system certificate bundle found; set alerts.webhook.ca_file".into())
-}
-
 impl AlertConfig {
     /// Read `[alerts]` from a TOML file; keys not listed here are errors.
     pub fn load(path: &Path) -> Result<AlertConfig, ConfigError> {
@@ -195,7 +181,8 @@ impl AlertConfig {
                 let roots_pem = match &w.ca_file {
                     Some(p) => std::fs::read_to_string(p)
                         .map_err(|e| format!("webhook.ca_file {}: {e}", p.display()))?,
-                    None => system_roots()?,
+                    None => kiln_crypto::tls::system_roots()
+                        .ok_or("no system certificate bundle found; set alerts.webhook.ca_file")?,
                 };
                 Some(Webhook::new(&w.url, secret.as_bytes(), roots_pem)?)
             }

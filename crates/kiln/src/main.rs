@@ -265,6 +265,21 @@ struct InvokeArgs {
     /// namespaces; never for production.
     #[arg(long)]
     insecure_skip_namespaces: bool,
+    /// Answer requestJira/requestConfluence from this dev site (`kiln devsite`), as the app's service account
+    #[arg(long, value_name = "URL")]
+    devsite: Option<String>,
+    /// The dev site's certificate [default: the data directory's, which `kiln devsite` uses]
+    #[arg(long, value_name = "PEM", requires = "devsite")]
+    devsite_ca: Option<PathBuf>,
+    /// The user in session (asUser() acts for them; context.accountId)
+    #[arg(long, value_name = "ACCOUNT_ID")]
+    account_id: Option<String>,
+    /// Also trust these roots for the app's fetch (a local test server's certificate)
+    #[arg(long, value_name = "PEM")]
+    egress_ca: Option<PathBuf>,
+    /// Let the app's fetch reach loopback addresses (local test servers). Never in production.
+    #[arg(long)]
+    insecure_egress_loopback: bool,
 }
 
 #[derive(Debug, Args)]
@@ -611,6 +626,10 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
     }
     let sandbox =
         kiln_sandbox::Sandbox::new(config).map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    let mut context = context;
+    if let (Some(account), Some(map)) = (&args.account_id, context.as_object_mut()) {
+        map.entry("accountId").or_insert_with(|| serde_json::Value::String(account.clone()));
+    }
     let request = kiln_sandbox::InvokeRequest {
         function: args.function.clone(),
         payload,
@@ -620,15 +639,27 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
         deadline: args.timeout_ms.map(std::time::Duration::from_millis),
     };
     let app = manifest.app.id.to_string();
-    let result =
-        match sandbox.invoke(&app, &built.hash, &built.bundle, &request, &mut kiln_sandbox::NoCapabilities) {
-            Ok(result) => result,
-            Err(e) => {
-                let message = e.to_string();
-                record_fault(data_dir, &app, &args.function, "PLATFORM_ERROR", &message).await;
-                return Err(Failure { code: 1, message });
-            }
-        };
+    let (host, grants) = invoke_host(data_dir, &args, &manifest).await?;
+    // The sandbox blocks while the worker runs; the host calls it answers
+    // run on this runtime, which keeps serving them from this thread.
+    let ran = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut handler = host.invocation(&grants).map_err(|e| e.to_string())?;
+            sandbox
+                .invoke(&app, &built.hash, &built.bundle, &request, &mut handler)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| Failure { code: 1, message: format!("the invocation thread failed: {e}") })?
+    };
+    let result = match ran {
+        Ok(result) => result,
+        Err(message) => {
+            record_fault(data_dir, &app, &args.function, "PLATFORM_ERROR", &message).await;
+            return Err(Failure { code: 1, message });
+        }
+    };
     for (level, text) in &result.logs {
         eprintln!("[{level}] {text}");
     }
@@ -647,6 +678,146 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
             Err(Failure { code: 1, message: format!("{}: {}", e.code, e.message) })
         }
     }
+}
+
+/// What `kiln invoke` lets the function reach: the app's own storage in the
+/// data directory (owner `local:<app id>`), `fetch` through the egress
+/// gateway to what the manifest declares, and, with `--devsite`, product
+/// calls to a dev site. The manifest's permissions stand in for an admin's
+/// consent, since nothing is installed. Every decision goes to the data
+/// directory's audit trail.
+async fn invoke_host(
+    data_dir: &Path,
+    args: &InvokeArgs,
+    manifest: &kiln_manifest::Manifest,
+) -> Result<(std::sync::Arc<kiln_host::Host>, kiln_host::InvocationGrants), Failure> {
+    let store = open(data_dir).await?;
+    let provider = key_provider(data_dir, &store).await?;
+    let trail = Trail::open(data_dir, &store).await?;
+    let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store.clone(), provider));
+    let app = manifest.app.id.to_string();
+    let owner = format!("local:{app}");
+
+    let mut roots = kiln_crypto::tls::system_roots().unwrap_or_default();
+    if let Some(path) = &args.egress_ca {
+        let extra = std::fs::read_to_string(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        roots.push('\n');
+        roots.push_str(&extra);
+    }
+    let mut egress = kiln_egress::Config::new(roots);
+    if args.insecure_egress_loopback {
+        eprintln!(
+            "WARNING: --insecure-egress-loopback: the app's fetch may reach loopback addresses on this machine. \
+             Every such request is marked in the audit trail. Never use this in production."
+        );
+        egress.insecure_allow_loopback = true;
+    }
+    let egress = kiln_egress::Gateway::new(
+        egress,
+        std::sync::Arc::new(kiln_egress::SystemResolver),
+        std::sync::Arc::new(kiln_egress::SystemDialer),
+    )
+    .map_err(|e| usage(format!("the egress roots: {e}")))?;
+
+    let product = match &args.devsite {
+        None => None,
+        Some(url) => Some(std::sync::Arc::new(
+            devsite_gateway(data_dir, url, args.devsite_ca.as_deref(), kvs.clone()).await?,
+        )),
+    };
+    let grants = kiln_manifest::Grants::of(manifest);
+    let egress_targets = grants
+        .egress
+        .get(&kiln_manifest::ExternalKind::FetchBackend)
+        .map(|entries| entries.iter().map(|e| e.target.clone()).collect())
+        .unwrap_or_default();
+    let invocation = kiln_host::InvocationGrants {
+        app,
+        installation: "local".into(),
+        environment: kiln_types::Environment::default(),
+        egress: egress_targets,
+        product: kiln_product::Installation::new(&owner, &grants.scopes),
+        user: args.account_id.clone(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let host = kiln_host::Host::new(
+        runtime,
+        store,
+        trail.auditor().clone(),
+        std::sync::Arc::new(egress),
+        product,
+        Some(kvs),
+    );
+    Ok((std::sync::Arc::new(host), invocation))
+}
+
+/// A product gateway for a dev site: its example OAuth client, and the
+/// cloud id it reports for that client's token.
+async fn devsite_gateway(
+    data_dir: &Path,
+    url: &str,
+    ca: Option<&Path>,
+    kvs: std::sync::Arc<kiln_kvs::Kvs>,
+) -> Result<kiln_product::ProductGateway, Failure> {
+    let ca_path = ca.map_or_else(|| data_dir.join("tls/cert.pem"), Path::to_path_buf);
+    let roots = std::fs::read_to_string(&ca_path)
+        .map_err(|e| usage(format!("the dev site's certificate {}: {e}", ca_path.display())))?;
+    let endpoint =
+        || kiln_product::Endpoint::new(url, &roots, 5 << 20).map_err(|e| usage(format!("--devsite: {e}")));
+    let seed = kiln_devsite::Seed::example();
+    let client = seed.oauth_clients.first().ok_or_else(|| usage("the example seed has no OAuth client"))?;
+    // Ask the site which cloud id the client's token covers.
+    let api = endpoint()?;
+    let addr = url.trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
+    let tls = kiln_crypto::tls::client_config(&roots).map_err(|e| usage(e.to_string()))?;
+    let http = kiln_http::HttpsClient::new(&addr, &host, tls);
+    let grant = serde_json::json!({
+        "grant_type": "client_credentials", "client_id": client.client_id, "client_secret": client.client_secret,
+    });
+    let unreachable = |e: std::io::Error| Failure {
+        code: 1,
+        message: format!("the dev site at {url} did not answer: {e}"),
+    };
+    let token = http
+        .send(kiln_http::Method::POST, "/oauth/token", &[], Some(grant.to_string().as_bytes()))
+        .await
+        .map_err(unreachable)?
+        .json();
+    let bearer = format!("Bearer {}", token.get("access_token").and_then(|t| t.as_str()).unwrap_or_default());
+    let resources = http
+        .send(
+            kiln_http::Method::GET,
+            "/oauth/token/accessible-resources",
+            &[("authorization", bearer.as_str())],
+            None,
+        )
+        .await
+        .map_err(unreachable)?
+        .json();
+    let cloud_id = resources
+        .get(0)
+        .and_then(|r| r.get("id"))
+        .and_then(|id| id.as_str())
+        .ok_or_else(|| Failure {
+            code: 1,
+            message: format!("the dev site at {url} reports no site for its example client"),
+        })?
+        .to_owned();
+    Ok(kiln_product::ProductGateway::new(
+        kiln_product::Config::default(),
+        kiln_product::Site::Cloud(kiln_product::CloudSite {
+            auth: endpoint()?,
+            api,
+            cloud_id,
+            client: kiln_product::OAuthClient {
+                client_id: client.client_id.clone(),
+                client_secret: client.client_secret.clone().into(),
+                redirect_uri: client.redirect_uris.first().cloned().unwrap_or_default(),
+            },
+        }),
+        kvs,
+    ))
 }
 
 /// Record a sandbox fault (a timeout, the memory limit, a dead or killed

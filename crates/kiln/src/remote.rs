@@ -36,9 +36,7 @@ impl Remote {
             Some(path) => {
                 std::fs::read_to_string(&path).map_err(|e| usage(format!("{}: {e}", path.display())))?
             }
-            None => ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
-                .iter()
-                .find_map(|p| std::fs::read_to_string(p).ok())
+            None => kiln_crypto::tls::system_roots()
                 .ok_or_else(|| usage("no system certificate bundle; pass --server-ca"))?,
         };
         let tls = kiln_crypto::tls::client_config(&roots).map_err(|e| usage(e.to_string()))?;

@@ -411,13 +411,74 @@ fn invoke_runs_a_function_in_the_sandbox_and_prints_json() {
 fn invoke_runs_the_example_apps_functions() {
     let kiln = Kiln::new();
     let example = repo().join("examples/issue-triage");
-    // The resolver runs through @forge/resolver; the Jira call it makes
-    // reports, precisely, that Kiln does not provide it yet.
+    let example = example.to_str().unwrap();
+    // Without a product site, the resolver's Jira call says there is none.
     let payload = r#"{"call":{"functionKey":"getTriage","payload":{}},"context":{"extension":{"issue":{"id":"10001","key":"KT-1"}}}}"#;
-    let out = kiln.run(&["invoke", "resolver", example.to_str().unwrap(), "--payload", payload]);
+    let out = kiln.run(&["invoke", "resolver", example, "--payload", payload]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(value["error"]["message"], "NotSupportedError: @forge/api route is not supported by Kiln yet");
+    assert!(
+        value["error"]["message"].as_str().unwrap().contains("no Jira or Confluence site configured"),
+        "{value}"
+    );
+
+    // Against a dev site: the queue consumer reads SEC-1 as the app, labels it
+    // through Jira's `update` verbs, and counts the labels in its own storage.
+    let (base, _, _site) = devsite(&kiln);
+    let job = r#"{"body":{"issueId":"SEC-1","reason":"test"}}"#;
+    let puts = |kiln: &Kiln| kiln.ok(&["audit", "tail", "-n", "50"]).matches(r#""method":"PUT""#).count();
+    let out = kiln.run(&["invoke", "process-job", example, "--payload", job, "--devsite", &base]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(puts(&kiln), 1, "the consumer labelled the issue once");
+    // The same again: the labels are there now, so nothing is added or counted twice.
+    let out = kiln.run(&["invoke", "process-job", example, "--payload", job, "--devsite", &base]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(puts(&kiln), 1, "nothing to add the second time");
+    // asUser() from a resolver: with no user in session, and with a user who never consented.
+    let out = kiln.run(&["invoke", "resolver", example, "--payload", payload, "--devsite", &base]);
+    assert!(text(&out).contains("needs a user in session"), "{}", text(&out));
+    let out = kiln.run(&[
+        "invoke",
+        "resolver",
+        example,
+        "--payload",
+        payload,
+        "--devsite",
+        &base,
+        "--account-id",
+        "557058:bob",
+    ]);
+    assert!(text(&out).contains("has not authorised this app"), "{}", text(&out));
+    // Every product decision is in the trail, by the app, and the trail verifies.
+    let tail = kiln.ok(&["audit", "tail", "-n", "20"]);
+    assert!(tail.contains("product.request") && tail.contains("app:ari:cloud:ecosystem::app/"), "{tail}");
+    kiln.ok(&["audit", "verify"]);
+}
+
+/// `kiln devsite` on a free loopback port, with the data directory's
+/// certificate: its base URL, the lines it printed after it, the process.
+fn devsite(kiln: &Kiln) -> (String, Vec<String>, KillOnDrop) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--data-dir")
+        .arg(kiln.data_dir())
+        .args(["devsite", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = KillOnDrop(child);
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let base = loop {
+        let line = lines.next().expect("kiln devsite exited before listening").unwrap();
+        if let Some(rest) = line.strip_prefix("Dev site on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let printed: Vec<String> = lines.by_ref().take(5).map(Result::unwrap).collect();
+    std::thread::spawn(move || for _ in lines {});
+    (base, printed, child)
 }
 
 fn example_app_id() -> String {
@@ -1014,7 +1075,6 @@ fn the_command_line_works_through_the_admin_api_with_a_token() {
 
 #[test]
 fn the_dev_site_runs_on_loopback_only_and_hands_out_tokens_there() {
-    use std::io::BufRead;
     let kiln = Kiln::new();
     // Never on a reachable address; a bad seed is refused before anything listens.
     let wide = kiln.run(&["devsite", "--listen", "0.0.0.0:0"]);
@@ -1026,25 +1086,7 @@ fn the_dev_site_runs_on_loopback_only_and_hands_out_tokens_there() {
     assert_eq!(code(&bad), 2, "{}", text(&bad));
     assert!(text(&bad).contains("colour"), "{}", text(&bad));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--data-dir")
-        .arg(kiln.data_dir())
-        .args(["devsite", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _child = KillOnDrop(child);
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines.next().expect("kiln devsite exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("Dev site on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let printed: Vec<String> = lines.by_ref().take(5).map(Result::unwrap).collect();
-    std::thread::spawn(move || for _ in lines {});
+    let (base, printed, _child) = devsite(&kiln);
     assert!(printed.iter().any(|l| l.contains("cloud id:")), "{printed:?}");
     assert!(printed.iter().any(|l| l.contains("kiln-dev-client")), "{printed:?}");
 
