@@ -1,2 +1,2 @@
-// expect: FUNCTION_ERROR "process is not defined"
+// expect: FUNCTION_ERROR "process.exit(1) is not supported by Kiln"
 export function run() { process.exit(1); }

@@ -2,7 +2,8 @@
 //!
 //! Keeping every primitive behind this crate means one place to review, one
 //! provider (`ring`) in the build, and one place to swap it. It offers
-//! content digests, system randomness, and envelope encryption
+//! content digests, system randomness, the digests and HMACs app code asks
+//! for by name ([`digest`], including legacy MD5 and SHA-1), and envelope encryption
 //! ([`envelope`]: AES-256-GCM values bound to where they live, data keys
 //! wrapped by key-encryption keys held by a [`keys`] provider outside the
 //! database), and the audit trail's chain and checkpoint keys ([`audit`]).
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod digest;
 pub mod envelope;
 pub mod keys;
 pub mod otp;

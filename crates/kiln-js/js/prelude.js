@@ -171,6 +171,9 @@ lazy('DOMException', 'kiln:crypto', 'DOMException');
 lazy('fetch', 'kiln:fetch', 'fetch');
 lazy('Headers', 'kiln:fetch', 'Headers');
 lazy('Response', 'kiln:fetch', 'Response');
+// Node's globals, which apps and their dependencies use without importing.
+lazy('Buffer', 'builtin:node:buffer', 'Buffer');
+lazy('process', 'builtin:node:process', 'default');
 define('btoa', (data) => native.btoa(String(data)));
 define('atob', (data) => native.atob(String(data)));
 
@@ -193,8 +196,14 @@ function esModuleObject(namespace) {
 
 function load(target) {
   switch (target.kind) {
-    case 'builtin':
-      return esModuleObject(native.importSync(target.name));
+    case 'builtin': {
+      const namespace = native.importSync(target.name);
+      // Node's modules are CommonJS in Node: require() returns the module
+      // object itself (EventEmitter for 'events', a callable for 'assert'),
+      // the same one every time.
+      if (target.name.startsWith('builtin:node:') && 'default' in namespace) return namespace.default;
+      return esModuleObject(namespace);
+    }
     case 'json':
       return native.importSync(target.name).default;
     case 'esm':

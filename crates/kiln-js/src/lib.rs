@@ -44,8 +44,10 @@ pub use compile::{CompileError, compile};
 /// Name of Kiln's prelude module (console, timers, URL, ...).
 const PRELUDE: &str = "kiln:prelude";
 
-/// Kiln's own modules, compiled in every worker from this source.
-const KILN_MODULES: [(&str, &str); 11] = [
+/// Kiln's own modules, compiled in every worker from this source. Each is
+/// evaluated only when first imported (the prelude's lazy globals, an app's
+/// `import`/`require`), so a module listed here costs a fresh runtime nothing.
+const KILN_MODULES: [(&str, &str); 27] = [
     (PRELUDE, include_str!("../js/prelude.js")),
     ("kiln:text", include_str!("../js/lazy/text.js")),
     ("kiln:url", include_str!("../js/lazy/url.js")),
@@ -57,6 +59,24 @@ const KILN_MODULES: [(&str, &str); 11] = [
     ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),
     ("builtin:@forge/resolver", include_str!("../js/builtins/forge-resolver.js")),
     ("builtin:@forge/events", include_str!("../js/builtins/forge-events.js")),
+    // Node's built-in modules that a sandbox can offer; the bundler names
+    // them all `node:<name>`, however the app spelled the import.
+    ("builtin:node:buffer", include_str!("../js/node/buffer.js")),
+    ("builtin:node:crypto", include_str!("../js/node/crypto.js")),
+    ("builtin:node:util", include_str!("../js/node/util.js")),
+    ("builtin:node:util/types", include_str!("../js/node/util_types.js")),
+    ("builtin:node:events", include_str!("../js/node/events.js")),
+    ("builtin:node:url", include_str!("../js/node/url.js")),
+    ("builtin:node:querystring", include_str!("../js/node/querystring.js")),
+    ("builtin:node:path", include_str!("../js/node/path.js")),
+    ("builtin:node:path/posix", include_str!("../js/node/path_posix.js")),
+    ("builtin:node:assert", include_str!("../js/node/assert.js")),
+    ("builtin:node:assert/strict", include_str!("../js/node/assert_strict.js")),
+    ("builtin:node:string_decoder", include_str!("../js/node/string_decoder.js")),
+    ("builtin:node:timers", include_str!("../js/node/timers.js")),
+    ("builtin:node:timers/promises", include_str!("../js/node/timers_promises.js")),
+    ("builtin:node:process", include_str!("../js/node/process.js")),
+    ("builtin:node:stream", include_str!("../js/node/stream.js")),
 ];
 
 /// Stack given to a compile run; compiling is recursive over the syntax tree.
@@ -261,7 +281,7 @@ fn builtin_refusal(builtin: &str) -> String {
             Some("the sandbox has no network; reach declared hosts with fetch from @forge/api")
         }
         "vm" | "v8" | "inspector" | "repl" | "module" | "wasi" => Some("engine internals are not exposed"),
-        "os" | "process" => Some("the host is not visible to app code; read variables from process.env"),
+        "os" => Some("the host is not visible to app code; read variables from process.env"),
         _ => None,
     };
     match alternative {

@@ -169,6 +169,49 @@ pub(crate) fn install<'js>(
         })?,
     )?;
 
+    native.set(
+        "base64Decode",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<ArrayBuffer<'js>> {
+            use base64::Engine;
+            // Node's forgiving decoder: both alphabets, anything else
+            // skipped, stop at the first '=', trailing bits ignored.
+            let symbols: String = input
+                .chars()
+                .take_while(|c| *c != '=')
+                .filter_map(|c| match c {
+                    '-' => Some('+'),
+                    '_' => Some('/'),
+                    c if c.is_ascii_alphanumeric() || c == '+' || c == '/' => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let usable = symbols.len() - usize::from(symbols.len() % 4 == 1);
+            let bytes = LENIENT_BASE64
+                .decode(symbols.get(..usable).unwrap_or_default())
+                .map_err(|e| Exception::throw_type(&ctx, &format!("the text is not base64: {e}")))?;
+            ArrayBuffer::new(ctx, bytes)
+        })?,
+    )?;
+
+    native.set(
+        "digest",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, algorithm: String, data: String| {
+            let algorithm = digest_algorithm(&ctx, &algorithm)?;
+            let data = binary_bytes(&ctx, &data)?;
+            ArrayBuffer::new(ctx, kiln_crypto::digest::digest(algorithm, &data))
+        })?,
+    )?;
+
+    native.set(
+        "hmac",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, algorithm: String, key: String, data: String| {
+            let algorithm = digest_algorithm(&ctx, &algorithm)?;
+            let key = binary_bytes(&ctx, &key)?;
+            let data = binary_bytes(&ctx, &data)?;
+            ArrayBuffer::new(ctx, kiln_crypto::digest::hmac(algorithm, &key, &data))
+        })?,
+    )?;
+
     let s = state.clone();
     native.set(
         "monotonicMs",
@@ -318,6 +361,37 @@ fn url_parts<'js>(ctx: &Ctx<'js>, url: &url::Url) -> Result<Value<'js>> {
     o.set("search", url::quirks::search(url))?;
     o.set("hash", url::quirks::hash(url))?;
     Ok(o.into_value())
+}
+
+/// Node's base64 decoding accepts what a strict decoder refuses: missing
+/// padding and non-zero bits after the last byte.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
+);
+
+/// Bytes handed over from JavaScript as a "binary string" (one character,
+/// U+0000 to U+00FF, per byte): the engine gives safe code no view of a
+/// typed array's memory.
+fn binary_bytes(ctx: &Ctx<'_>, s: &str) -> Result<Vec<u8>> {
+    s.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| Exception::throw_type(ctx, "bytes must be passed as a binary string"))
+}
+
+fn digest_algorithm(ctx: &Ctx<'_>, name: &str) -> Result<kiln_crypto::digest::DigestAlgorithm> {
+    kiln_crypto::digest::DigestAlgorithm::from_name(name).ok_or_else(|| {
+        Exception::throw_type(
+            ctx,
+            &format!(
+                "Digest method not supported: '{}' (Kiln offers md5, sha1, sha256, sha384 and sha512)",
+                shorten(name)
+            ),
+        )
+    })
 }
 
 fn shorten(s: &str) -> String {
