@@ -188,6 +188,7 @@ fn invoke(
         caller: Caller::WebTrigger,
         memory_mb: 32,
         deadline: Some(Duration::from_secs(20)),
+        env: Default::default(),
     };
     let mut handler = host.invocation(grants).unwrap();
     let result = sandbox.invoke(&grants.app, &built.hash, &built.bundle, &request, &mut handler).unwrap();

@@ -60,6 +60,10 @@ pub enum ToWorker {
         program: Program,
         #[serde(default)]
         fork: bool,
+        /// The app's variables: `process.env` for every invocation this
+        /// worker serves, known before any module's top level runs.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
     },
     /// Run one function in a fresh runtime.
     Invoke { invocation: Invocation },

@@ -111,7 +111,12 @@ pub fn warm_up() {
         && let Ok(context) = Context::full(&runtime)
     {
         context.with(|ctx| {
-            let _ = ctx.eval::<(), _>("void 0");
+            // Local-time Date methods (`getHours`, `toString`, ...) ask the C
+            // library for the time zone, which reads it from a file the
+            // first time; after lockdown that read is a forbidden system
+            // call that kills the worker. Asking once here caches the zone
+            // for the process and every child forked from it.
+            let _ = ctx.eval::<(), _>("void new Date(0).getTimezoneOffset()");
         });
     }
 }
@@ -124,6 +129,8 @@ pub struct Program {
     /// its whole life, and the engine's bundle loader needs `'static` data.
     modules: &'static [(&'static str, &'static [u8])],
     links: Links,
+    /// `process.env`, as JSON: the app's variables, fixed for the worker's life.
+    env: String,
 }
 
 /// How modules link: each module's kind and what each specifier loads.
@@ -175,6 +182,15 @@ impl Program {
     /// the engine, which is why it never comes from outside and why a
     /// worker only ever loads its own app's).
     pub fn load(program: kiln_ipc::Program) -> Result<&'static Program, LoadError> {
+        Program::load_with_env(program, &BTreeMap::new())
+    }
+
+    /// [`Program::load`], with the app's variables as `process.env`.
+    pub fn load_with_env(
+        program: kiln_ipc::Program,
+        env: &BTreeMap<String, String>,
+    ) -> Result<&'static Program, LoadError> {
+        let env = serde_json::to_string(env).map_err(|e| LoadError::Prelude(e.to_string()))?;
         let ours = compile::compile_trusted(&KILN_MODULES).map_err(|e| LoadError::Prelude(e.to_string()))?;
         let mut table: Vec<(&'static str, &'static [u8])> =
             Vec::with_capacity(program.modules.len() + ours.len());
@@ -184,6 +200,7 @@ impl Program {
         let program = Program {
             modules: Box::leak(table.into_boxed_slice()),
             links: Links::new(program.kinds, program.imports),
+            env,
         };
         Ok(Box::leak(Box::new(program)))
     }

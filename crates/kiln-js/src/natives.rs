@@ -27,6 +27,9 @@ pub(crate) fn install<'js>(
 ) -> Result<()> {
     let native = Object::new(ctx.clone())?;
 
+    // The app's variables as JSON, for `process.env`.
+    native.set("env", Function::new(ctx.clone(), move || program.env.clone())?)?;
+
     let s = state.clone();
     native.set(
         "log",

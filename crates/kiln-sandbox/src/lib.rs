@@ -46,7 +46,7 @@ pub mod tap {
     }
 }
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -182,6 +182,9 @@ pub struct InvokeRequest {
     pub memory_mb: u32,
     /// Overrides the caller's deadline (tests and benchmarks).
     pub deadline: Option<Duration>,
+    /// The app's variables, `process.env`. Workers are pooled per set of
+    /// variables, so a change reaches invocations through new workers.
+    pub env: BTreeMap<String, String>,
 }
 
 /// How an invocation went.
@@ -216,7 +219,7 @@ impl HostHandler for NoCapabilities {
 pub struct Sandbox {
     config: SandboxConfig,
     programs: Mutex<HashMap<(String, Sha256), Arc<Program>>>,
-    pools: Mutex<HashMap<(String, Sha256), Arc<Pool>>>,
+    pools: Mutex<HashMap<(String, Sha256, Sha256), Arc<Pool>>>,
 }
 
 impl Sandbox {
@@ -301,7 +304,7 @@ impl Sandbox {
             return Err(SandboxError::Platform(format!("the app has no function '{}'", request.function)));
         };
         let memory_mb = request.memory_mb.clamp(16, self.config.max_memory_mb);
-        let pool = self.pool(app, hash, bundle, memory_mb)?;
+        let pool = self.pool(app, hash, bundle, memory_mb, &request.env)?;
         let deadline_in = request.deadline.unwrap_or_else(|| request.caller.deadline());
         let invocation = Invocation {
             id: random_id(),
@@ -327,14 +330,17 @@ impl Sandbox {
         hash: &Sha256,
         bundle: &Bundle,
         memory_mb: u32,
+        env: &BTreeMap<String, String>,
     ) -> Result<Arc<Pool>, SandboxError> {
-        let key = (app.to_owned(), *hash);
+        let env_json = serde_json::to_vec(env).map_err(|e| SandboxError::Platform(e.to_string()))?;
+        let key = (app.to_owned(), *hash, Sha256::of(&env_json));
         if let Some(pool) = lock(&self.pools).get(&key) {
             return Ok(pool.clone());
         }
         let program = self.program(app, hash, bundle)?;
         let pool = Arc::new(Pool {
             program,
+            env: env.clone(),
             memory_mb,
             idle: Mutex::new(PoolState { idle: Vec::new(), live: 0 }),
             available: Condvar::new(),
@@ -397,6 +403,7 @@ impl Sandbox {
 #[derive(Debug)]
 struct Pool {
     program: Arc<Program>,
+    env: BTreeMap<String, String>,
     memory_mb: u32,
     idle: Mutex<PoolState>,
     available: Condvar,
@@ -415,7 +422,7 @@ impl Pool {
         let mut worker = sandbox.start_worker(self.memory_mb)?;
         let bytes: usize = self.program.modules.iter().map(|m| m.code.len()).sum();
         let fork = bytes >= sandbox.config.fork_above_bytes;
-        worker.send(&ToWorker::Load { program: (*self.program).clone(), fork })?;
+        worker.send(&ToWorker::Load { program: (*self.program).clone(), fork, env: self.env.clone() })?;
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
             Ok(FromWorker::Loaded {}) => Ok(worker),
             Ok(other) => {

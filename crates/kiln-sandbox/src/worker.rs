@@ -112,7 +112,7 @@ impl Worker {
             let message: ToWorker = read_frame(&mut self.channel, MAX_PROGRAM_FRAME_BYTES).map_err(|_| ())?;
             match message {
                 ToWorker::Compile { modules, imports } => self.compile(&modules, &imports)?,
-                ToWorker::Load { program, fork } => {
+                ToWorker::Load { program, fork, env } => {
                     if self.program.is_some() {
                         // One program per worker, for its whole life.
                         return Err(());
@@ -122,7 +122,7 @@ impl Worker {
                         kiln_jail::restrict_to_invocation().map_err(drop)?;
                     }
                     self.fork = fork;
-                    let program = kiln_js::Program::load(program).map_err(|_| ())?;
+                    let program = kiln_js::Program::load_with_env(program, &env).map_err(|_| ())?;
                     self.program = Some(program);
                     self.template = Some(kiln_js::Prepared::new(program, None));
                     self.send(&FromWorker::Loaded {})?;

@@ -90,6 +90,7 @@ fn request(function: &str) -> InvokeRequest {
         caller: Caller::WebTrigger,
         memory_mb: 32,
         deadline: Some(Duration::from_secs(1)),
+        env: Default::default(),
     }
 }
 

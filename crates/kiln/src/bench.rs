@@ -164,6 +164,7 @@ fn kiln_run(
         caller: Caller::WebTrigger,
         memory_mb: 128,
         deadline: None,
+        env: Default::default(),
     };
     let call = |n: usize| -> Result<Duration, String> {
         if let Some(gap) = pace {

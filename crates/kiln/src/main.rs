@@ -280,6 +280,9 @@ struct InvokeArgs {
     /// Let the app's fetch reach loopback addresses (local test servers). Never in production.
     #[arg(long)]
     insecure_egress_loopback: bool,
+    /// Whose variables become process.env
+    #[command(flatten)]
+    env: EnvArg,
 }
 
 #[derive(Debug, Args)]
@@ -630,6 +633,7 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
     if let (Some(account), Some(map)) = (&args.account_id, context.as_object_mut()) {
         map.entry("accountId").or_insert_with(|| serde_json::Value::String(account.clone()));
     }
+    let (host, grants, env) = invoke_host(data_dir, &args, &manifest).await?;
     let request = kiln_sandbox::InvokeRequest {
         function: args.function.clone(),
         payload,
@@ -637,9 +641,9 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
         caller: kiln_sandbox::caller_for(&manifest, &args.function),
         memory_mb,
         deadline: args.timeout_ms.map(std::time::Duration::from_millis),
+        env,
     };
     let app = manifest.app.id.to_string();
-    let (host, grants) = invoke_host(data_dir, &args, &manifest).await?;
     // The sandbox blocks while the worker runs; the host calls it answers
     // run on this runtime, which keeps serving them from this thread.
     let ran = {
@@ -680,7 +684,8 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
     }
 }
 
-/// What `kiln invoke` lets the function reach: the app's own storage in the
+/// What `kiln invoke` lets the function reach: its variables in the
+/// environment `-e` names (`process.env`), the app's own storage in the
 /// data directory (owner `local:<app id>`), `fetch` through the egress
 /// gateway to what the manifest declares, and, with `--devsite`, product
 /// calls to a dev site. The manifest's permissions stand in for an admin's
@@ -690,13 +695,25 @@ async fn invoke_host(
     data_dir: &Path,
     args: &InvokeArgs,
     manifest: &kiln_manifest::Manifest,
-) -> Result<(std::sync::Arc<kiln_host::Host>, kiln_host::InvocationGrants), Failure> {
+) -> Result<
+    (
+        std::sync::Arc<kiln_host::Host>,
+        kiln_host::InvocationGrants,
+        std::collections::BTreeMap<String, String>,
+    ),
+    Failure,
+> {
     let store = open(data_dir).await?;
     let provider = key_provider(data_dir, &store).await?;
     let trail = Trail::open(data_dir, &store).await?;
     let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store.clone(), provider));
     let app = manifest.app.id.to_string();
     let owner = format!("local:{app}");
+    let variables = kvs
+        .variables(&format!("variables:{app}:{}", args.env.environment), true)
+        .await
+        .map_err(|e| Failure { code: 1, message: format!("the app's variables cannot be read: {e}") })?;
+    let env = variables.into_iter().filter_map(|v| Some((v.name, v.value?))).collect();
 
     let mut roots = kiln_crypto::tls::system_roots().unwrap_or_default();
     if let Some(path) = &args.egress_ca {
@@ -734,7 +751,7 @@ async fn invoke_host(
     let invocation = kiln_host::InvocationGrants {
         app,
         installation: "local".into(),
-        environment: kiln_types::Environment::default(),
+        environment: args.env.environment.clone(),
         egress: egress_targets,
         product: kiln_product::Installation::new(&owner, &grants.scopes),
         user: args.account_id.clone(),
@@ -748,7 +765,7 @@ async fn invoke_host(
         product,
         Some(kvs),
     );
-    Ok((std::sync::Arc::new(host), invocation))
+    Ok((std::sync::Arc::new(host), invocation, env))
 }
 
 /// A product gateway for a dev site: its example OAuth client, and the

@@ -376,6 +376,47 @@ fn invoke_app() -> tempfile::TempDir {
 }
 
 #[test]
+fn process_env_holds_the_apps_variables_for_the_environment_and_nothing_of_the_host() {
+    let kiln = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("manifest.yml"),
+        "app:\n  id: ari:cloud:ecosystem::app/7d1c2b3a-0000-4000-8000-0000000000e1\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: hook\n      function: env\n  function:\n    - key: env\n      handler: index.env\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    // Read once at the top level, as libraries do, and again in the handler.
+    std::fs::write(
+        p.join("src/index.js"),
+        "const atLoad = process.env.GREETING;\nexport function env() { return { atLoad: atLoad ?? null, now: { ...process.env } }; }\n",
+    )
+    .unwrap();
+    let app = p.to_str().unwrap();
+    let env_of = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["invoke", "env", app];
+        args.extend_from_slice(extra);
+        let out = kiln.run(&args);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(env_of(&[]), serde_json::json!({ "atLoad": null, "now": {} }), "nothing of the host's environment");
+
+    kiln.ok(&["variables", "set", "GREETING", "hello", "--app", app]);
+    kiln.ok(&["variables", "set", "API_TOKEN", "s3cret-value", "--encrypt", "--app", app]);
+    kiln.ok(&["variables", "set", "GREETING", "hi from staging", "--app", app, "-e", "staging"]);
+    assert_eq!(
+        env_of(&[]),
+        serde_json::json!({ "atLoad": "hello", "now": { "API_TOKEN": "s3cret-value", "GREETING": "hello" } }),
+        "encrypted variables reach the app's own code, and top-level reads see them"
+    );
+    assert_eq!(
+        env_of(&["-e", "staging"]),
+        serde_json::json!({ "atLoad": "hi from staging", "now": { "GREETING": "hi from staging" } })
+    );
+}
+
+#[test]
 fn invoke_runs_a_function_in_the_sandbox_and_prints_json() {
     let kiln = Kiln::new();
     let app = invoke_app();

@@ -3,12 +3,13 @@
 // Kiln puts there (see `environment` below), there is no pid, argv or
 // working directory, and `exit` throws.
 import { performance } from 'kiln:crypto';
+import { native } from 'kiln:prelude';
 
-// The app's environment variables. Today this is empty. Filling it is the
-// server's job: it sends the installation's variables with the invocation
-// and the engine hands them to this module before app code can read them.
-// Never the worker's own environment.
-const environment = {};
+// The app's variables (`kiln variables set`), which the server sends with
+// the program a worker serves: known before any module's top level runs,
+// fixed for the worker's life (as in Forge, a change applies to workers
+// started after it). Never the worker's own environment.
+const environment = JSON.parse(native.env());
 
 function unsupported(what) {
   const e = new Error(`process.${what} is not supported by Kiln: app code cannot control its process`);

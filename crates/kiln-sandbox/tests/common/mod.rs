@@ -57,6 +57,7 @@ pub(crate) fn invoke(
         caller: Caller::WebTrigger,
         memory_mb: 32,
         deadline: Some(Duration::from_secs(1)),
+        env: Default::default(),
     };
     sandbox.invoke(id, &app.bundle.hash, &app.bundle.bundle, &request, &mut NoCapabilities).map(|r| r.outcome)
 }

@@ -1,0 +1,72 @@
+//! Local-time `Date` methods in a jailed worker. The C library reads the
+//! time zone from a file the first time it is asked; a worker that had not
+//! asked before lockdown was killed for the forbidden `openat` the first
+//! time app code called `getHours()` (public Forge apps do, e.g. a scheduled
+//! trigger comparing the hour of day).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use kiln_sandbox::{Sandbox, SandboxConfig};
+
+const LOCAL_TIME: &str = r"
+export const run = () => {
+  const d = new Date(Date.UTC(2024, 0, 15, 9, 30));
+  const local = new Date(2024, 0, 15, 9, 30);
+  return {
+    offsetAgrees: (d.getHours() * 60 + d.getMinutes() + d.getTimezoneOffset() + 1440) % 1440 === 9 * 60 + 30,
+    localFields: [local.getFullYear(), local.getMonth(), local.getDate(), local.getHours(), local.getMinutes()],
+    toStringHasGmt: d.toString().includes('GMT'),
+    localeDate: typeof d.toLocaleDateString(),
+  };
+};
+";
+
+fn sandbox(fork_above_bytes: usize) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
+        worker_args: Vec::new(),
+        namespaces: kiln_sandbox::Namespaces::Require,
+        max_memory_mb: 64,
+        pool_size: 1,
+        recycle_after: 1_000,
+        inherit_stderr: false,
+        fork_above_bytes,
+    })
+    .expect("jailed workers must start on this machine")
+}
+
+fn local_time_methods_work_in(sandbox: &Sandbox) {
+    let app = common::app(LOCAL_TIME);
+    for _ in 0..2 {
+        let outcome = common::invoke(sandbox, &common::app_id(1), &app, serde_json::json!({})).unwrap();
+        assert_eq!(
+            common::ok(outcome),
+            serde_json::json!({
+                "offsetAgrees": true,
+                "localFields": [2024, 0, 15, 9, 30],
+                "toStringHasGmt": true,
+                "localeDate": "string",
+            })
+        );
+    }
+}
+
+#[test]
+fn local_time_date_methods_do_not_kill_a_forked_worker() {
+    local_time_methods_work_in(&sandbox(0));
+}
+
+#[test]
+fn local_time_date_methods_do_not_kill_an_in_place_worker() {
+    local_time_methods_work_in(&sandbox(usize::MAX));
+}
