@@ -400,7 +400,11 @@ fn process_env_holds_the_apps_variables_for_the_environment_and_nothing_of_the_h
         assert_eq!(code(&out), 0, "{}", text(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    assert_eq!(env_of(&[]), serde_json::json!({ "atLoad": null, "now": {} }), "nothing of the host's environment");
+    assert_eq!(
+        env_of(&[]),
+        serde_json::json!({ "atLoad": null, "now": {} }),
+        "nothing of the host's environment"
+    );
 
     kiln.ok(&["variables", "set", "GREETING", "hello", "--app", app]);
     kiln.ok(&["variables", "set", "API_TOKEN", "s3cret-value", "--encrypt", "--app", app]);
