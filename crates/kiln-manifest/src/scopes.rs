@@ -68,6 +68,12 @@ mod tests {
             "read:confluence-content.summary",
             "storage:app",
             "read:app-user-token",
+            // Forge's Jira Software DevOps scopes, from the generator's supplement.
+            "write:build-info:jira",
+            "delete:build-info:jira",
+            "read:deployment-info:jira",
+            "write:deployment-info:jira",
+            "delete:deployment-info:jira",
         ] {
             assert!(is_known(s), "{s}");
         }

@@ -233,6 +233,34 @@ mod tests {
         assert!(find("GET", "/rest/agile/1.0/board").is_some());
     }
 
+    /// The DevOps APIs (builds, deployments, ...) live under `/rest` and take
+    /// Forge's DevOps scopes from the generator's supplement; before it they
+    /// were listed without the prefix and with no scope, so every call was
+    /// refused.
+    #[test]
+    fn devops_routes_have_their_rest_prefix_and_forge_scopes() {
+        let write = scopes(&["write:build-info:jira"]);
+        assert_eq!(check("POST", "/rest/builds/0.1/bulk", &write).unwrap().template, "/rest/builds/0.1/bulk");
+        assert!(find("POST", "/builds/0.1/bulk").is_none());
+        assert_eq!(
+            check("DELETE", "/rest/builds/0.1/bulkByProperties?cloudId=c", &write).unwrap_err(),
+            ScopeRefusal::Missing {
+                method: "DELETE".into(),
+                template: "/rest/builds/0.1/bulkByProperties".into(),
+                alternatives: vec!["delete:build-info:jira".into()],
+            }
+        );
+        let gating = "/rest/deployments/0.1/pipelines/p/environments/e/deployments/7/gating-status";
+        assert_eq!(
+            check("GET", gating, &scopes(&["read:deployment-info:jira"])).unwrap().template,
+            "/rest/deployments/0.1/pipelines/{pipelineId}/environments/{environmentId}/deployments/{deploymentSequenceNumber}/gating-status"
+        );
+        assert!(
+            check("POST", "/rest/deployments/0.1/bulk", &scopes(&["write:deployment-info:jira"])).is_ok()
+        );
+        assert!(check("POST", "/rest/devinfo/0.10/bulk", &scopes(&["write:dev-info:jira"])).is_ok());
+    }
+
     #[test]
     fn unknown_routes_are_refused_and_named() {
         let all = scopes(&["read:jira-work", "write:jira-work", "manage:jira-configuration"]);
