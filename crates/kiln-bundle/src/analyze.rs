@@ -5,13 +5,13 @@
 //! imports have been removed), so the bundle never asks for a module that
 //! only existed for the type checker.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use oxc::allocator::Allocator;
 use oxc::ast::ast::{
-    Argument, AssignmentTarget, BindingPattern, Declaration, Expression, ModuleDeclaration, ModuleExportName,
-    ObjectPropertyKind, Program, PropertyKey, Statement,
+    Argument, AssignmentTarget, BindingPattern, Declaration, Expression, ImportDeclarationSpecifier,
+    ModuleDeclaration, ModuleExportName, ObjectPropertyKind, Program, PropertyKey, Statement,
 };
 use oxc::ast_visit::{Visit, walk};
 use oxc::codegen::Codegen;
@@ -33,6 +33,10 @@ pub(crate) struct Analysis {
     pub(crate) exports: Exports,
     /// The module calls `require` (with any argument).
     pub(crate) calls_require: bool,
+    /// Names the module imports (or re-exports) by name, per specifier:
+    /// `import { a, b as c } from 'x'` and `export { a } from 'x'` ask `x`
+    /// for `a` and `b`.
+    pub(crate) imported: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +89,9 @@ pub(crate) fn analyze(path: &Path, source: &str) -> Result<Analysis, SourceError
     }
     let mut program = parsed.program;
     let code = if needs_transform {
-        let semantic = SemanticBuilder::new().build(&program);
+        // The transformer lowers `enum` to objects from the member values
+        // the semantic pass evaluates; without them it panics on any enum.
+        let semantic = SemanticBuilder::new().with_enum_eval(true).build(&program);
         if let Some(error) = first_error(&semantic.diagnostics) {
             return Err(located(source, error));
         }
@@ -107,10 +113,18 @@ pub(crate) fn analyze(path: &Path, source: &str) -> Result<Analysis, SourceError
         _ if has_module_syntax => ModuleKind::Esm,
         _ => ModuleKind::CommonJs,
     };
-    let mut collector = Collector { source, requests: Vec::new(), calls_require: false };
+    let mut collector =
+        Collector { source, requests: Vec::new(), calls_require: false, imported: BTreeMap::new() };
     collector.visit_program(&program);
     let exports = exports_of(&program);
-    Ok(Analysis { kind, code, requests: collector.requests, exports, calls_require: collector.calls_require })
+    Ok(Analysis {
+        kind,
+        code,
+        requests: collector.requests,
+        exports,
+        calls_require: collector.calls_require,
+        imported: collector.imported,
+    })
 }
 
 fn first_error(diagnostics: &[OxcDiagnostic]) -> Option<&OxcDiagnostic> {
@@ -135,6 +149,7 @@ struct Collector<'s> {
     source: &'s str,
     requests: Vec<Request>,
     calls_require: bool,
+    imported: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Collector<'_> {
@@ -147,9 +162,20 @@ impl Collector<'_> {
 impl<'a> Visit<'a> for Collector<'_> {
     fn visit_module_declaration(&mut self, it: &ModuleDeclaration<'a>) {
         match it {
-            ModuleDeclaration::ImportDeclaration(d) => self.push(&d.source.value, d.span.start, false),
+            ModuleDeclaration::ImportDeclaration(d) => {
+                self.push(&d.source.value, d.span.start, false);
+                let names = d.specifiers.iter().flatten().filter_map(|s| match s {
+                    ImportDeclarationSpecifier::ImportSpecifier(s) => Some(export_name(&s.imported)),
+                    _ => None,
+                });
+                self.imported.entry(d.source.value.to_string()).or_default().extend(names);
+            }
             ModuleDeclaration::ExportAllDeclaration(d) => self.push(&d.source.value, d.span.start, false),
-            ModuleDeclaration::ExportFromDeclaration(d) => self.push(&d.source.value, d.span.start, false),
+            ModuleDeclaration::ExportFromDeclaration(d) => {
+                self.push(&d.source.value, d.span.start, false);
+                let names = d.specifiers.iter().map(|s| export_name(&s.local));
+                self.imported.entry(d.source.value.to_string()).or_default().extend(names);
+            }
             _ => {}
         }
         walk::walk_module_declaration(self, it);

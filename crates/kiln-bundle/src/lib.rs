@@ -44,7 +44,8 @@ pub const SOURCE_EXTENSIONS: [&str; 8] = [".ts", ".tsx", ".js", ".jsx", ".mjs", 
 
 /// The `@forge/*` packages Kiln provides today. Others resolve to built-in
 /// placeholders that fail loudly at run time, and deploy warns about them.
-pub const FORGE_MODULES: [&str; 4] = ["@forge/api", "@forge/kvs", "@forge/resolver", "@forge/events"];
+pub const FORGE_MODULES: [&str; 5] =
+    ["@forge/api", "@forge/kvs", "@forge/resolver", "@forge/events", "@forge/metrics"];
 
 /// Node's built-in module names (without the `node:` prefix).
 const NODE_BUILTINS: [&str; 57] = [
@@ -226,6 +227,7 @@ pub fn build(app_dir: &Path, manifest: &Manifest) -> Result<Built, BundleError> 
         entries.insert(function.key.to_string(), Entry { module: id, export: handler.export.clone() });
     }
     b.drain()?;
+    b.export_imported_names();
     for (function, entry) in &entries {
         let handler = manifest.function(function).map(|f| f.handler.to_string()).unwrap_or_default();
         b.check_export(function, &handler, entry)?;
@@ -245,6 +247,8 @@ struct Bundler<'r> {
     modules: BTreeMap<String, Module>,
     /// Export facts per module id, for handler and re-export checks.
     exports: HashMap<String, analyze::Exports>,
+    /// Per module id, the names it imports by name from each specifier.
+    imported: HashMap<String, BTreeMap<String, BTreeSet<String>>>,
     bytes: u64,
     warnings: BTreeSet<String>,
 }
@@ -276,6 +280,7 @@ impl<'r> Bundler<'r> {
             seen: BTreeSet::new(),
             modules: BTreeMap::new(),
             exports: HashMap::new(),
+            imported: HashMap::new(),
             bytes: 0,
             warnings: BTreeSet::new(),
         }
@@ -372,7 +377,9 @@ impl<'r> Bundler<'r> {
         let dir = path.parent().unwrap_or(self.root).to_path_buf();
         let mut imports = BTreeMap::new();
         for request in &analysis.requests {
-            let target = self.resolve(&id, &dir, request)?;
+            let Some(target) = self.resolve(&id, &dir, request)? else {
+                continue;
+            };
             if let Import::Module(target_id) = &target {
                 let target_path = self.root.join(target_id);
                 let canonical = normalize(&target_path);
@@ -386,20 +393,25 @@ impl<'r> Bundler<'r> {
         };
         let uses_require = analysis.kind == ModuleKind::Esm && analysis.calls_require;
         self.exports.insert(id.clone(), analysis.exports);
+        self.imported.insert(id.clone(), analysis.imported);
         self.modules
             .insert(id, Module { kind: analysis.kind, code: analysis.code, imports, exports, uses_require });
         Ok(())
     }
 
+    /// What a specifier loads; `None` for an optional dependency that is not
+    /// installed, which stays out of the import table so that loading it
+    /// fails at run time, where the package expects to catch that (as
+    /// node-fetch does with `try { require('encoding') } catch {}`).
     fn resolve(
         &mut self,
         importer: &str,
         dir: &Path,
         request: &analyze::Request,
-    ) -> Result<Import, BundleError> {
+    ) -> Result<Option<Import>, BundleError> {
         let spec = request.specifier.as_str();
         if let Some(builtin) = self.builtin(importer, spec) {
-            return Ok(builtin);
+            return Ok(Some(builtin));
         }
         let resolver = if request.via_require { &self.require_resolver } else { &self.import_resolver };
         let unresolved = |reason: String, hint: String| BundleError::Unresolved {
@@ -412,12 +424,19 @@ impl<'r> Bundler<'r> {
         match resolver.resolve(dir, spec) {
             Ok(resolution) => {
                 let path = resolution.path().to_path_buf();
-                Ok(Import::Module(relative(self.root, &path)))
+                Ok(Some(Import::Module(relative(self.root, &path))))
             }
             Err(ResolveError::NotFound(_)) => {
                 let bare = !spec.starts_with('.') && !spec.starts_with('/');
                 let (reason, hint) = if bare {
                     let package = package_name(spec);
+                    if let Some(owner) = declares_optional(self.root, dir, &package) {
+                        self.warnings.insert(format!(
+                            "{importer}:{}: '{package}' is an optional dependency of {owner} and is not installed; loading it fails when the function runs",
+                            request.line
+                        ));
+                        return Ok(None);
+                    }
                     (
                         format!("package '{package}' is not in node_modules"),
                         format!("run 'npm install {package}' in the app directory, or remove the import"),
@@ -439,6 +458,33 @@ impl<'r> Bundler<'r> {
         }
     }
 
+    /// A CommonJS module exports whatever its `module.exports` holds when it
+    /// runs, which static analysis often cannot see (lodash assigns it inside
+    /// a function). Each name an ES module imports from it by name becomes
+    /// one of its facade's exports, read from `module.exports` at run time
+    /// (`undefined` if absent), as TypeScript compiled to CommonJS reads
+    /// `require('lodash').uniq`.
+    fn export_imported_names(&mut self) {
+        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (importer, by_specifier) in &self.imported {
+            let Some(module) = self.modules.get(importer) else { continue };
+            for (specifier, names) in by_specifier {
+                if let Some(Import::Module(target)) = module.imports.get(specifier) {
+                    wanted.entry(target.clone()).or_default().extend(names.iter().cloned());
+                }
+            }
+        }
+        for (target, names) in wanted {
+            let Some(module) = self.modules.get_mut(&target) else { continue };
+            if module.kind != ModuleKind::CommonJs {
+                continue;
+            }
+            let mut all: BTreeSet<String> = module.exports.drain(..).collect();
+            all.extend(names.into_iter().filter(|n| n != "default"));
+            module.exports = all.into_iter().collect();
+        }
+    }
+
     /// `@forge/*` and Node built-ins never come from disk.
     fn builtin(&mut self, importer: &str, spec: &str) -> Option<Import> {
         if spec.starts_with("@forge/") {
@@ -451,6 +497,12 @@ impl<'r> Bundler<'r> {
                 };
                 self.warnings.insert(format!("{importer}: '{package}' {what}"));
             }
+            return Some(Import::Builtin(spec.to_owned()));
+        }
+        if spec == "node-fetch" {
+            self.warnings.insert(format!(
+                "{importer}: 'node-fetch' is served by Kiln's fetch (the egress gateway, to the hosts the manifest declares); the package itself is not bundled"
+            ));
             return Some(Import::Builtin(spec.to_owned()));
         }
         let bare = spec.strip_prefix("node:").unwrap_or(spec);
@@ -508,6 +560,34 @@ impl<'r> Bundler<'r> {
             exports,
         })
     }
+}
+
+/// The package that `dir` belongs to (its nearest `package.json`, not above
+/// the app directory's parent, where an npm workspace hoists packages), if
+/// that package declares `package` an optional dependency: in
+/// `optionalDependencies`, or as a peer marked optional in
+/// `peerDependenciesMeta`.
+fn declares_optional(root: &Path, dir: &Path, package: &str) -> Option<String> {
+    let limit = root.parent().unwrap_or(root);
+    let mut at = Some(dir);
+    while let Some(current) = at.filter(|d| d.starts_with(limit)) {
+        let manifest = current.join("package.json");
+        if manifest.is_file() {
+            let text = std::fs::read_to_string(&manifest).ok()?;
+            let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let optional = json.pointer("/optionalDependencies").and_then(|d| d.get(package)).is_some()
+                || json
+                    .pointer("/peerDependenciesMeta")
+                    .and_then(|m| m.get(package))
+                    .and_then(|m| m.get("optional"))
+                    .and_then(serde_json::Value::as_bool)
+                    == Some(true);
+            let name = json.get("name").and_then(serde_json::Value::as_str).unwrap_or("the app");
+            return optional.then(|| format!("'{name}'"));
+        }
+        at = current.parent();
+    }
+    None
 }
 
 /// `lodash/fp` → `lodash`, `@scope/pkg/sub` → `@scope/pkg`.

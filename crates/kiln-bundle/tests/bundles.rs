@@ -238,3 +238,108 @@ fn import_cycles_terminate() {
     );
     assert_eq!(bundle(app.path()).unwrap().bundle.modules.len(), 2);
 }
+
+/// jenkins-for-jira's `enum RequestType { EVENT = 'event', ... }` made the
+/// TypeScript transformer panic (the semantic pass had not evaluated the
+/// enum's members), killing `kiln deploy` and `kiln invoke` outright.
+#[test]
+fn typescript_enums_bundle_instead_of_panicking() {
+    let app = minimal_app(
+        &[(
+            "src/index.ts",
+            "export enum RequestType { EVENT = 'event', PING = 'ping' }\nenum Level { Low = 1, High = Low + 1 }\nexport const run = () => [RequestType.PING, Level.High];\n",
+        )],
+        "index.run",
+    );
+    let built = bundle(app.path()).unwrap();
+    let code = &built.bundle.modules["src/index.ts"].code;
+    assert!(code.contains("\"ping\""), "{code}");
+    assert!(!code.contains("enum "), "{code}");
+}
+
+/// node-fetch 2 does `try { convert = require('encoding').convert } catch (e) {}`
+/// for its optional peer dependency; refusing the bundle because 'encoding'
+/// was not installed stopped jenkins-for-jira from deploying at all.
+#[test]
+fn a_missing_optional_dependency_is_left_to_fail_at_run_time() {
+    let app = minimal_app(
+        &[
+            ("src/index.js", "const f = require('fetchy');\nexports.run = () => f;\n"),
+            (
+                "node_modules/fetchy/package.json",
+                r#"{"name":"fetchy","main":"index.js","peerDependencies":{"encoding":"^0.1.0"},"peerDependenciesMeta":{"encoding":{"optional":true}}}"#,
+            ),
+            (
+                "node_modules/fetchy/index.js",
+                "let convert;\ntry { convert = require('encoding').convert; } catch (e) {}\nmodule.exports = { convert };\n",
+            ),
+        ],
+        "index.run",
+    );
+    let built = bundle(app.path()).unwrap();
+    let fetchy = &built.bundle.modules["node_modules/fetchy/index.js"];
+    assert!(fetchy.imports.is_empty(), "{:?}", fetchy.imports);
+    assert_eq!(
+        built.warnings,
+        vec![
+            "node_modules/fetchy/index.js:2: 'encoding' is an optional dependency of 'fetchy' and is not installed; loading it fails when the function runs"
+                .to_owned()
+        ]
+    );
+    // A dependency the package needs is still refused at deploy time.
+    std::fs::write(
+        app.path().join("node_modules/fetchy/package.json"),
+        r#"{"name":"fetchy","main":"index.js"}"#,
+    )
+    .unwrap();
+    let err = bundle(app.path()).unwrap_err().to_string();
+    assert!(err.contains("cannot resolve 'encoding': package 'encoding' is not in node_modules"), "{err}");
+}
+
+/// jenkins-for-jira's `import { uniq } from 'lodash'`: lodash assigns
+/// `module.exports` inside a function, so static analysis finds no names and
+/// the engine refused the import ("Could not find export 'uniq'"). Names
+/// imported by name from a CommonJS module are now part of its facade.
+#[test]
+fn names_imported_from_commonjs_become_its_exports() {
+    let app = minimal_app(
+        &[
+            (
+                "src/index.ts",
+                "import { uniq, chunk as parts } from 'lodash';\nexport { isEmpty } from 'lodash';\nexport const run = () => [uniq, parts];\n",
+            ),
+            ("node_modules/lodash/package.json", r#"{"name":"lodash","main":"lodash.js"}"#),
+            (
+                "node_modules/lodash/lodash.js",
+                ";(function () { var _ = { uniq: function (a) { return a; } }; module.exports = _; }.call(this));\n",
+            ),
+        ],
+        "index.run",
+    );
+    let built = bundle(app.path()).unwrap();
+    let lodash = &built.bundle.modules["node_modules/lodash/lodash.js"];
+    assert_eq!(lodash.kind, ModuleKind::CommonJs);
+    assert_eq!(lodash.exports, vec!["chunk".to_owned(), "isEmpty".to_owned(), "uniq".to_owned()]);
+}
+
+/// jenkins-for-jira imports node-fetch, whose code requires node:http at
+/// load time and so failed every function that imported it, fetch or not.
+#[test]
+fn node_fetch_is_served_by_kilns_fetch() {
+    let app = minimal_app(
+        &[("src/index.ts", "import fetch from 'node-fetch';\nexport const run = () => fetch;\n")],
+        "index.run",
+    );
+    let built = bundle(app.path()).unwrap();
+    assert_eq!(
+        built.bundle.modules["src/index.ts"].imports["node-fetch"],
+        Import::Builtin("node-fetch".into())
+    );
+    assert_eq!(
+        built.warnings,
+        vec![
+            "src/index.ts: 'node-fetch' is served by Kiln's fetch (the egress gateway, to the hosts the manifest declares); the package itself is not bundled"
+                .to_owned()
+        ]
+    );
+}

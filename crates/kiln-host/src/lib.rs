@@ -123,6 +123,58 @@ pub struct InvocationGrants {
     pub user: Option<String>,
 }
 
+/// Where an invocation comes from, for [`runtime_description`].
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeSource<'a> {
+    /// The app's id, an ARI (`ari:cloud:ecosystem::app/<uuid>`).
+    pub app: &'a str,
+    /// The version the installation runs, when there is one.
+    pub version: Option<&'a str>,
+    pub environment: &'a Environment,
+    pub installation: &'a str,
+    pub module_key: &'a str,
+    /// The installation's consented grants.
+    pub grants: &'a kiln_manifest::Grants,
+}
+
+/// What the app's `getAppContext()` and `permissions` see, sent with each
+/// invocation: ARIs, the module, and the consented scopes and egress.
+/// Never a token, a secret or another installation's data.
+pub fn runtime_description(source: &RuntimeSource<'_>) -> Value {
+    use kiln_manifest::ExternalKind;
+    let app_uuid = source.app.rsplit('/').next().unwrap_or(source.app);
+    let environment = source.environment.to_string();
+    let mut external = serde_json::Map::new();
+    let mut fetch = serde_json::Map::new();
+    for (kind, entries) in &source.grants.egress {
+        let list: Vec<String> = entries.iter().map(|e| e.target.to_string()).collect();
+        match kind {
+            ExternalKind::FetchBackend => drop(fetch.insert("backend".into(), json!(list))),
+            ExternalKind::FetchClient => drop(fetch.insert("client".into(), json!(list))),
+            other => {
+                let name = other.manifest_path().rsplit('.').next().unwrap_or_default();
+                external.insert(name.to_owned(), json!(list));
+            }
+        }
+    }
+    if !fetch.is_empty() {
+        external.insert("fetch".into(), Value::Object(fetch));
+    }
+    let scopes: Vec<&str> = source.grants.scopes.keys().map(|s| s.as_str()).collect();
+    json!({
+        "appContext": {
+            "appAri": source.app,
+            "appVersion": source.version,
+            "environmentAri": format!("ari:cloud:ecosystem::environment/{app_uuid}/{environment}"),
+            "environmentType": environment.to_ascii_uppercase(),
+            "installationAri": format!("ari:cloud:ecosystem::installation/{}", source.installation),
+            "moduleKey": source.module_key,
+            "license": null,
+        },
+        "permissions": { "scopes": scopes, "external": external },
+    })
+}
+
 /// Serves one invocation's host calls.
 pub struct InvocationHost<'a> {
     host: &'a Host,

@@ -177,6 +177,7 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
             memory_mb: 32,
             deadline: Some(Duration::from_secs(20)),
             env: Default::default(),
+            runtime: serde_json::Value::Null,
         };
         // The loopback setting is for tests: a production installation is refused with it.
         let production = InvocationGrants {

@@ -189,6 +189,7 @@ fn invoke(
         memory_mb: 32,
         deadline: Some(Duration::from_secs(20)),
         env: Default::default(),
+        runtime: serde_json::Value::Null,
     };
     let mut handler = host.invocation(grants).unwrap();
     let result = sandbox.invoke(&grants.app, &built.hash, &built.bundle, &request, &mut handler).unwrap();

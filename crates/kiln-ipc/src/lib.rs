@@ -177,6 +177,11 @@ pub struct Invocation {
     pub payload: String,
     pub context: String,
     pub limits: Limits,
+    /// What `getAppContext()` and `permissions` report, as JSON text (the
+    /// app, environment and installation ARIs, the module, the consented
+    /// scopes and egress); empty when the caller gives none.
+    #[serde(default)]
+    pub runtime: String,
 }
 
 /// What one invocation may use. The server chooses them; the worker only
@@ -404,6 +409,7 @@ mod tests {
                     export: "run".into(),
                     payload: "{}".into(),
                     context: "{}".into(),
+                    runtime: String::new(),
                     limits: limits(),
                 },
             },

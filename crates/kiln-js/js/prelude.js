@@ -174,6 +174,9 @@ lazy('Response', 'kiln:fetch', 'Response');
 // Node's globals, which apps and their dependencies use without importing.
 lazy('Buffer', 'builtin:node:buffer', 'Buffer');
 lazy('process', 'builtin:node:process', 'default');
+lazy('setImmediate', 'builtin:node:timers', 'setImmediate');
+lazy('clearImmediate', 'builtin:node:timers', 'clearImmediate');
+define('global', globalThis);
 define('btoa', (data) => native.btoa(String(data)));
 define('atob', (data) => native.atob(String(data)));
 

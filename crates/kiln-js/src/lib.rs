@@ -47,7 +47,7 @@ const PRELUDE: &str = "kiln:prelude";
 /// Kiln's own modules, compiled in every worker from this source. Each is
 /// evaluated only when first imported (the prelude's lazy globals, an app's
 /// `import`/`require`), so a module listed here costs a fresh runtime nothing.
-const KILN_MODULES: [(&str, &str); 27] = [
+const KILN_MODULES: [(&str, &str); 29] = [
     (PRELUDE, include_str!("../js/prelude.js")),
     ("kiln:text", include_str!("../js/lazy/text.js")),
     ("kiln:url", include_str!("../js/lazy/url.js")),
@@ -59,6 +59,8 @@ const KILN_MODULES: [(&str, &str); 27] = [
     ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),
     ("builtin:@forge/resolver", include_str!("../js/builtins/forge-resolver.js")),
     ("builtin:@forge/events", include_str!("../js/builtins/forge-events.js")),
+    ("builtin:@forge/metrics", include_str!("../js/builtins/forge-metrics.js")),
+    ("builtin:node-fetch", include_str!("../js/builtins/node-fetch.js")),
     // Node's built-in modules that a sandbox can offer; the bundler names
     // them all `node:<name>`, however the app spelled the import.
     ("builtin:node:buffer", include_str!("../js/node/buffer.js")),
@@ -155,7 +157,7 @@ impl Links {
             Some(Import::Module(id)) => self.target(id),
             Some(Import::Builtin(name)) => Ok(Target::builtin(name)),
             None => Err(format!(
-                "'{specifier}' was not bundled with {importer}: only imports written as string literals are bundled"
+                "'{specifier}' was not bundled with {importer}: only imports written as string literals are bundled, and only optional dependencies that are installed"
             )),
         }
     }
@@ -341,6 +343,8 @@ struct Loop {
     /// The invocation's limits and start, once it has started.
     limits: Option<kiln_ipc::Limits>,
     started: Option<Instant>,
+    /// The invocation's runtime description (JSON), for `getAppContext()`.
+    runtime: String,
     /// Math.random's xorshift128+ state.
     random: [u64; 2],
 }
@@ -581,6 +585,7 @@ impl Prepared {
             let mut state = self.state.borrow_mut();
             state.limits = Some(invocation.limits);
             state.started = Some(start);
+            state.runtime.clone_from(&invocation.runtime);
             // Invocations forked from one prepared runtime must not share
             // a sequence.
             state.reseed_random();

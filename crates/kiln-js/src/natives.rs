@@ -27,6 +27,26 @@ pub(crate) fn install<'js>(
 ) -> Result<()> {
     let native = Object::new(ctx.clone())?;
 
+    // The invocation's runtime description as JSON ("" when it has none).
+    let s = state.clone();
+    native.set("runtime", Function::new(ctx.clone(), move || s.borrow().runtime.clone())?)?;
+
+    // Milliseconds left before the invocation's deadline.
+    let s = state.clone();
+    native.set(
+        "remainingMillis",
+        Function::new(ctx.clone(), move || -> f64 {
+            let st = s.borrow();
+            match (st.started, st.limits) {
+                (Some(started), Some(limits)) => {
+                    let left = Duration::from_millis(limits.deadline_ms).saturating_sub(started.elapsed());
+                    left.as_millis() as f64
+                }
+                _ => 0.0,
+            }
+        })?,
+    )?;
+
     // The app's variables as JSON, for `process.env`.
     native.set("env", Function::new(ctx.clone(), move || program.env.clone())?)?;
 

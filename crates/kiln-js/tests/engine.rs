@@ -131,6 +131,7 @@ fn invoke_with(
         payload: payload.into(),
         context: r#"{"installContext":"ari:cloud:jira::site/1"}"#.into(),
         limits,
+        runtime: String::new(),
     };
     let outcome = run(program, &inv, &mut host);
     (outcome, host)
@@ -418,7 +419,7 @@ fn forge_modules_link_resolver_works_and_the_rest_says_it_is_unsupported() {
 import api, { route } from '@forge/api';
 import { kvs } from '@forge/kvs';
 const resolver = new Resolver();
-resolver.define('hello', ({ payload, context }) => ({ hi: payload.name, account: context.accountId }));
+resolver.define('hello', ({ payload, context }) => ({ hi: payload.name, site: context.installContext, account: context.accountId ?? null }));
 export const handler = resolver.getDefinitions();
 export const useApi = async () => { try { await api.asApp().requestBitbucket(route`/2.0/user`); } catch (e) { return { name: e.name, message: e.message }; } };
 export const useKvs = async () => { kvs.entity('employee'); };"#,
@@ -430,7 +431,12 @@ export const useKvs = async () => { kvs.entity('employee'); };"#,
     let payload =
         r#"{"call": {"functionKey": "hello", "payload": {"name": "kiln"}}, "context": {"accountId": "a-1"}}"#;
     let (outcome, _) = invoke_with(p, "src/index.js", "handler", payload, limits());
-    assert_eq!(ok(outcome), serde_json::json!({"hi": "kiln", "account": "a-1"}));
+    // The user comes from the platform's context, never the request's (which
+    // a browser writes): this invocation's platform context names none.
+    assert_eq!(
+        ok(outcome),
+        serde_json::json!({"hi": "kiln", "site": "ari:cloud:jira::site/1", "account": null})
+    );
     let v = ok(invoke(p, "src/index.js", "useApi"));
     assert_eq!(v["name"], "NotSupportedError");
     assert_eq!(v["message"], "@forge/api asApp().requestBitbucket is not supported by Kiln yet");
@@ -439,6 +445,40 @@ export const useKvs = async () => { kvs.entity('employee'); };"#,
         e.message,
         "NotSupportedError: @forge/kvs kvs.entity (the entity store) is not supported by Kiln yet"
     );
+}
+
+/// jenkins-for-jira calls `internalMetrics.counter(name).incr()` on every
+/// request and in its error handlers; without the module, importing it
+/// failed the whole function. Kiln accepts the calls and sends them nowhere.
+#[test]
+fn forge_metrics_accepts_counters_gauges_and_timers_and_records_nothing() {
+    let p = App::new()
+        .cjs(
+            "src/index.js",
+            r#"const { internalMetrics } = require('@forge/metrics');
+exports.run = () => {
+  internalMetrics.counter('jenkins.request.failed').incr();
+  internalMetrics.counter('c').incrBy(3);
+  internalMetrics.counter('c').decr();
+  internalMetrics.gauge('g').set(7);
+  const stop = internalMetrics.timer('t').measure();
+  stop.stop();
+  const errors = [];
+  try { stop.stop(); } catch (e) { errors.push(e.name); }
+  try { internalMetrics.counter(''); } catch (e) { errors.push(e.name); }
+  try { internalMetrics.gauge('g').set(NaN); } catch (e) { errors.push(e.name); }
+  return { errors, name: internalMetrics.counter('n').name };
+};"#,
+            &["run"],
+        )
+        .import("src/index.js", "@forge/metrics", "builtin:@forge/metrics")
+        .load();
+    let (outcome, host) = invoke_with(p, "src/index.js", "run", "{}", limits());
+    assert_eq!(
+        ok(outcome),
+        serde_json::json!({"errors": ["TimerDeadError", "TypeError", "TypeError"], "name": "n"})
+    );
+    assert!(host.logs.is_empty(), "{:?}", host.logs);
 }
 
 #[test]

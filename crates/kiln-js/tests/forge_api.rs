@@ -94,6 +94,7 @@ fn run_app(code: &str, payload: Value, respond: Responder) -> (Outcome, FakeHost
         export: "run".into(),
         payload: payload.to_string(),
         context: "{}".into(),
+        runtime: String::new(),
         limits: Limits {
             memory_bytes: 64 << 20,
             stack_bytes: 512 << 10,

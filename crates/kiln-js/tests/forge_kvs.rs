@@ -73,6 +73,7 @@ fn run_ok(code: &str, respond: Responder) -> (Value, Vec<(String, Value)>) {
         export: "run".into(),
         payload: "{}".into(),
         context: "{}".into(),
+        runtime: String::new(),
         limits: Limits {
             memory_bytes: 64 << 20,
             stack_bytes: 512 << 10,

@@ -89,6 +89,7 @@ fn invoke(code: &str) -> (Outcome, TestHost) {
         export: "run".into(),
         payload: "{}".into(),
         context: "{}".into(),
+        runtime: String::new(),
         limits: Limits {
             memory_bytes: 64 << 20,
             stack_bytes: 512 << 10,

@@ -185,6 +185,9 @@ pub struct InvokeRequest {
     /// The app's variables, `process.env`. Workers are pooled per set of
     /// variables, so a change reaches invocations through new workers.
     pub env: BTreeMap<String, String>,
+    /// What `getAppContext()` and `permissions` report (see
+    /// `kiln_host::InvocationGrants::runtime`); `Null` for none.
+    pub runtime: serde_json::Value,
 }
 
 /// How an invocation went.
@@ -312,6 +315,7 @@ impl Sandbox {
             export: entry.export.clone(),
             payload: request.payload.to_string(),
             context: request.context.to_string(),
+            runtime: if request.runtime.is_null() { String::new() } else { request.runtime.to_string() },
             limits: Limits {
                 memory_bytes: u64::from(memory_mb) << 20,
                 stack_bytes: STACK_BYTES,

@@ -91,6 +91,7 @@ fn request(function: &str) -> InvokeRequest {
         memory_mb: 32,
         deadline: Some(Duration::from_secs(1)),
         env: Default::default(),
+        runtime: serde_json::Value::Null,
     }
 }
 

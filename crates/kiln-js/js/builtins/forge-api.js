@@ -7,15 +7,21 @@
 // level, as nobody (no credentials, as in Forge), all through the server's
 // product gateway; Forge's error classes and helpers; the legacy `storage`
 // API (`get`, `set`, `delete`, `getSecret`, `setSecret`, `deleteSecret`,
-// `query().where('key', startsWith(p))...`) on the same store as @forge/kvs.
+// `query().where('key', startsWith(p))...`) on the same store as @forge/kvs;
+// `getAppContext()` and `permissions` (`hasScope`, `canFetchFrom`,
+// `canLoadResource`, `hasPermission`) from the description of the
+// invocation the server sends (no `installation` contexts, `license` null).
 //
 // Still throwing NotSupportedError: `requestBitbucket`, `requestGraph`,
 // `requestAtlassian`, `requestConnectedData`, `requestTeamworkGraph`,
 // `withProvider`, `withContext`, `invokeRemote`, `invokeService`,
-// `getAppContext`, `bindInvocationContext`, `authorize`, `webTrigger`,
-// `permissions`, `privacy`, `i18n`, `storage.entity` and legacy query
-// conditions other than `startsWith` on 'key'.
-import { hostCall } from 'kiln:prelude';
+// `bindInvocationContext`, `authorize`, `webTrigger`, `privacy`, `i18n`, `__requestAtlassianAsApp`,
+// `__requestAtlassianAsUser`, `__fetchProduct`, `__getRuntime`, and from
+// @forge/api 2 `getRuntime` and `properties`/`store`; `storage.entity` and
+// legacy query conditions other than `startsWith` on 'key'. Every name
+// @forge/api 8 exports (and the storage names of earlier majors) exists,
+// so an app links even when it imports one of these.
+import { hostCall, native } from 'kiln:prelude';
 import { unsupported, NotSupportedError } from 'builtin:kiln:unsupported';
 import {
   fetch as egressFetch,
@@ -223,7 +229,37 @@ export const requestBitbucket = unsupported('@forge/api requestBitbucket');
 
 export const invokeRemote = unsupported('@forge/api invokeRemote');
 export const invokeService = unsupported('@forge/api invokeService');
-export const getAppContext = unsupported('@forge/api getAppContext');
+// ---------------------------------------------------------------- runtime
+// The server describes each invocation (ARIs, module, consented scopes and
+// egress); nothing here can change it, and it holds no token.
+
+function runtimeDescription() {
+  const text = native.runtime();
+  if (!text) throw new Error('Forge runtime not found.');
+  return JSON.parse(text);
+}
+
+export class RuntimePermissions {
+  constructor(scopes, external) {
+    this.scopes = scopes;
+    this.external = external;
+  }
+  format() {
+    return JSON.stringify({ scopes: this.scopes, external: this.external });
+  }
+}
+
+export class MissingPermissions extends RuntimePermissions {}
+
+export const getAppContext = () => {
+  const { appContext, permissions: granted } = runtimeDescription();
+  return {
+    ...appContext,
+    invocationRemainingTimeInMillis: () => native.remainingMillis(),
+    installation: undefined,
+    permissions: new RuntimePermissions(granted.scopes ?? [], granted.external ?? {}),
+  };
+};
 export const bindInvocationContext = unsupported('@forge/api bindInvocationContext');
 export const authorize = unsupported('@forge/api authorize');
 export const webTrigger = {
@@ -231,14 +267,108 @@ export const webTrigger = {
   queryUrls: unsupported('@forge/api webTrigger.queryUrls'),
   deleteUrl: unsupported('@forge/api webTrigger.deleteUrl'),
 };
+// `host` against one declared entry: `*`, `*.domain` (subdomains only), a
+// bare host or an https URL (its host), as the egress gateway matches them.
+function entryAllows(entry, host) {
+  const text = typeof entry === 'string' ? entry : entry?.address ?? entry?.remote ?? '';
+  if (text === '*') return true;
+  const pattern = text.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').split('/')[0].replace(/:\d+$/, '').toLowerCase();
+  if (pattern.startsWith('*.')) return host.endsWith(pattern.slice(1)) && host.length > pattern.length - 1;
+  return pattern !== '' && host === pattern.replace(/\.$/, '');
+}
+
+function hostOf(url) {
+  const text = typeof url === 'string' ? url : url?.address ?? url?.remote ?? '';
+  try {
+    return new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`).hostname.toLowerCase().replace(/\.$/, '');
+  } catch {
+    return null;
+  }
+}
+
+function urlsAllowed(entries, url) {
+  const host = hostOf(url);
+  return host !== null && (entries ?? []).some((entry) => entryAllows(entry, host));
+}
+
+const FETCH_TYPES = ['backend', 'client'];
+const RESOURCE_TYPES = ['fonts', 'styles', 'frames', 'images', 'media', 'scripts'];
+
+function hasPermission(requirements) {
+  if (requirements === null || typeof requirements !== 'object' || Array.isArray(requirements)) {
+    throw new TypeError('hasPermission takes an object with scopes and/or external');
+  }
+  const invalid = Object.keys(requirements).filter((k) => k !== 'scopes' && k !== 'external');
+  if (invalid.length) {
+    throw new Error(`Invalid permission key(s): ${invalid.join(', ')}. Visit https://go.atlassian.com/forge-permissions for more information.`);
+  }
+  const granted = runtimeDescription().permissions;
+  const missingScopes = (requirements.scopes ?? []).filter((s) => !(granted.scopes ?? []).includes(s));
+  let missingExternal;
+  const external = requirements.external ?? {};
+  for (const [type, wanted] of Object.entries(external)) {
+    if (type === 'configurable') continue;
+    if (type === 'fetch') {
+      for (const kind of FETCH_TYPES) {
+        const missing = (wanted?.[kind] ?? []).filter((u) => !urlsAllowed(granted.external?.fetch?.[kind], u));
+        if (missing.length) {
+          missingExternal ??= {};
+          missingExternal.fetch ??= {};
+          missingExternal.fetch[kind] = missing.map((u) => (typeof u === 'string' ? u : u.address ?? u.remote));
+        }
+      }
+      continue;
+    }
+    if (!RESOURCE_TYPES.includes(type)) throw new Error(`Invalid permission key(s): external.${type}`);
+    const missing = (wanted ?? []).filter((u) => !urlsAllowed(granted.external?.[type], u));
+    if (missing.length) {
+      missingExternal ??= {};
+      missingExternal[type] = missing.map((u) => (typeof u === 'string' ? u : u.address ?? u.remote));
+    }
+  }
+  if (!missingScopes.length && !missingExternal) return { granted: true };
+  return {
+    granted: false,
+    missing: new MissingPermissions(missingScopes.length ? missingScopes : undefined, missingExternal),
+  };
+}
+
 export const permissions = {
-  hasScope: unsupported('@forge/api permissions.hasScope'),
-  canFetchFrom: unsupported('@forge/api permissions.canFetchFrom'),
-  canLoadResource: unsupported('@forge/api permissions.canLoadResource'),
-  hasPermission: unsupported('@forge/api permissions.hasPermission'),
+  hasPermission,
+  hasScope: (scope) => (runtimeDescription().permissions.scopes ?? []).includes(scope),
+  canFetchFrom: (type, url) => {
+    if (!FETCH_TYPES.includes(type)) throw new Error(`Invalid fetch type: ${type}. Use 'backend' or 'client'.`);
+    return urlsAllowed(runtimeDescription().permissions.external?.fetch?.[type], url);
+  },
+  canLoadResource: (type, url) => {
+    if (!RESOURCE_TYPES.includes(type)) throw new Error(`Invalid resource type: ${type}`);
+    return urlsAllowed(runtimeDescription().permissions.external?.[type], url);
+  },
 };
 export const privacy = { reportPersonalData: unsupported('@forge/api privacy.reportPersonalData') };
 export const i18n = { getTranslations: unsupported('@forge/api i18n.getTranslations') };
+
+// Forge's calls to Atlassian's own gateway (queues, the GraphQL API, DevOps
+// data), which Forge's packages and some apps import by name.
+export const __requestAtlassianAsApp = unsupported('@forge/api __requestAtlassianAsApp');
+export const __requestAtlassianAsUser = unsupported('@forge/api __requestAtlassianAsUser');
+export const __fetchProduct = unsupported('@forge/api __fetchProduct');
+export const __getRuntime = unsupported('@forge/api __getRuntime');
+/** @deprecated in Forge: returns `__requestAtlassianAsApp`. */
+export const createRequestStargateAsApp = () => __requestAtlassianAsApp;
+
+// Exported by @forge/api 2 only.
+export const getRuntime = unsupported('@forge/api getRuntime');
+const propertiesOn = (what) => () => {
+  throw new NotSupportedError(`@forge/api properties.${what} (call the product's REST API instead)`);
+};
+export const properties = {
+  onJiraIssue: propertiesOn('onJiraIssue'),
+  onJiraProject: propertiesOn('onJiraProject'),
+  onConfluencePage: propertiesOn('onConfluencePage'),
+  onConfluenceSpace: propertiesOn('onConfluenceSpace'),
+};
+export const store = properties;
 
 // ---------------------------------------------------------------- storage
 // The legacy `storage` API (deprecated by Forge for @forge/kvs, and gone
@@ -260,6 +390,30 @@ async function storageCall(capability, args) {
 }
 
 export const startsWith = (value) => ({ condition: 'STARTS_WITH', value });
+
+// The entity store's conditions and sort order as @forge/api 2–7 export
+// them (from @forge/storage): plain values, so apps that import them link.
+// Only `storage.entity` reads them, and it is not supported.
+const clause = (condition, values) => ({ condition, values });
+const entityConditions = {
+  beginsWith: (value) => clause('BEGINS_WITH', [value]),
+  between: (values) => clause('BETWEEN', values),
+  equalsTo: (value) => clause('EQUAL_TO', [value]),
+  isGreaterThan: (value) => clause('GREATER_THAN', [value]),
+  isGreaterThanEqualTo: (value) => clause('GREATER_THAN_EQUAL_TO', [value]),
+  isLessThan: (value) => clause('LESS_THAN', [value]),
+  isLessThanEqualTo: (value) => clause('LESS_THAN_EQUAL_TO', [value]),
+};
+export const WhereConditions = Object.freeze({ ...entityConditions });
+export const FilterConditions = Object.freeze({
+  ...entityConditions,
+  contains: (value) => clause('CONTAINS', [value]),
+  doesNotContain: (value) => clause('NOT_CONTAINS', [value]),
+  notEqualsTo: (value) => clause('NOT_EQUAL_TO', [value]),
+  exists: () => clause('EXISTS', [true]),
+  doesNotExist: () => clause('NOT_EXISTS', [true]),
+});
+export const SortOrder = Object.freeze({ ASC: 'ASC', DESC: 'DESC' });
 
 // The old API gave a cursor with every non-empty page, and an empty page
 // without one after the last. Kiln's store gives none on the last page, so

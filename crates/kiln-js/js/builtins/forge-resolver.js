@@ -1,39 +1,53 @@
-// @forge/resolver: defines the functions a UI module's bridge calls. Pure
-// JavaScript; the platform passes `{ call: { functionKey, payload }, context }`.
+// @forge/resolver: defines the functions a UI module's bridge (or a queue
+// consumer) calls. Pure JavaScript, following @forge/resolver 1.x/2.x: the
+// function gets `{ call: { functionKey, payload, jobId }, context }` and
+// the platform's own context as its second argument.
+//
+// What identifies the caller — `accountId`, `installContext`, `license`,
+// `installation` — comes only from that second argument, never from the
+// request's `context`, which a browser can write: as in Forge, a value
+// there is overwritten, and absent when the platform has none.
 export default class Resolver {
   #functions = Object.create(null);
 
   define(key, fn) {
-    if (typeof key !== 'string' || key === '') throw new TypeError('Resolver.define needs a function key');
-    if (typeof fn !== 'function') throw new TypeError(`Resolver.define('${key}') needs a function`);
-    if (key in this.#functions) throw new Error(`A resolver function with the key '${key}' is already defined`);
+    if (!fn || typeof fn !== 'function') {
+      throw new Error(`Resolver definition '${key}' callback must be a 'function'. Received '${typeof fn}'.`);
+    }
+    if (key in this.#functions) throw new Error(`Resolver definition '${key}' already exists.`);
     this.#functions[key] = fn;
     return this;
   }
 
   getFunction(key) {
-    return this.#functions[key];
+    if (key in this.#functions) return this.#functions[key];
+    throw new Error(`Resolver has no definition for '${key}'.`);
   }
 
   getDefinitions() {
-    const functions = this.#functions;
     return async (request, backendContext) => {
       const call = (request && request.call) || {};
-      const fn = functions[call.functionKey];
-      if (!fn) throw new Error(`Resolver has no definition for '${call.functionKey}'`);
-      const base = (request && request.context) || {};
+      const fn = this.getFunction(call.functionKey);
+      const backend = backendContext || {};
       const context = {
-        ...base,
-        installContext: backendContext && backendContext.installContext,
-        accountId: backendContext && backendContext.principal ? backendContext.principal.accountId : base.accountId,
-        license: backendContext && backendContext.license,
-        installation: backendContext && backendContext.installation,
+        ...((request && request.context) || {}),
+        installContext: backend.installContext,
+        accountId: accountIdOf(backend),
+        license: backend.license,
         jobId: call.jobId,
+        installation: backend.installation,
       };
-      const result = await fn({ payload: call.payload, context });
-      return result !== null && typeof result === 'object' ? JSON.parse(JSON.stringify(result)) : result;
+      const result = await fn({ payload: call.payload || {}, context });
+      return typeof result === 'object' ? JSON.parse(JSON.stringify(result)) : result;
     };
   }
+}
+
+// Forge names the user in `principal`; `kiln invoke --account-id` puts it
+// at the top of the context it passes.
+function accountIdOf(backend) {
+  if (backend.principal && backend.principal.accountId !== undefined) return backend.principal.accountId;
+  return backend.accountId;
 }
 
 export const makeResolver = (handlers) => {

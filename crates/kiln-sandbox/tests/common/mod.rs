@@ -58,6 +58,7 @@ pub(crate) fn invoke(
         memory_mb: 32,
         deadline: Some(Duration::from_secs(1)),
         env: Default::default(),
+        runtime: serde_json::Value::Null,
     };
     sandbox.invoke(id, &app.bundle.hash, &app.bundle.bundle, &request, &mut NoCapabilities).map(|r| r.outcome)
 }
