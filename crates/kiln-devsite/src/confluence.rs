@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::api::{ApiError, Params, body_json, id_text, reply};
 use crate::gate::Caller;
-use crate::site::{Directory, Page, Site, lock};
+use crate::site::{Content, Directory, Page, Site, lock};
 use crate::time;
 
 /// Confluence refuses longer titles.
@@ -33,7 +33,7 @@ pub(crate) fn v2_routes() -> Router<Arc<Site>> {
 }
 
 pub(crate) fn v1_routes() -> Router<Arc<Site>> {
-    Router::new().route("/content/{id}", get(get_content))
+    Router::new().route("/content", get(list_content)).route("/content/{id}", get(get_content))
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,7 +318,41 @@ async fn get_content(
     let id: u64 = p.id.parse().map_err(|_| missing())?;
     let content = lock(&site.content);
     let page = content.pages.get(&id).ok_or_else(missing)?;
+    Ok(reply(StatusCode::OK, content_v1(&site.dir, &content, page, &expand)))
+}
+
+/// v1 `GET /content`: pages (the only content type the dev site has),
+/// optionally of one space or with one title, paged by `start`/`limit`.
+async fn list_content(State(site): State<Arc<Site>>, RawQuery(query): RawQuery) -> Handled {
+    let params = Params::parse(query.as_deref());
+    let expand = params.list("expand");
+    let start = params.number("start", 0).map_err(|e| ApiError::v1(StatusCode::BAD_REQUEST, e))?;
+    let limit =
+        params.number("limit", 25).map_err(|e| ApiError::v1(StatusCode::BAD_REQUEST, e))?.clamp(1, MAX_LIMIT);
+    let wanted_type = params.get("type").unwrap_or("page");
+    let space_key = params.get("spaceKey");
+    let title = params.get("title");
+    let content = lock(&site.content);
     let dir = &site.dir;
+    let results: Vec<Value> = content
+        .pages
+        .values()
+        .filter(|_| wanted_type == "page")
+        .filter(|p| space_key.is_none_or(|k| dir.space(p.space_id).is_some_and(|s| s.key == k)))
+        .filter(|p| title.is_none_or(|t| t == p.title))
+        .skip(start)
+        .take(limit)
+        .map(|p| content_v1(dir, &content, p, &expand))
+        .collect();
+    let size = results.len();
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "results": results, "start": start, "limit": limit, "size": size, "_links": {} }),
+    ))
+}
+
+/// A page as v1 renders it, with the `expand`ed parts asked for.
+fn content_v1(dir: &Directory, content: &Content, page: &Page, expand: &[String]) -> Value {
     let space = dir.space(page.space_id);
     let mut out = serde_json::Map::new();
     out.insert("id".into(), page.id.to_string().into());
@@ -361,7 +395,7 @@ async fn get_content(
     }
     let webui = format!("/spaces/{}/pages/{}", space.map(|s| s.key.as_str()).unwrap_or_default(), page.id);
     out.insert("_links".into(), json!({ "webui": webui }));
-    Ok(reply(StatusCode::OK, Value::Object(out)))
+    Value::Object(out)
 }
 
 fn person_v1(dir: &Directory, account_id: &str) -> Value {

@@ -33,6 +33,10 @@
 //!   `status` and `key` equalities joined by `AND`, `ORDER BY created` —
 //!   projects, system fields, users, `mypermissions`, `permissions/check`,
 //!   `serverInfo`. Descriptions and comments as strings or ADF.
+//! - Jira Software DevOps (Cloud prefix only, `/ex/jira/{cloudId}/rest`):
+//!   builds and deployments — bulk submit, get and delete by key, bulk
+//!   delete by properties, deployment gating status (always `allowed`);
+//!   see [`DevSite::builds`] and [`DevSite::deployments`].
 //! - Confluence: v2 pages (get, create, update with version checks,
 //!   children, list by space) and spaces; v1 `content/{id}`. Storage format
 //!   only.
@@ -59,6 +63,7 @@
 
 mod api;
 mod confluence;
+mod devops;
 mod events;
 mod gate;
 mod jira;
@@ -81,6 +86,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub use devops::DevopsEntity;
 pub use events::{EventSinkError, sign, verify_signature};
 pub use seed::{
     ALICE, BOB, CAROL, KILN_APP, Permission, Seed, SeedClient, SeedError, SeedIssue, SeedPage, SeedPat,
@@ -182,6 +188,7 @@ pub async fn start(
         dir,
         base_url: format!("https://{addr}"),
         content: Mutex::new(content),
+        devops: Mutex::default(),
         tokens: Mutex::default(),
         log: Mutex::default(),
         outbox,
@@ -201,6 +208,7 @@ fn router(site: Arc<Site>) -> Router {
     Router::new()
         .nest("/ex/jira/{cloud_id}/rest/api/3", jira.clone())
         .nest("/ex/jira/{cloud_id}/rest/api/2", jira.clone())
+        .nest("/ex/jira/{cloud_id}/rest", devops::routes())
         .nest("/jira/rest/api/2", jira)
         .nest("/ex/confluence/{cloud_id}/wiki/api/v2", confluence::v2_routes())
         .nest("/ex/confluence/{cloud_id}/wiki/rest/api", v1.clone())
@@ -258,6 +266,17 @@ impl DevSite {
         let content = lock(&self.site.content);
         let page = content.pages.get(&id.parse().ok()?)?;
         Some(confluence::page_json(&self.site.dir, page, true))
+    }
+
+    /// Builds the DevOps API holds, by pipeline id and build number.
+    pub fn builds(&self) -> Vec<DevopsEntity> {
+        lock(&self.site.devops).builds.values().cloned().collect()
+    }
+
+    /// Deployments the DevOps API holds, by pipeline, environment and
+    /// deployment sequence number.
+    pub fn deployments(&self) -> Vec<DevopsEntity> {
+        lock(&self.site.devops).deployments.values().cloned().collect()
     }
 
     /// Requests received so far, oldest first.

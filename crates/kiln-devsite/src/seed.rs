@@ -382,8 +382,18 @@ impl Seed {
                     "write:page:confluence",
                     "read:space:confluence",
                     "read:confluence-content.summary",
+                    "read:confluence-space.summary",
+                    "search:confluence",
                     "write:confluence-content",
                     "read:me",
+                    "read:account",
+                    // Jira Software DevOps, for build and deployment providers.
+                    "read:build-info:jira",
+                    "write:build-info:jira",
+                    "delete:build-info:jira",
+                    "read:deployment-info:jira",
+                    "write:deployment-info:jira",
+                    "delete:deployment-info:jira",
                     "offline_access",
                 ]
                 .into_iter()

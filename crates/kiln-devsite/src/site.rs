@@ -33,6 +33,8 @@ pub(crate) struct Site {
     pub(crate) dir: Directory,
     pub(crate) base_url: String,
     pub(crate) content: Mutex<Content>,
+    /// Builds and deployments the DevOps APIs were sent.
+    pub(crate) devops: Mutex<crate::devops::DevopsStore>,
     pub(crate) tokens: Mutex<oauth::Tokens>,
     pub(crate) log: Mutex<Log>,
     pub(crate) outbox: Option<events::Outbox>,

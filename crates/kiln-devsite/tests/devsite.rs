@@ -471,6 +471,125 @@ async fn a_token_without_the_routes_scope_gets_401_scope_does_not_match() {
     assert_eq!(f.get(&f.jira("/nonsense"), &read).await.status, StatusCode::UNAUTHORIZED);
 }
 
+// ---------------------------------------------------------------- DevOps
+
+fn build(pipeline: &str, number: i64, sequence: i64, state: &str) -> Value {
+    json!({
+        "schemaVersion": "1.0", "pipelineId": pipeline, "buildNumber": number,
+        "updateSequenceNumber": sequence, "displayName": format!("{pipeline} #{number}"),
+        "url": "https://ci.example.com/job/1", "state": state,
+        "lastUpdated": "2024-05-01T10:00:00.000Z", "issueKeys": ["KILN-1", "NOPE-9"],
+    })
+}
+
+#[tokio::test]
+async fn builds_and_deployments_are_accepted_stored_gated_and_deleted_by_property() {
+    let f = fixture(None).await;
+    let app = f.app_token().await;
+    let rest = |tail: &str| format!("/ex/jira/{}/rest{tail}", f.site.cloud_id());
+
+    let submitted = f
+        .call(
+            Method::POST,
+            &rest("/builds/0.1/bulk"),
+            Some(&app),
+            Some(json!({
+                "builds": [build("main", 7, 2, "successful"), { "pipelineId": "broken" }],
+                "properties": { "cloudId": "c-1", "jenkinsServerUuid": "u-1" },
+            })),
+        )
+        .await;
+    assert_eq!(submitted.status, StatusCode::ACCEPTED, "{}", submitted.text());
+    assert_eq!(
+        submitted.json(),
+        json!({
+            "acceptedBuilds": [{ "pipelineId": "main", "buildNumber": 7 }],
+            "rejectedBuilds": [{ "key": { "pipelineId": "broken", "buildNumber": 0 }, "errors": [
+                { "message": "'buildNumber' is required and must be an integer." },
+                { "message": "'updateSequenceNumber' is required and must be an integer." },
+                { "message": "'displayName' is required and must be a non-empty string." },
+                { "message": "'url' is required and must be a non-empty string." },
+                { "message": "'state' is required and must be a non-empty string." },
+                { "message": "'lastUpdated' is required and must be a non-empty string." },
+            ]}],
+            "unknownIssueKeys": ["NOPE-9"],
+        })
+    );
+    // An older update is accepted and ignored, as in Jira.
+    let older = json!({ "builds": [build("main", 7, 1, "failed")], "properties": { "cloudId": "c-1" } });
+    f.call(Method::POST, &rest("/builds/0.1/bulk"), Some(&app), Some(older)).await;
+    let stored = f.site.builds();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].data["state"], "successful");
+    assert_eq!(stored[0].properties["jenkinsServerUuid"], "u-1");
+    let got = f.get(&rest("/builds/0.1/pipelines/main/builds/7"), &app).await;
+    assert_eq!(got.json(), build("main", 7, 2, "successful"));
+    assert_eq!(f.get(&rest("/builds/0.1/pipelines/main/builds/8"), &app).await.status, StatusCode::NOT_FOUND);
+
+    let deployment = json!({
+        "deploymentSequenceNumber": 3, "updateSequenceNumber": 1, "displayName": "Deploy 3",
+        "url": "https://ci.example.com/job/1", "description": "to staging",
+        "lastUpdated": "2024-05-01T10:05:00.000Z", "state": "successful", "issueKeys": ["KILN-2"],
+        "pipeline": { "id": "main", "displayName": "main", "url": "https://ci.example.com/job" },
+        "environment": { "id": "stg", "displayName": "staging", "type": "staging" },
+    });
+    let deployed = f
+        .call(
+            Method::POST,
+            &rest("/deployments/0.1/bulk"),
+            Some(&app),
+            Some(json!({ "deployments": [deployment], "properties": { "cloudId": "c-1" } })),
+        )
+        .await;
+    assert_eq!(deployed.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        deployed.json(),
+        json!({
+            "acceptedDeployments": [{ "pipelineId": "main", "environmentId": "stg", "deploymentSequenceNumber": 3 }],
+            "rejectedDeployments": [],
+            "unknownIssueKeys": [],
+        })
+    );
+    let gate = f
+        .get(&rest("/deployments/0.1/pipelines/main/environments/stg/deployments/3/gating-status"), &app)
+        .await;
+    assert_eq!(
+        gate.json(),
+        json!({
+            "deploymentSequenceNumber": 3, "pipelineId": "main", "environmentId": "stg",
+            "updatedTimestamp": "2024-05-01T10:05:00.000Z", "gatingStatus": "allowed", "details": [],
+        })
+    );
+    assert_eq!(f.site.deployments().len(), 1);
+
+    // Bulk deletes need a property and match all of those given.
+    let none = f.call(Method::DELETE, &rest("/builds/0.1/bulkByProperties"), Some(&app), None).await;
+    assert_eq!(none.status, StatusCode::BAD_REQUEST);
+    let other = rest("/builds/0.1/bulkByProperties?cloudId=c-1&jenkinsServerUuid=u-2");
+    assert_eq!(f.call(Method::DELETE, &other, Some(&app), None).await.status, StatusCode::ACCEPTED);
+    assert_eq!(f.site.builds().len(), 1);
+    let mine = rest("/builds/0.1/bulkByProperties?jenkinsServerUuid=u-1");
+    assert_eq!(f.call(Method::DELETE, &mine, Some(&app), None).await.status, StatusCode::ACCEPTED);
+    assert!(f.site.builds().is_empty());
+    let deployments = rest("/deployments/0.1/bulkByProperties?cloudId=c-1");
+    assert_eq!(f.call(Method::DELETE, &deployments, Some(&app), None).await.status, StatusCode::ACCEPTED);
+    assert!(f.site.deployments().is_empty());
+
+    // Without the DevOps scopes the gate refuses, as Atlassian does.
+    let user = f.user_token(ALICE, "read:jira-work write:jira-work").await.access;
+    let refused = f
+        .call(
+            Method::POST,
+            &rest("/builds/0.1/bulk"),
+            Some(&user),
+            Some(json!({ "builds": [build("x", 1, 1, "failed")] })),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.json()["message"], "Unauthorized; scope does not match");
+    assert!(f.site.builds().is_empty());
+}
+
 // ------------------------------------------------------------------ Jira
 
 #[tokio::test]
@@ -901,6 +1020,15 @@ async fn personal_access_tokens_work_on_the_data_center_prefixes_only() {
     assert_eq!(info["deploymentType"], "Server");
     let page = f.get("/confluence/rest/api/content/1001?expand=body.storage", "dev-pat-alice").await;
     assert_eq!(page.json()["body"]["storage"]["value"], "<p>Welcome to the dev site.</p>");
+    // v1 content listing: pages of a space, paged by start and limit; other types are empty.
+    let listed =
+        f.get("/confluence/rest/api/content?type=page&spaceKey=DEV&limit=1", "dev-pat-alice").await.json();
+    assert_eq!((listed["size"].as_u64(), listed["limit"].as_u64()), (Some(1), Some(1)), "{listed}");
+    assert_eq!(listed["results"][0]["title"], "Development home");
+    let next = f.get("/confluence/rest/api/content?spaceKey=DEV&start=1", "dev-pat-alice").await.json();
+    assert_eq!(next["results"][0]["title"], "Runbook", "{next}");
+    let blogs = f.get("/confluence/rest/api/content?type=blogpost", "dev-pat-alice").await.json();
+    assert_eq!(blogs["size"], 0);
 
     let bad = f.get("/jira/rest/api/2/issue/KILN-1", "dev-pat-mallory").await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
