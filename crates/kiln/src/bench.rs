@@ -165,6 +165,7 @@ fn kiln_run(
         memory_mb: 128,
         deadline: None,
         env: Default::default(),
+        runtime: serde_json::Value::Null,
     };
     let call = |n: usize| -> Result<Duration, String> {
         if let Some(gap) = pace {

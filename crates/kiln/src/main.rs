@@ -86,6 +86,24 @@ enum Command {
     Serve(ServeArgs),
     /// Run the dev site: an emulated Jira and Confluence with OAuth, on loopback, for development
     Devsite(DevsiteArgs),
+    /// Consent as a dev-site user, so `kiln invoke --account-id` can act for them (asUser())
+    Consent(ConsentArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConsentArgs {
+    /// The dev site (`kiln devsite`)
+    #[arg(long, value_name = "URL")]
+    devsite: String,
+    /// The dev site's certificate [default: the data directory's]
+    #[arg(long, value_name = "PEM")]
+    devsite_ca: Option<PathBuf>,
+    /// The dev-site user who consents
+    #[arg(long, value_name = "ACCOUNT_ID")]
+    account_id: String,
+    /// The app directory, holding manifest.yml
+    #[arg(default_value = ".")]
+    app_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -474,6 +492,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Admin(command) => admin::run(&data_dir, command).await,
         Command::Serve(args) => serve(&data_dir, args).await,
         Command::Devsite(args) => devsite(&data_dir, args).await,
+        Command::Consent(args) => consent(&data_dir, args).await,
         Command::Variables(command) => variables(&data_dir, command).await,
         Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
         Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
@@ -634,6 +653,14 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
         map.entry("accountId").or_insert_with(|| serde_json::Value::String(account.clone()));
     }
     let (host, grants, env) = invoke_host(data_dir, &args, &manifest).await?;
+    let runtime = kiln_host::runtime_description(&kiln_host::RuntimeSource {
+        app: &grants.app,
+        version: None,
+        environment: &grants.environment,
+        installation: &grants.installation,
+        module_key: &args.function,
+        grants: &kiln_manifest::Grants::of(&manifest),
+    });
     let request = kiln_sandbox::InvokeRequest {
         function: args.function.clone(),
         payload,
@@ -642,6 +669,7 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
         memory_mb,
         deadline: args.timeout_ms.map(std::time::Duration::from_millis),
         env,
+        runtime,
     };
     let app = manifest.app.id.to_string();
     // The sandbox blocks while the worker runs; the host calls it answers
@@ -768,6 +796,80 @@ async fn invoke_host(
     Ok((std::sync::Arc::new(host), invocation, env))
 }
 
+/// `kiln consent`: the OAuth 2.0 authorization-code flow against a dev
+/// site, as `--account-id` (the dev site's `login_as` answers the consent
+/// screen), for the app's product scopes. The user's tokens are kept sealed
+/// where `kiln invoke` looks for them (owner `local:<app id>`).
+async fn consent(data_dir: &Path, args: ConsentArgs) -> Result<(), Failure> {
+    let no_vars = |_: &str| None;
+    let manifest = kiln_manifest::load(&args.app_dir, &no_vars).map_err(|e| usage(e.to_string()))?.manifest;
+    let app = manifest.app.id.to_string();
+    let store = open(data_dir).await?;
+    let provider = key_provider(data_dir, &store).await?;
+    let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store, provider));
+    let gateway = devsite_gateway(data_dir, &args.devsite, args.devsite_ca.as_deref(), kvs).await?;
+    let scopes: Vec<&str> = manifest
+        .permissions
+        .scopes
+        .keys()
+        .map(|s| s.as_str())
+        .filter(|s| !kiln_manifest::scopes::PLATFORM_SCOPES.contains(s))
+        .collect();
+    let mut state = [0u8; 16];
+    kiln_crypto::fill_random(&mut state).map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    let state: String = state.iter().map(|b| format!("{b:02x}")).collect();
+    let url = gateway.tokens().authorization_url(&scopes, &state).map_err(|e| usage(e.to_string()))?;
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let login = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("login_as", &args.account_id)
+        .finish();
+    let (addr, host) = devsite_address(&args.devsite)?;
+    let roots = devsite_roots(data_dir, args.devsite_ca.as_deref())?;
+    let tls = kiln_crypto::tls::client_config(&roots).map_err(|e| usage(e.to_string()))?;
+    let browser = kiln_http::HttpsClient::new(&addr, &host, tls);
+    let reply = browser
+        .send(kiln_http::Method::GET, &format!("/authorize?{query}&{login}"), &[], None)
+        .await
+        .map_err(|e| Failure { code: 1, message: format!("the dev site did not answer: {e}") })?;
+    let location = reply.headers.get("location").and_then(|l| l.to_str().ok()).unwrap_or_default();
+    let back = url::Url::parse(location).map_err(|_| Failure {
+        code: 1,
+        message: format!("the dev site refused the consent ({}): {}", reply.status, reply.text().trim()),
+    })?;
+    let pairs: std::collections::BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+    if pairs.get("state") != Some(&state) {
+        return Err(Failure { code: 1, message: "the consent came back with another state; refused".into() });
+    }
+    let Some(code) = pairs.get("code") else {
+        let why = pairs.get("error").map_or("no code", String::as_str);
+        return Err(Failure { code: 1, message: format!("the dev site refused the consent: {why}") });
+    };
+    let done = gateway
+        .tokens()
+        .complete_authorization(&format!("local:{app}"), code)
+        .await
+        .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    println!("{} consented for {app}: {}", done.account_id, done.scopes.join(" "));
+    Ok(())
+}
+
+/// `host:port` and host name of a dev site URL.
+fn devsite_address(url: &str) -> Result<(String, String), Failure> {
+    let parsed = url::Url::parse(url).map_err(|e| usage(format!("--devsite: {e}")))?;
+    let host =
+        parsed.host_str().ok_or_else(|| usage("--devsite has no host"))?.trim_matches(['[', ']']).to_owned();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let addr = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    Ok((addr, host))
+}
+
+/// The dev site's certificate: `--devsite-ca`, else the data directory's.
+fn devsite_roots(data_dir: &Path, ca: Option<&Path>) -> Result<String, Failure> {
+    let path = ca.map_or_else(|| data_dir.join("tls/cert.pem"), Path::to_path_buf);
+    std::fs::read_to_string(&path)
+        .map_err(|e| usage(format!("the dev site's certificate {}: {e}", path.display())))
+}
+
 /// A product gateway for a dev site: its example OAuth client, and the
 /// cloud id it reports for that client's token.
 async fn devsite_gateway(
@@ -776,17 +878,14 @@ async fn devsite_gateway(
     ca: Option<&Path>,
     kvs: std::sync::Arc<kiln_kvs::Kvs>,
 ) -> Result<kiln_product::ProductGateway, Failure> {
-    let ca_path = ca.map_or_else(|| data_dir.join("tls/cert.pem"), Path::to_path_buf);
-    let roots = std::fs::read_to_string(&ca_path)
-        .map_err(|e| usage(format!("the dev site's certificate {}: {e}", ca_path.display())))?;
+    let roots = devsite_roots(data_dir, ca)?;
     let endpoint =
         || kiln_product::Endpoint::new(url, &roots, 5 << 20).map_err(|e| usage(format!("--devsite: {e}")));
     let seed = kiln_devsite::Seed::example();
     let client = seed.oauth_clients.first().ok_or_else(|| usage("the example seed has no OAuth client"))?;
     // Ask the site which cloud id the client's token covers.
     let api = endpoint()?;
-    let addr = url.trim_start_matches("https://").trim_end_matches('/').to_owned();
-    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
+    let (addr, host) = devsite_address(url)?;
     let tls = kiln_crypto::tls::client_config(&roots).map_err(|e| usage(e.to_string()))?;
     let http = kiln_http::HttpsClient::new(&addr, &host, tls);
     let grant = serde_json::json!({

@@ -421,6 +421,64 @@ fn process_env_holds_the_apps_variables_for_the_environment_and_nothing_of_the_h
 }
 
 #[test]
+fn get_app_context_and_permissions_describe_the_invocation_from_the_server() {
+    let kiln = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("manifest.yml"),
+        "app:\n  id: ari:cloud:ecosystem::app/7d1c2b3a-0000-4000-8000-0000000000e2\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: hook\n      function: ctx\n  function:\n    - key: ctx\n      handler: index.ctx\npermissions:\n  scopes:\n    - read:jira-work\n  external:\n    fetch:\n      backend:\n        - '*.example.com'\n        - https://api.other.org\n    images:\n      - images.example.net\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("src/index.js"),
+        r#"import { getAppContext, permissions } from '@forge/api';
+export function ctx() {
+  const c = getAppContext();
+  const left = c.invocationRemainingTimeInMillis();
+  return {
+    appAri: c.appAri, environmentAri: c.environmentAri, environmentType: c.environmentType,
+    installationAri: c.installationAri, moduleKey: c.moduleKey, appVersion: c.appVersion,
+    scopes: c.permissions.scopes, leftInRange: left > 0 && left <= 55000,
+    hasScope: [permissions.hasScope('read:jira-work'), permissions.hasScope('write:jira-work')],
+    fetch: ['https://a.example.com/x', 'https://example.com/', 'https://api.other.org/y', 'https://evil.org/']
+      .map((u) => permissions.canFetchFrom('backend', u)),
+    images: [permissions.canLoadResource('images', 'https://images.example.net/a.png'), permissions.canLoadResource('images', 'https://x.org/')],
+    missing: permissions.hasPermission({ scopes: ['read:jira-work', 'manage:jira-configuration'], external: { fetch: { backend: ['https://b.example.com', 'https://nope.io'] } } }),
+    granted: permissions.hasPermission({ scopes: ['read:jira-work'] }),
+  };
+}
+"#,
+    )
+    .unwrap();
+    let out = kiln.run(&["invoke", "ctx", p.to_str().unwrap(), "-e", "staging"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "appAri": "ari:cloud:ecosystem::app/7d1c2b3a-0000-4000-8000-0000000000e2",
+            "environmentAri": "ari:cloud:ecosystem::environment/7d1c2b3a-0000-4000-8000-0000000000e2/staging",
+            "environmentType": "STAGING",
+            "installationAri": "ari:cloud:ecosystem::installation/local",
+            "moduleKey": "ctx",
+            "appVersion": null,
+            "scopes": ["read:jira-work"],
+            "leftInRange": true,
+            "hasScope": [true, false],
+            "fetch": [true, false, true, false],
+            "images": [true, false],
+            "missing": { "granted": false, "missing": {
+                "scopes": ["manage:jira-configuration"],
+                "external": { "fetch": { "backend": ["https://nope.io"] } },
+            } },
+            "granted": { "granted": true },
+        })
+    );
+}
+
+#[test]
 fn invoke_runs_a_function_in_the_sandbox_and_prints_json() {
     let kiln = Kiln::new();
     let app = invoke_app();
@@ -494,6 +552,28 @@ fn invoke_runs_the_example_apps_functions() {
         "557058:bob",
     ]);
     assert!(text(&out).contains("has not authorised this app"), "{}", text(&out));
+    // Bob consents through the dev site's OAuth flow; then asUser() acts as Bob.
+    let consented = kiln.ok(&["consent", "--devsite", &base, "--account-id", "557058:bob", example]);
+    assert!(consented.starts_with("557058:bob consented for ari:cloud:ecosystem::app/"), "{consented}");
+    assert!(consented.contains("read:jira-work") && consented.contains("offline_access"), "{consented}");
+    let panel = r#"{"call":{"functionKey":"getTriage","payload":{}},"context":{"extension":{"issue":{"id":"KILN-2","key":"KILN-2"}}}}"#;
+    let out = kiln.run(&[
+        "invoke",
+        "resolver",
+        example,
+        "--payload",
+        panel,
+        "--devsite",
+        &base,
+        "--account-id",
+        "557058:bob",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["issueKey"], "KILN-2", "{value}");
+    // A user who cannot consent (unknown to the site) is refused, and says why.
+    let refused = kiln.run(&["consent", "--devsite", &base, "--account-id", "557058:nobody", example]);
+    assert_eq!(code(&refused), 1, "{}", text(&refused));
     // Every product decision is in the trail, by the app, and the trail verifies.
     let tail = kiln.ok(&["audit", "tail", "-n", "20"]);
     assert!(tail.contains("product.request") && tail.contains("app:ari:cloud:ecosystem::app/"), "{tail}");
