@@ -9,111 +9,26 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use std::collections::{BTreeMap, VecDeque};
+mod common;
+
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use kiln_ipc::{
-    ErrorCode, HostReply, Import, Invocation, Limits, LogLevel, ModuleKind, Outcome, SourceModule,
-};
-use kiln_js::{Host, Program, compile, run};
+use common::{App, FakeHost, err, invocation, ok};
+use kiln_ipc::{ErrorCode, HostReply, Limits, LogLevel, ModuleKind, Outcome, SourceModule};
+use kiln_js::{Program, compile, run};
 
-#[derive(Default)]
-struct TestHost {
-    logs: Vec<(LogLevel, String)>,
-    calls: VecDeque<(u64, String, serde_json::Value)>,
-}
-
-impl Host for TestHost {
-    fn log(&mut self, level: LogLevel, text: String) {
-        self.logs.push((level, text));
-    }
-    fn call(&mut self, call: u64, capability: String, args: serde_json::Value) {
-        self.calls.push_back((call, capability, args));
-    }
-    fn wait(&mut self, until: Instant) -> Option<(u64, HostReply)> {
-        match self.calls.pop_front() {
-            Some((id, cap, args)) if cap == "echo" => Some((id, HostReply::Ok { value: args })),
-            Some((id, cap, _)) => {
-                Some((id, HostReply::Err { code: "UNKNOWN_CAPABILITY".into(), message: format!("no {cap}") }))
-            }
-            None => {
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                None
-            }
-        }
+/// Answers the `echo` capability with its arguments and refuses any other.
+fn echo_or_unknown(capability: &str, args: &serde_json::Value) -> HostReply {
+    match capability {
+        "echo" => HostReply::Ok { value: args.clone() },
+        _ => HostReply::Err { code: "UNKNOWN_CAPABILITY".into(), message: format!("no {capability}") },
     }
 }
 
-struct App {
-    sources: Vec<SourceModule>,
-    imports: BTreeMap<String, BTreeMap<String, Import>>,
-}
-
-impl App {
-    fn new() -> Self {
-        App { sources: Vec::new(), imports: BTreeMap::new() }
-    }
-
-    fn esm(mut self, id: &str, code: &str) -> Self {
-        let uses_require = code.contains("require(");
-        self.sources.push(SourceModule {
-            id: id.into(),
-            kind: ModuleKind::Esm,
-            code: code.into(),
-            exports: vec![],
-            uses_require,
-        });
-        self
-    }
-
-    fn cjs(mut self, id: &str, code: &str, exports: &[&str]) -> Self {
-        self.sources.push(SourceModule {
-            id: id.into(),
-            kind: ModuleKind::CommonJs,
-            code: code.into(),
-            exports: exports.iter().map(|s| (*s).to_owned()).collect(),
-            uses_require: false,
-        });
-        self
-    }
-
-    fn json(mut self, id: &str, code: &str) -> Self {
-        self.sources.push(SourceModule {
-            id: id.into(),
-            kind: ModuleKind::Json,
-            code: code.into(),
-            exports: vec![],
-            uses_require: false,
-        });
-        self
-    }
-
-    fn import(mut self, from: &str, spec: &str, to: &str) -> Self {
-        let target = if to.starts_with("builtin:") {
-            Import::Builtin(to.trim_start_matches("builtin:").into())
-        } else {
-            Import::Module(to.into())
-        };
-        self.imports.entry(from.into()).or_default().insert(spec.into(), target);
-        self
-    }
-
-    fn load(self) -> &'static Program {
-        let modules = compile(&self.sources, &self.imports).unwrap();
-        let kinds = self.sources.iter().map(|s| (s.id.clone(), s.kind)).collect();
-        Program::load(kiln_ipc::Program { modules, kinds, imports: self.imports }).unwrap()
-    }
-}
-
+/// The shared limits with a shorter deadline, so the tests that hit it end sooner.
 fn limits() -> Limits {
-    Limits {
-        memory_bytes: 64 << 20,
-        stack_bytes: 512 << 10,
-        deadline_ms: 2_000,
-        max_log_lines: 100,
-        max_log_bytes: 200 << 10,
-        max_result_bytes: 5 << 20,
-    }
+    Limits { deadline_ms: 2_000, ..common::limits() }
 }
 
 fn invoke_with(
@@ -122,37 +37,15 @@ fn invoke_with(
     export: &str,
     payload: &str,
     limits: Limits,
-) -> (Outcome, TestHost) {
-    let mut host = TestHost::default();
-    let inv = Invocation {
-        id: "test".into(),
-        module: module.into(),
-        export: export.into(),
-        payload: payload.into(),
-        context: r#"{"installContext":"ari:cloud:jira::site/1"}"#.into(),
-        limits,
-        runtime: String::new(),
-    };
+) -> (Outcome, FakeHost) {
+    let mut host = FakeHost::answering(Box::new(echo_or_unknown));
+    let inv = invocation(module, export, payload, r#"{"installContext":"ari:cloud:jira::site/1"}"#, limits);
     let outcome = run(program, &inv, &mut host);
     (outcome, host)
 }
 
 fn invoke(program: &'static Program, module: &str, export: &str) -> Outcome {
     invoke_with(program, module, export, "{}", limits()).0
-}
-
-fn ok(outcome: Outcome) -> serde_json::Value {
-    match outcome {
-        Outcome::Ok { result } => serde_json::from_str(&result).unwrap(),
-        Outcome::Err(e) => panic!("expected success, got {e:?}"),
-    }
-}
-
-fn err(outcome: Outcome) -> kiln_ipc::InvocationError {
-    match outcome {
-        Outcome::Err(e) => e,
-        Outcome::Ok { result } => panic!("expected an error, got {result}"),
-    }
 }
 
 #[test]

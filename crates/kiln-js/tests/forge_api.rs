@@ -11,42 +11,12 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+mod common;
 
 use base64::Engine;
-use kiln_ipc::{HostReply, Import, Invocation, Limits, LogLevel, ModuleKind, Outcome, SourceModule};
-use kiln_js::{Host, Program, compile, run};
+use common::{FakeHost, Responder, index_importing, ok, run_index};
+use kiln_ipc::HostReply;
 use serde_json::{Value, json};
-
-type Responder = Box<dyn FnMut(&str, &Value) -> HostReply>;
-
-/// Records every host call and answers it with `respond`.
-struct FakeHost {
-    logs: Vec<(LogLevel, String)>,
-    queued: VecDeque<(u64, String, Value)>,
-    calls: Vec<(String, Value)>,
-    respond: Responder,
-}
-
-impl Host for FakeHost {
-    fn log(&mut self, level: LogLevel, text: String) {
-        self.logs.push((level, text));
-    }
-    fn call(&mut self, call: u64, capability: String, args: Value) {
-        self.calls.push((capability.clone(), args.clone()));
-        self.queued.push_back((call, capability, args));
-    }
-    fn wait(&mut self, until: Instant) -> Option<(u64, HostReply)> {
-        match self.queued.pop_front() {
-            Some((id, capability, args)) => Some((id, (self.respond)(&capability, &args))),
-            None => {
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                None
-            }
-        }
-    }
-}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -70,54 +40,11 @@ fn echo(capability: &str, args: &Value) -> HostReply {
 }
 
 /// Load `code` as the app's only module (importing @forge/api), call its
-/// `run` export with `payload`, and return the outcome and the host.
-fn run_app(code: &str, payload: Value, respond: Responder) -> (Outcome, FakeHost) {
-    let sources = vec![SourceModule {
-        id: "src/index.js".into(),
-        kind: ModuleKind::Esm,
-        code: code.into(),
-        exports: vec![],
-        uses_require: false,
-    }];
-    let mut imports: BTreeMap<String, BTreeMap<String, Import>> = BTreeMap::new();
-    imports
-        .entry("src/index.js".into())
-        .or_default()
-        .insert("@forge/api".into(), Import::Builtin("@forge/api".into()));
-    let modules = compile(&sources, &imports).unwrap();
-    let kinds = sources.iter().map(|s| (s.id.clone(), s.kind)).collect();
-    let program = Program::load(kiln_ipc::Program { modules, kinds, imports }).unwrap();
-    let mut host = FakeHost { logs: Vec::new(), queued: VecDeque::new(), calls: Vec::new(), respond };
-    let invocation = Invocation {
-        id: "test".into(),
-        module: "src/index.js".into(),
-        export: "run".into(),
-        payload: payload.to_string(),
-        context: "{}".into(),
-        runtime: String::new(),
-        limits: Limits {
-            memory_bytes: 64 << 20,
-            stack_bytes: 512 << 10,
-            deadline_ms: 5_000,
-            max_log_lines: 100,
-            max_log_bytes: 200 << 10,
-            max_result_bytes: 5 << 20,
-        },
-    };
-    let outcome = run(program, &invocation, &mut host);
-    (outcome, host)
-}
-
-fn ok(outcome: Outcome) -> Value {
-    match outcome {
-        Outcome::Ok { result } => serde_json::from_str(&result).unwrap(),
-        Outcome::Err(e) => panic!("expected success, got {e:?}"),
-    }
-}
-
-/// Run `code`, expect success, and return its result and the host calls made.
+/// `run` export with `payload`, expect success, and return its result and the
+/// host calls made.
 fn run_ok(code: &str, payload: Value, respond: Responder) -> (Value, Vec<(String, Value)>) {
-    let (outcome, host) = run_app(code, payload, respond);
+    let program = index_importing(code, &["@forge/api"]);
+    let (outcome, host) = run_index(program, "run", &payload, &json!({}), FakeHost::answering(respond));
     (ok(outcome), host.calls)
 }
 

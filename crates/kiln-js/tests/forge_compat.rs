@@ -11,74 +11,20 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+mod common;
 
-use kiln_ipc::{HostReply, Import, Invocation, Limits, LogLevel, ModuleKind, Outcome, SourceModule};
-use kiln_js::{Host, Program, compile, run};
+use common::{FakeHost, index_importing, ok, run_index};
+use kiln_ipc::Outcome;
 use serde_json::{Value, json};
 
-/// Answers nothing: these tests make no host calls, and any call is recorded.
-#[derive(Default)]
-struct NoHost {
-    calls: VecDeque<String>,
-}
-
-impl Host for NoHost {
-    fn log(&mut self, _level: LogLevel, _text: String) {}
-    fn call(&mut self, _call: u64, capability: String, _args: Value) {
-        self.calls.push_back(capability);
-    }
-    fn wait(&mut self, until: Instant) -> Option<(u64, HostReply)> {
-        std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        None
-    }
-}
-
 /// Load `code` as `src/index.js` with every `@forge/*` built-in importable,
-/// call `export` with `payload` and `context`, and return the outcome.
+/// call `export` with `payload` and `context`, and return the outcome. These
+/// apps make no host calls: the host answers none, and any call fails the test.
 fn run_app(code: &str, export: &str, payload: Value, context: Value) -> Outcome {
-    let sources = vec![SourceModule {
-        id: "src/index.js".into(),
-        kind: ModuleKind::Esm,
-        code: code.into(),
-        exports: vec![],
-        uses_require: false,
-    }];
-    let mut imports: BTreeMap<String, BTreeMap<String, Import>> = BTreeMap::new();
-    for name in ["@forge/api", "@forge/resolver", "@forge/events"] {
-        imports.entry("src/index.js".into()).or_default().insert(name.into(), Import::Builtin(name.into()));
-    }
-    let modules = compile(&sources, &imports).unwrap();
-    let kinds = sources.iter().map(|s| (s.id.clone(), s.kind)).collect();
-    let program = Program::load(kiln_ipc::Program { modules, kinds, imports }).unwrap();
-    let mut host = NoHost::default();
-    let invocation = Invocation {
-        id: "test".into(),
-        module: "src/index.js".into(),
-        export: export.into(),
-        payload: payload.to_string(),
-        context: context.to_string(),
-        runtime: String::new(),
-        limits: Limits {
-            memory_bytes: 64 << 20,
-            stack_bytes: 512 << 10,
-            deadline_ms: 5_000,
-            max_log_lines: 100,
-            max_log_bytes: 200 << 10,
-            max_result_bytes: 5 << 20,
-        },
-    };
-    let outcome = run(program, &invocation, &mut host);
+    let program = index_importing(code, &["@forge/api", "@forge/resolver", "@forge/events"]);
+    let (outcome, host) = run_index(program, export, &payload, &context, FakeHost::silent());
     assert!(host.calls.is_empty(), "no host call expected: {:?}", host.calls);
     outcome
-}
-
-fn ok(outcome: Outcome) -> Value {
-    match outcome {
-        Outcome::Ok { result } => serde_json::from_str(&result).unwrap(),
-        Outcome::Err(e) => panic!("expected success, got {e:?}"),
-    }
 }
 
 const ECHO_RESOLVER: &str = r"

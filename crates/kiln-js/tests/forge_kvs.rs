@@ -12,81 +12,19 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+mod common;
 
-use kiln_ipc::{HostReply, Import, Invocation, Limits, LogLevel, ModuleKind, Outcome, SourceModule};
-use kiln_js::{Host, Program, compile, run};
+use common::{FakeHost, Responder, index_importing, ok, run_index};
+use kiln_ipc::HostReply;
 use serde_json::{Value, json};
-
-type Responder = Box<dyn FnMut(&str, &Value) -> HostReply>;
-
-/// Records every host call and answers it with `respond`.
-struct FakeHost {
-    queued: VecDeque<(u64, String, Value)>,
-    calls: Vec<(String, Value)>,
-    respond: Responder,
-}
-
-impl Host for FakeHost {
-    fn log(&mut self, _level: LogLevel, _text: String) {}
-    fn call(&mut self, call: u64, capability: String, args: Value) {
-        self.calls.push((capability.clone(), args.clone()));
-        self.queued.push_back((call, capability, args));
-    }
-    fn wait(&mut self, until: Instant) -> Option<(u64, HostReply)> {
-        match self.queued.pop_front() {
-            Some((id, capability, args)) => Some((id, (self.respond)(&capability, &args))),
-            None => {
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                None
-            }
-        }
-    }
-}
 
 /// Load `code` as the app's only module (importing @forge/kvs and
 /// @forge/api), call its `run` export, and return its result and the host
 /// calls it made.
 fn run_ok(code: &str, respond: Responder) -> (Value, Vec<(String, Value)>) {
-    let sources = vec![SourceModule {
-        id: "src/index.js".into(),
-        kind: ModuleKind::Esm,
-        code: code.into(),
-        exports: vec![],
-        uses_require: false,
-    }];
-    let mut imports: BTreeMap<String, BTreeMap<String, Import>> = BTreeMap::new();
-    for builtin in ["@forge/kvs", "@forge/api"] {
-        imports
-            .entry("src/index.js".into())
-            .or_default()
-            .insert(builtin.into(), Import::Builtin(builtin.into()));
-    }
-    let modules = compile(&sources, &imports).unwrap();
-    let kinds = sources.iter().map(|s| (s.id.clone(), s.kind)).collect();
-    let program = Program::load(kiln_ipc::Program { modules, kinds, imports }).unwrap();
-    let mut host = FakeHost { queued: VecDeque::new(), calls: Vec::new(), respond };
-    let invocation = Invocation {
-        id: "test".into(),
-        module: "src/index.js".into(),
-        export: "run".into(),
-        payload: "{}".into(),
-        context: "{}".into(),
-        runtime: String::new(),
-        limits: Limits {
-            memory_bytes: 64 << 20,
-            stack_bytes: 512 << 10,
-            deadline_ms: 5_000,
-            max_log_lines: 100,
-            max_log_bytes: 200 << 10,
-            max_result_bytes: 5 << 20,
-        },
-    };
-    match run(program, &invocation, &mut host) {
-        Outcome::Ok { result } => (serde_json::from_str(&result).unwrap(), host.calls),
-        Outcome::Err(e) => panic!("expected success, got {e:?}"),
-    }
+    let program = index_importing(code, &["@forge/kvs", "@forge/api"]);
+    let (outcome, host) = run_index(program, "run", &json!({}), &json!({}), FakeHost::answering(respond));
+    (ok(outcome), host.calls)
 }
 
 /// The reply an empty store gives each capability.

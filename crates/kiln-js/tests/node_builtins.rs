@@ -11,11 +11,11 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+mod common;
 
-use kiln_ipc::{HostReply, Import, Invocation, Limits, LogLevel, ModuleKind, Outcome, SourceModule};
-use kiln_js::{Host, Program, compile, run};
+use common::{App, FakeHost, INDEX, err, ok, run_index};
+use kiln_ipc::{LogLevel, Outcome};
+use kiln_js::Program;
 use serde_json::{Value, json};
 
 /// Every Node module name an app may import, bare and `node:`-prefixed, as
@@ -43,81 +43,32 @@ const NODE_NAMES: [&str; 20] = [
     "net",
 ];
 
-#[derive(Default)]
-struct TestHost {
-    logs: Vec<(LogLevel, String)>,
-}
-
-impl Host for TestHost {
-    fn log(&mut self, level: LogLevel, text: String) {
-        self.logs.push((level, text));
-    }
-    fn call(&mut self, _call: u64, _capability: String, _args: serde_json::Value) {}
-    fn wait(&mut self, until: Instant) -> Option<(u64, HostReply)> {
-        std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        None
-    }
-}
-
 /// An app of one ES module, `src/index.js`, that may import or require any
 /// Node module name.
 fn program(code: &str) -> &'static Program {
-    let mut imports: BTreeMap<String, Import> = BTreeMap::new();
-    for name in NODE_NAMES {
-        imports.insert(name.to_owned(), Import::Builtin(format!("node:{name}")));
-        imports.insert(format!("node:{name}"), Import::Builtin(format!("node:{name}")));
-    }
-    let sources = vec![SourceModule {
-        id: "src/index.js".into(),
-        kind: ModuleKind::Esm,
-        code: code.into(),
-        exports: vec![],
-        uses_require: code.contains("require("),
-    }];
-    let imports = BTreeMap::from([("src/index.js".to_owned(), imports)]);
-    let modules = compile(&sources, &imports).unwrap();
-    let kinds = BTreeMap::from([("src/index.js".to_owned(), ModuleKind::Esm)]);
-    Program::load(kiln_ipc::Program { modules, kinds, imports }).unwrap()
+    NODE_NAMES
+        .iter()
+        .fold(App::new().esm(INDEX, code), |app, name| {
+            let builtin = format!("builtin:node:{name}");
+            app.import(INDEX, name, &builtin).import(INDEX, &format!("node:{name}"), &builtin)
+        })
+        .load()
 }
 
-fn invoke(code: &str) -> (Outcome, TestHost) {
-    let p = program(code);
-    let mut host = TestHost::default();
-    let inv = Invocation {
-        id: "test".into(),
-        module: "src/index.js".into(),
-        export: "run".into(),
-        payload: "{}".into(),
-        context: "{}".into(),
-        runtime: String::new(),
-        limits: Limits {
-            memory_bytes: 64 << 20,
-            stack_bytes: 512 << 10,
-            deadline_ms: 5_000,
-            max_log_lines: 100,
-            max_log_bytes: 200 << 10,
-            max_result_bytes: 5 << 20,
-        },
-    };
-    let outcome = run(p, &inv, &mut host);
-    (outcome, host)
+/// Run `code`'s `run` export against a host that answers no calls.
+fn invoke(code: &str) -> (Outcome, FakeHost) {
+    run_index(program(code), "run", &json!({}), &json!({}), FakeHost::silent())
 }
 
 /// Run `export async function run()` with `body` and return its result.
 fn eval(body: &str) -> Value {
     let code = format!("export async function run() {{\n{body}\n}}");
-    match invoke(&code).0 {
-        Outcome::Ok { result } => serde_json::from_str(&result).unwrap(),
-        Outcome::Err(e) => panic!("expected success, got {e:?}"),
-    }
+    ok(invoke(&code).0)
 }
 
 fn eval_err(body: &str) -> kiln_ipc::InvocationError {
     let code = format!("export async function run() {{\n{body}\n}}");
-    match invoke(&code).0 {
-        Outcome::Err(e) => e,
-        Outcome::Ok { result } => panic!("expected an error, got {result}"),
-    }
+    err(invoke(&code).0)
 }
 
 // ---------------------------------------------------------------- crypto
