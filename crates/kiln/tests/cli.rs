@@ -12,61 +12,12 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Kiln {
-    data: tempfile::TempDir,
-}
-
-impl Kiln {
-    fn new() -> Self {
-        Self { data: tempfile::tempdir().unwrap() }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.data.path().join("data")
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_in(&repo(), args)
-    }
-
-    /// Run a command that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn run_in(&self, cwd: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .current_dir(cwd)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(args)
-            .env_remove("KILN_DATA_DIR")
-            .env_remove("KILN_KEK")
-            .env_remove("KILN_KEY_FILE")
-            .env_remove("KILN_AUDIT_KEY")
-            .env_remove("KILN_AUDIT_CHECKPOINT_FILE")
-            .env("USER", "tester")
-            .output()
-            .unwrap()
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
+use common::{KillOnDrop, Kiln, code, listening, repo, text};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -527,7 +478,7 @@ fn invoke_runs_the_example_apps_functions() {
 
     // Against a dev site: the queue consumer reads SEC-1 as the app, labels it
     // through Jira's `update` verbs, and counts the labels in its own storage.
-    let (base, _, _site) = devsite(&kiln);
+    let (base, _, _site) = kiln.devsite(5);
     let job = r#"{"body":{"issueId":"SEC-1","reason":"test"}}"#;
     let puts = |kiln: &Kiln| kiln.ok(&["audit", "tail", "-n", "50"]).matches(r#""method":"PUT""#).count();
     let out = kiln.run(&["invoke", "process-job", example, "--payload", job, "--devsite", &base]);
@@ -578,32 +529,6 @@ fn invoke_runs_the_example_apps_functions() {
     let tail = kiln.ok(&["audit", "tail", "-n", "20"]);
     assert!(tail.contains("product.request") && tail.contains("app:ari:cloud:ecosystem::app/"), "{tail}");
     kiln.ok(&["audit", "verify"]);
-}
-
-/// `kiln devsite` on a free loopback port, with the data directory's
-/// certificate: its base URL, the lines it printed after it, the process.
-fn devsite(kiln: &Kiln) -> (String, Vec<String>, KillOnDrop) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--data-dir")
-        .arg(kiln.data_dir())
-        .args(["devsite", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = KillOnDrop(child);
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines.next().expect("kiln devsite exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("Dev site on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let printed: Vec<String> = lines.by_ref().take(5).map(Result::unwrap).collect();
-    std::thread::spawn(move || for _ in lines {});
-    (base, printed, child)
 }
 
 fn example_app_id() -> String {
@@ -1075,40 +1000,17 @@ fn alerts_follow_the_settings_file_and_bad_settings_are_refused() {
     assert!(text(&out).contains("failed_login"), "{}", text(&out));
 }
 
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `kiln serve` on a free loopback port; its address and the process.
 fn serve(kiln: &Kiln) -> (String, KillOnDrop) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
         .arg("--data-dir")
         .arg(kiln.data_dir())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_remove("KILN_KEK")
         .env_remove("KILN_AUDIT_KEY")
-        .env("USER", "tester")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = KillOnDrop(child);
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("kiln serve exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("Kiln admin API on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+        .env("USER", "tester");
+    let (addr, _, child) = listening(command, "kiln serve", "Kiln admin API on ", 0);
     (addr, child)
 }
 
@@ -1211,7 +1113,7 @@ fn the_dev_site_runs_on_loopback_only_and_hands_out_tokens_there() {
     assert_eq!(code(&bad), 2, "{}", text(&bad));
     assert!(text(&bad).contains("colour"), "{}", text(&bad));
 
-    let (base, printed, _child) = devsite(&kiln);
+    let (base, printed, _child) = kiln.devsite(5);
     assert!(printed.iter().any(|l| l.contains("cloud id:")), "{printed:?}");
     assert!(printed.iter().any(|l| l.contains("kiln-dev-client")), "{printed:?}");
 

@@ -18,75 +18,22 @@
     reason = "test code: a panic is a failed test"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{KillOnDrop, Kiln, repo};
 use serde_json::{Value, json};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn kiln(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .current_dir(repo())
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("KILN_DATA_DIR")
-        .env_remove("KILN_KEK")
-        .env_remove("KILN_KEY_FILE")
-        .env_remove("KILN_AUDIT_KEY")
-        .env_remove("KILN_AUDIT_CHECKPOINT_FILE")
-        .env("USER", "tester")
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 /// Run a command that must succeed; its stdout as JSON.
-fn ok_json(data: &Path, args: &[&str]) -> Value {
-    let out = kiln(data, args);
-    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn ok_json(kiln: &Kiln, args: &[&str]) -> Value {
+    serde_json::from_str(&kiln.ok(args)).unwrap()
 }
 
 /// `kiln devsite` on a free loopback port: its base URL, its cloud id, the process.
-fn devsite(data: &Path) -> (String, String, KillOnDrop) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["devsite", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let child = KillOnDrop(child);
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let base = loop {
-        let line = lines.next().expect("kiln devsite exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("Dev site on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let cloud = lines.next().unwrap().unwrap().trim().strip_prefix("cloud id:").unwrap().trim().to_owned();
-    std::thread::spawn(move || for _ in lines {});
+fn devsite(kiln: &Kiln) -> (String, String, KillOnDrop) {
+    let (base, printed, child) = kiln.devsite(1);
+    let cloud = printed[0].trim().strip_prefix("cloud id:").unwrap().trim().to_owned();
     (base, cloud, child)
 }
 
@@ -118,18 +65,17 @@ fn webtrigger(uuid: &str, body: &str) -> String {
 
 #[test]
 fn a_jenkins_like_app_sends_signed_build_and_deployment_events_to_jiras_devops_apis() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    let kiln = Kiln::new();
     let app = repo().join("tests/fixtures/apps/jenkins-like");
     let app = app.to_str().unwrap();
-    let (base, cloud, _site) = devsite(&data);
+    let (base, cloud, _site) = devsite(&kiln);
     let context = json!({ "installContext": format!("ari:cloud:jira::site/{cloud}") }).to_string();
     let uuid = "5a7e1c0e-1111-4222-8333-944445555666";
     let secret = "s3cr3t-jenkins-shared";
     let trigger = |request: &Value, key: &str| {
         let payload = webtrigger(uuid, &jenkins_jwt(key, request));
         ok_json(
-            &data,
+            &kiln,
             &[
                 "invoke",
                 "handle-jenkins-request",
@@ -150,7 +96,7 @@ fn a_jenkins_like_app_sends_signed_build_and_deployment_events_to_jiras_devops_a
         "context": {},
     })
     .to_string();
-    assert_eq!(ok_json(&data, &["invoke", "resolver", app, "--payload", &connect]), json!(true));
+    assert_eq!(ok_json(&kiln, &["invoke", "resolver", app, "--payload", &connect]), json!(true));
 
     // A ping signed with another secret is refused by the app itself.
     let ping = json!({ "requestType": "ping" });
@@ -218,11 +164,11 @@ fn a_jenkins_like_app_sends_signed_build_and_deployment_events_to_jiras_devops_a
     let disconnect =
         json!({ "call": { "functionKey": "disconnectJenkinsServer", "payload": { "uuid": uuid } }, "context": {} })
             .to_string();
-    let status = ok_json(&data, &["invoke", "resolver", app, "--devsite", &base, "--payload", &disconnect]);
+    let status = ok_json(&kiln, &["invoke", "resolver", app, "--devsite", &base, "--payload", &disconnect]);
     assert_eq!(status, json!(202));
 
     // Each product call was decided and recorded by route template, as the app.
-    let trail = String::from_utf8(kiln(&data, &["audit", "tail", "-n", "20"]).stdout).unwrap();
+    let trail = String::from_utf8(kiln.run(&["audit", "tail", "-n", "20"]).stdout).unwrap();
     for route in [
         "/rest/builds/0.1/bulk",
         "/rest/deployments/0.1/bulk",
@@ -232,5 +178,5 @@ fn a_jenkins_like_app_sends_signed_build_and_deployment_events_to_jiras_devops_a
         assert!(trail.contains(&format!("\"route\":\"{route}\"")), "{route} missing from:\n{trail}");
     }
     assert!(!trail.contains("product.scope_refused"), "{trail}");
-    assert_eq!(kiln(&data, &["audit", "verify"]).status.code(), Some(0));
+    assert_eq!(kiln.run(&["audit", "verify"]).status.code(), Some(0));
 }
