@@ -17,14 +17,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use kiln_devsite::{DevSiteConfig, KILN_APP, Seed, Via};
 use kiln_egress::{Dial, Resolve};
 use kiln_host::{Host, InvocationGrants};
 use kiln_manifest::{EgressTarget, Scope, ScopeGrant};
 use kiln_product::{CloudSite, Endpoint, Installation, OAuthClient, ProductGateway, Site};
-use kiln_sandbox::{Caller, InvokeRequest};
 use serde_json::{Value, json};
 
 mod common;
@@ -169,16 +167,7 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
         };
 
         kiln_sandbox::tap::start();
-        let request = InvokeRequest {
-            function: "main".into(),
-            payload: json!({ "key": "KILN-1" }),
-            context: json!({}),
-            caller: Caller::WebTrigger,
-            memory_mb: 32,
-            deadline: Some(Duration::from_secs(20)),
-            env: Default::default(),
-            runtime: serde_json::Value::Null,
-        };
+        let request = common::web_trigger(json!({ "key": "KILN-1" }));
         // The loopback setting is for tests: a production installation is refused with it.
         let production = InvocationGrants {
             environment: kiln_types::Environment::parse("production").unwrap(),

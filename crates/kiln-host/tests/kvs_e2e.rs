@@ -16,11 +16,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use kiln_host::{Host, InvocationGrants};
 use kiln_product::Installation;
-use kiln_sandbox::{Caller, InvokeRequest, Sandbox};
+use kiln_sandbox::Sandbox;
 use serde_json::{Value, json};
 
 mod common;
@@ -181,16 +180,7 @@ fn invoke(
     grants: &InvocationGrants,
     phase: &str,
 ) -> Value {
-    let request = InvokeRequest {
-        function: "main".into(),
-        payload: json!({ "phase": phase }),
-        context: json!({}),
-        caller: Caller::WebTrigger,
-        memory_mb: 32,
-        deadline: Some(Duration::from_secs(20)),
-        env: Default::default(),
-        runtime: serde_json::Value::Null,
-    };
+    let request = common::web_trigger(json!({ "phase": phase }));
     let mut handler = host.invocation(grants).unwrap();
     let result = sandbox.invoke(&grants.app, &built.hash, &built.bundle, &request, &mut handler).unwrap();
     match result.outcome {

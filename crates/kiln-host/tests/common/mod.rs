@@ -1,13 +1,15 @@
 //! Setup the end-to-end tests share: a jailed worker pool running this
-//! crate's worker, an app built from a manifest and one source file, and a
-//! key-value store on a test store.
+//! crate's worker, an app built from a manifest and one source file, a
+//! key-value store on a test store, and the web-trigger call they invoke.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_kvs::{Clock, Kvs};
-use kiln_sandbox::{Sandbox, SandboxConfig};
+use kiln_sandbox::{Caller, InvokeRequest, Sandbox, SandboxConfig};
 use kiln_store::Store;
+use serde_json::{Value, json};
 
 /// Workers in real jails, one at a time.
 pub(crate) fn sandbox() -> Sandbox {
@@ -46,4 +48,19 @@ pub(crate) fn kvs(store: &Store, clock: Clock) -> Arc<Kvs> {
     let key = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
     let provider = kiln_crypto::keys::EnvKeyProvider::from_value(&format!("k1:{key}")).unwrap();
     Arc::new(Kvs::with_clock(store.clone(), Arc::new(provider), clock))
+}
+
+/// A web-trigger call of the app's `main` function with `payload`, in 32 MB
+/// and 20 seconds.
+pub(crate) fn web_trigger(payload: Value) -> InvokeRequest {
+    InvokeRequest {
+        function: "main".into(),
+        payload,
+        context: json!({}),
+        caller: Caller::WebTrigger,
+        memory_mb: 32,
+        deadline: Some(Duration::from_secs(20)),
+        env: Default::default(),
+        runtime: serde_json::Value::Null,
+    }
 }
