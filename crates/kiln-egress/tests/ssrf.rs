@@ -526,12 +526,11 @@ async fn every_ssrf_case_is_refused_or_reaches_only_what_it_names() {
     for case in CASES {
         assert!(names.insert(case.name), "two cases are named {:?}", case.name);
     }
-    let cert = kiln_crypto::tls::self_signed(CERT_NAMES).unwrap();
-    let (port, _stop) = upstream(&cert).await;
+    let upstream = Upstream::start().await;
     let dns = Arc::new(TableDns::new());
-    let dialer = LoopbackOnly::to_upstream(port);
-    let production = gateway(&cert, dns.clone(), &dialer, false);
-    let loopback = gateway(&cert, dns.clone(), &dialer, true);
+    let dialer = &upstream.dialer;
+    let production = upstream.gateway(dns.clone(), false);
+    let loopback = upstream.gateway(dns.clone(), true);
 
     let mut failures = Vec::new();
     for case in CASES {
@@ -539,7 +538,7 @@ async fn every_ssrf_case_is_refused_or_reaches_only_what_it_names() {
             Mode::Production => &production,
             Mode::Loopback => &loopback,
         };
-        if let Err(why) = run(case, gw, &dns, &dialer).await {
+        if let Err(why) = run(case, gw, &dns, dialer).await {
             failures.push(format!("{}: {why}", case.name));
         }
     }
@@ -566,7 +565,7 @@ async fn run(case: &Case, gw: &Gateway, dns: &TableDns, dialer: &LoopbackOnly) -
         body: vec![b'x'; case.body],
     };
     let mut records = Vec::new();
-    let budget = Budget::new(&Config::new(String::new()));
+    let budget = budget();
     let result = gw.fetch(&grants(case.grant), &budget, request, &mut records).await;
     let dialled = dialer.take_dialled();
     let lookups = dns.take_lookups();
@@ -668,14 +667,13 @@ fn grants(declared: &[&str]) -> Vec<EgressTarget> {
 /// anew, is refused.
 #[tokio::test]
 async fn a_dns_answer_that_changes_after_the_check_cannot_move_the_connection() {
-    let cert = kiln_crypto::tls::self_signed(CERT_NAMES).unwrap();
-    let (port, _stop) = upstream(&cert).await;
-    let dialer = LoopbackOnly::to_upstream(port);
+    let upstream = Upstream::start().await;
+    let dialer = &upstream.dialer;
     let grant = grants(&["rebind.example.com"]);
-    let budget = Budget::new(&Config::new(String::new()));
+    let budget = budget();
 
     let dns = Rebinding::new(&[&["127.0.0.1"], &["10.0.0.1"], &["169.254.169.254"]]);
-    let gw = gateway(&cert, dns.clone(), &dialer, true);
+    let gw = upstream.gateway(dns.clone(), true);
     let mut records = Vec::new();
     let ok =
         gw.fetch(&grant, &budget, request("https://rebind.example.com/hello"), &mut records).await.unwrap();
@@ -694,7 +692,7 @@ async fn a_dns_answer_that_changes_after_the_check_cannot_move_the_connection() 
     // Internal first and fine afterwards: refused, without asking again
     // for an answer it might like better.
     let dns = Rebinding::new(&[&["169.254.169.254"], &["127.0.0.1"]]);
-    let gw = gateway(&cert, dns.clone(), &dialer, true);
+    let gw = upstream.gateway(dns.clone(), true);
     let err = gw.fetch(&grant, &budget, request("https://rebind.example.com/hello"), &mut vec![]).await;
     assert!(matches!(err, Err(FetchError::NonPublic { why: "link-local", .. })), "{err:?}");
     assert_eq!(dns.calls(), 1);
@@ -706,14 +704,13 @@ async fn a_dns_answer_that_changes_after_the_check_cannot_move_the_connection() 
 /// checked again; the rebound answer is refused and never dialled.
 #[tokio::test]
 async fn every_redirect_hop_is_resolved_once_and_checked_again() {
-    let cert = kiln_crypto::tls::self_signed(CERT_NAMES).unwrap();
-    let (port, _stop) = upstream(&cert).await;
-    let dialer = LoopbackOnly::to_upstream(port);
+    let upstream = Upstream::start().await;
+    let dialer = &upstream.dialer;
     let grant = grants(&["rebind.example.com"]);
-    let budget = Budget::new(&Config::new(String::new()));
+    let budget = budget();
 
     let dns = Rebinding::new(&[&["127.0.0.1"], &["169.254.169.254"]]);
-    let gw = gateway(&cert, dns.clone(), &dialer, true);
+    let gw = upstream.gateway(dns.clone(), true);
     let mut records = Vec::new();
     let err =
         gw.fetch(&grant, &budget, request("https://rebind.example.com/to?u=/hello"), &mut records).await;
@@ -725,7 +722,7 @@ async fn every_redirect_hop_is_resolved_once_and_checked_again() {
 
     // The same two hops with a stable answer: two resolutions, two dials.
     let dns = Rebinding::new(&[&["127.0.0.1"]]);
-    let gw = gateway(&cert, dns.clone(), &dialer, true);
+    let gw = upstream.gateway(dns.clone(), true);
     let ok = gw.fetch(&grant, &budget, request("https://rebind.example.com/to?u=/hello"), &mut vec![]).await;
     assert_eq!(ok.unwrap().body, b"hi");
     assert_eq!(dns.calls(), 2);
@@ -738,12 +735,11 @@ async fn every_redirect_hop_is_resolved_once_and_checked_again() {
 /// restore them.
 #[tokio::test]
 async fn a_redirect_that_changes_origin_drops_credentials() {
-    let cert = kiln_crypto::tls::self_signed(CERT_NAMES).unwrap();
-    let (port, _stop) = upstream(&cert).await;
-    let dialer = LoopbackOnly::to_upstream(port);
-    let gw = gateway(&cert, Arc::new(TableDns::new()), &dialer, true);
+    let upstream = Upstream::start().await;
+    let dialer = &upstream.dialer;
+    let gw = upstream.gateway(Arc::new(TableDns::new()), true);
     let grant = grants(&["api.example.com", "other.example.com"]);
-    let budget = Budget::new(&Config::new(String::new()));
+    let budget = budget();
     let with_credentials = |url: &str| FetchRequest {
         headers: vec![
             ("Authorization".into(), "Bearer app-secret".into()),
@@ -788,13 +784,12 @@ async fn a_redirect_that_changes_origin_drops_credentials() {
 /// redirects: six hops, each checked and dialled once.
 #[tokio::test]
 async fn redirect_loops_stop_at_the_hop_limit() {
-    let cert = kiln_crypto::tls::self_signed(CERT_NAMES).unwrap();
-    let (port, _stop) = upstream(&cert).await;
-    let dialer = LoopbackOnly::to_upstream(port);
+    let upstream = Upstream::start().await;
+    let dialer = &upstream.dialer;
     let dns = Arc::new(TableDns::new());
-    let gw = gateway(&cert, dns.clone(), &dialer, true);
+    let gw = upstream.gateway(dns.clone(), true);
     let grant = grants(&["api.example.com", "other.example.com"]);
-    let budget = Budget::new(&Config::new(String::new()));
+    let budget = budget();
     for url in ["https://api.example.com/loop", "https://api.example.com/bounce"] {
         dns.take_lookups();
         let mut records = Vec::new();
@@ -817,19 +812,9 @@ fn request(url: &str) -> FetchRequest {
     FetchRequest { method: "GET".into(), url: url.into(), headers: vec![], body: vec![] }
 }
 
-fn gateway(
-    cert: &kiln_crypto::tls::Identity,
-    resolver: Arc<dyn Resolve>,
-    dialer: &Arc<LoopbackOnly>,
-    allow_loopback: bool,
-) -> Gateway {
-    let mut config = Config::new(cert.cert_pem.clone());
-    config.insecure_allow_loopback = allow_loopback;
-    config.max_request_bytes = MAX_REQUEST;
-    config.max_response_bytes = MAX_RESPONSE;
-    config.connect_timeout = Duration::from_secs(5);
-    config.total_timeout = Duration::from_secs(10);
-    Gateway::new(config, resolver, dialer.clone()).unwrap()
+/// A request budget with the default limits.
+fn budget() -> Budget {
+    Budget::new(&Config::new(String::new()))
 }
 
 /// The table above as a resolver, recording every name asked for.
@@ -902,25 +887,47 @@ impl Resolve for Rebinding {
 }
 
 /// The HTTPS upstream every reachable name stands for, on an ephemeral
-/// loopback port (the dialler sends every loopback dial here).
-async fn upstream(cert: &kiln_crypto::tls::Identity) -> (u16, tokio::sync::oneshot::Sender<()>) {
-    let app = axum::Router::new()
-        .route("/", get_hi())
-        .route("/hello", get_hi())
-        .route("/echo", any(echo))
-        .route("/to", any(redirect_to))
-        .route("/loop", get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/loop")]) }))
-        .route("/bounce", get(bounce))
-        .route("/big", get(|| async { "x".repeat(MAX_RESPONSE + 1) }))
-        .route("/endless", get(|| async { axum::body::Body::new(Endless) }));
-    let tls = kiln_crypto::tls::server_config(cert).unwrap();
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kiln_server::serve(listener, tls, app, async {
-        let _ = stopped.await;
-    }));
-    (port, stop)
+/// loopback port, and the dialler that sends every loopback dial there. The
+/// upstream stops when this is dropped.
+struct Upstream {
+    cert: kiln_crypto::tls::Identity,
+    dialer: Arc<LoopbackOnly>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let cert = kiln_crypto::tls::self_signed(CERT_NAMES).unwrap();
+        let app = axum::Router::new()
+            .route("/", get_hi())
+            .route("/hello", get_hi())
+            .route("/echo", any(echo))
+            .route("/to", any(redirect_to))
+            .route("/loop", get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/loop")]) }))
+            .route("/bounce", get(bounce))
+            .route("/big", get(|| async { "x".repeat(MAX_RESPONSE + 1) }))
+            .route("/endless", get(|| async { axum::body::Body::new(Endless) }));
+        let tls = kiln_crypto::tls::server_config(&cert).unwrap();
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(kiln_server::serve(listener, tls, app, async {
+            let _ = stopped.await;
+        }));
+        Upstream { cert, dialer: LoopbackOnly::to_upstream(port), _stop: stop }
+    }
+
+    /// A gateway trusting this upstream's certificate, resolving through
+    /// `resolver`, with this suite's limits.
+    fn gateway(&self, resolver: Arc<dyn Resolve>, allow_loopback: bool) -> Gateway {
+        let mut config = Config::new(self.cert.cert_pem.clone());
+        config.insecure_allow_loopback = allow_loopback;
+        config.max_request_bytes = MAX_REQUEST;
+        config.max_response_bytes = MAX_RESPONSE;
+        config.connect_timeout = Duration::from_secs(5);
+        config.total_timeout = Duration::from_secs(10);
+        Gateway::new(config, resolver, self.dialer.clone()).unwrap()
+    }
 }
 
 fn get_hi() -> axum::routing::MethodRouter {
