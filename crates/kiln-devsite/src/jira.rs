@@ -273,7 +273,7 @@ async fn edit_issue(
     let body = body_json(&body).map_err(bad)?;
     let dir = &site.dir;
     let user = acting(dir, &caller)?;
-    let (issue_json, changelog) = {
+    let event = {
         let mut content = lock(&site.content);
         let (id, project) = visible(dir, &content, user, &p.issue)?;
         if !user.can(project, Permission::EditIssues) {
@@ -331,15 +331,9 @@ async fn edit_issue(
             stored.labels = next.labels;
             stored.assignee = next.assignee;
         }
-        let history = content.record_history(id, &user.account_id, items).ok_or_else(ApiError::no_issue)?;
-        let issue = content.issues.get(&id).ok_or_else(ApiError::no_issue)?;
-        (event_issue(dir, issue), changelog_event(&history))
+        record_update(dir, &mut content, id, user, items)?
     };
-    site.emit(
-        "avi:jira:updated:issue",
-        &user.account_id,
-        vec![("issue", issue_json), ("changelog", changelog)],
-    );
+    site.emit("avi:jira:updated:issue", &user.account_id, event);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -408,7 +402,7 @@ async fn transition(
         .and_then(|t| t.get("id"))
         .and_then(id_text)
         .ok_or_else(|| bad("Missing 'transition' identifier"))?;
-    let (issue_json, changelog) = {
+    let event = {
         let mut content = lock(&site.content);
         let (id, project) = visible(dir, &content, user, &p.issue)?;
         if !user.can(project, Permission::TransitionIssues) {
@@ -432,16 +426,9 @@ async fn transition(
             to: Some(target.id.clone()),
             to_string: Some(target.name.clone()),
         };
-        let history =
-            content.record_history(id, &user.account_id, vec![change]).ok_or_else(ApiError::no_issue)?;
-        let issue = content.issues.get(&id).ok_or_else(ApiError::no_issue)?;
-        (event_issue(dir, issue), changelog_event(&history))
+        record_update(dir, &mut content, id, user, vec![change])?
     };
-    site.emit(
-        "avi:jira:updated:issue",
-        &user.account_id,
-        vec![("issue", issue_json), ("changelog", changelog)],
-    );
+    site.emit("avi:jira:updated:issue", &user.account_id, event);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1032,6 +1019,21 @@ pub(crate) fn issue_json(dir: &Directory, issue: &Issue, view: &View) -> Value {
         );
     }
     Value::Object(out)
+}
+
+/// Record `items` as `user`'s change to issue `id`; the payload of the
+/// `avi:jira:updated:issue` event: the issue as it now is, and the changelog
+/// entry.
+fn record_update(
+    dir: &Directory,
+    content: &mut Content,
+    id: u64,
+    user: &User,
+    items: Vec<Change>,
+) -> Result<Vec<(&'static str, Value)>, ApiError> {
+    let history = content.record_history(id, &user.account_id, items).ok_or_else(ApiError::no_issue)?;
+    let issue = content.issues.get(&id).ok_or_else(ApiError::no_issue)?;
+    Ok(vec![("issue", event_issue(dir, issue)), ("changelog", changelog_event(&history))])
 }
 
 /// How an issue appears in an event: v3's shape, every field.
