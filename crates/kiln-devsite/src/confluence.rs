@@ -33,7 +33,10 @@ pub(crate) fn v2_routes() -> Router<Arc<Site>> {
 }
 
 pub(crate) fn v1_routes() -> Router<Arc<Site>> {
-    Router::new().route("/content", get(list_content)).route("/content/{id}", get(get_content))
+    Router::new()
+        .route("/content", get(list_content))
+        .route("/content/{id}", get(get_content))
+        .route("/content/{id}/permission/check", axum::routing::post(check_content_permission))
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,6 +352,42 @@ async fn list_content(State(site): State<Arc<Site>>, RawQuery(query): RawQuery) 
         StatusCode::OK,
         json!({ "results": results, "start": start, "limit": limit, "size": size, "_links": {} }),
     ))
+}
+
+/// v1 `POST /content/{id}/permission/check`: may a user read, update or
+/// delete a page? On the dev site every person may do all three in every
+/// space (it has no space permissions); unknown people may do none.
+async fn check_content_permission(
+    State(site): State<Arc<Site>>,
+    Path(p): Path<PagePath>,
+    body: Bytes,
+) -> Handled {
+    let body = body_json(&body).map_err(|e| ApiError::v1(StatusCode::BAD_REQUEST, e))?;
+    let missing = || ApiError::v1(StatusCode::NOT_FOUND, format!("No content found with id: {}", p.id));
+    let id: u64 = p.id.parse().map_err(|_| missing())?;
+    if !lock(&site.content).pages.contains_key(&id) {
+        return Err(missing());
+    }
+    let subject = body.get("subject");
+    let (kind, who) = (
+        subject.and_then(|s| s.get("type")).and_then(Value::as_str),
+        subject.and_then(|s| s.get("identifier")).and_then(Value::as_str),
+    );
+    let operation = body.get("operation").and_then(Value::as_str).unwrap_or_default();
+    if !matches!(operation, "read" | "update" | "delete") {
+        return Err(ApiError::v1(
+            StatusCode::BAD_REQUEST,
+            format!("The operation '{operation}' is not one of read, update or delete."),
+        ));
+    }
+    if kind != Some("user") {
+        return Err(ApiError::v1(
+            StatusCode::BAD_REQUEST,
+            "The dev site checks subjects of type 'user' only.",
+        ));
+    }
+    let known = who.is_some_and(|w| site.dir.user(w).is_some());
+    Ok(reply(StatusCode::OK, json!({ "hasPermission": known })))
 }
 
 /// A page as v1 renders it, with the `expand`ed parts asked for.

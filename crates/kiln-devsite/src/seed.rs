@@ -383,6 +383,7 @@ impl Seed {
                     "read:space:confluence",
                     "read:confluence-content.summary",
                     "read:confluence-space.summary",
+                    "read:confluence-content.permission",
                     "search:confluence",
                     "write:confluence-content",
                     "read:me",

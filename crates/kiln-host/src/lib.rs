@@ -135,6 +135,8 @@ pub struct RuntimeSource<'a> {
     pub module_key: &'a str,
     /// The installation's consented grants.
     pub grants: &'a kiln_manifest::Grants,
+    /// The user in session, if any (`authorize()` checks their permissions).
+    pub account_id: Option<&'a str>,
 }
 
 /// What the app's `getAppContext()` and `permissions` see, sent with each
@@ -172,6 +174,7 @@ pub fn runtime_description(source: &RuntimeSource<'_>) -> Value {
             "license": null,
         },
         "permissions": { "scopes": scopes, "external": external },
+        "aaid": source.account_id,
     })
 }
 

@@ -660,6 +660,7 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
         installation: &grants.installation,
         module_key: &args.function,
         grants: &kiln_manifest::Grants::of(&manifest),
+        account_id: args.account_id.as_deref(),
     });
     let request = kiln_sandbox::InvokeRequest {
         function: args.function.clone(),

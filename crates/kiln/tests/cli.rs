@@ -430,6 +430,53 @@ export function ctx() {
 }
 
 #[test]
+fn authorize_checks_the_session_users_permissions_through_the_product() {
+    let kiln = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("manifest.yml"),
+        "app:\n  id: ari:cloud:ecosystem::app/7d1c2b3a-0000-4000-8000-0000000000e3\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: hook\n      function: auth\n  function:\n    - key: auth\n      handler: index.auth\npermissions:\n  scopes:\n    - read:jira-work\n    - read:confluence-content.permission\n    - read:permission:jira\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("src/index.js"),
+        r#"import api, { authorize, route, bindInvocationContext } from '@forge/api';
+export async function auth() {
+  const issue = await (await api.asUser().requestJira(route`/rest/api/3/issue/KILN-1`)).json();
+  const a = authorize();
+  const later = bindInvocationContext(() => 'bound');
+  return {
+    issue: [await a.onJiraIssue(issue.id).canEdit(), await a.onJiraIssue([issue.id]).canDelete()],
+    projects: [await a.onJiraProject('10000').canCreateIssues(), await a.onJiraProject(['10001']).canCreateIssues()],
+    page: [await a.onConfluenceContent('1001').canRead(), await a.onConfluenceContent('1001').canUpdate()],
+    bound: later(),
+  };
+}
+"#,
+    )
+    .unwrap();
+    let app = p.to_str().unwrap();
+    let (base, _, _site) = kiln.devsite(5);
+    // Without a user in session there is nobody to check.
+    let out = kiln.run(&["invoke", "auth", app, "--devsite", &base]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("needs a user in session"), "{}", text(&out));
+    // Bob may edit KILN issues but not delete them, and cannot create in SEC.
+    kiln.ok(&["consent", "--devsite", &base, "--account-id", "557058:bob", app]);
+    let out = kiln.run(&["invoke", "auth", app, "--devsite", &base, "--account-id", "557058:bob"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "issue": [true, false], "projects": [true, false], "page": [true, true], "bound": "bound",
+        })
+    );
+}
+
+#[test]
 fn invoke_runs_a_function_in_the_sandbox_and_prints_json() {
     let kiln = Kiln::new();
     let app = invoke_app();

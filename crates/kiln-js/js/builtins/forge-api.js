@@ -10,12 +10,15 @@
 // `query().where('key', startsWith(p))...`) on the same store as @forge/kvs;
 // `getAppContext()` and `permissions` (`hasScope`, `canFetchFrom`,
 // `canLoadResource`, `hasPermission`) from the description of the
-// invocation the server sends (no `installation` contexts, `license` null).
+// invocation the server sends (no `installation` contexts, `license` null);
+// `authorize()` (Jira issues and projects, Confluence content, as the user in
+// session, through the permission APIs); `bindInvocationContext` (identity:
+// a Kiln runtime serves one invocation).
 //
 // Still throwing NotSupportedError: `requestBitbucket`, `requestGraph`,
 // `requestAtlassian`, `requestConnectedData`, `requestTeamworkGraph`,
 // `withProvider`, `withContext`, `invokeRemote`, `invokeService`,
-// `bindInvocationContext`, `authorize`, `webTrigger`, `privacy`, `i18n`, `__requestAtlassianAsApp`,
+// `webTrigger`, `privacy`, `i18n`, `__requestAtlassianAsApp`,
 // `__requestAtlassianAsUser`, `__fetchProduct`, `__getRuntime`, and from
 // @forge/api 2 `getRuntime` and `properties`/`store`; `storage.entity` and
 // legacy query conditions other than `startsWith` on 'key'. Every name
@@ -260,8 +263,79 @@ export const getAppContext = () => {
     permissions: new RuntimePermissions(granted.scopes ?? [], granted.external ?? {}),
   };
 };
-export const bindInvocationContext = unsupported('@forge/api bindInvocationContext');
-export const authorize = unsupported('@forge/api authorize');
+// Forge binds a callback to the invocation that made it, for runtimes
+// shared between invocations. A Kiln runtime serves one invocation and is
+// thrown away, so a callback can only ever run in its own: the function is
+// returned as it is.
+export const bindInvocationContext = (fn) => {
+  if (typeof fn !== 'function') throw new TypeError('bindInvocationContext takes a function');
+  return fn;
+};
+
+// ---------------------------------------------------------------- authorize
+// Forge's authorize() (from @forge/auth): permission checks for the user in
+// session, through the product permission APIs as that user.
+
+const JIRA_ISSUE_CHECKS = {
+  canAssign: 'ASSIGN_ISSUES',
+  canCreate: 'CREATE_ISSUES',
+  canEdit: 'EDIT_ISSUES',
+  canMove: 'MOVE_ISSUES',
+  canDelete: 'DELETE_ISSUES',
+  canAddComments: 'ADD_COMMENTS',
+  canEditAllComments: 'EDIT_ALL_COMMENTS',
+  canDeleteAllComments: 'DELETE_ALL_COMMENTS',
+  canCreateAttachments: 'CREATE_ATTACHMENTS',
+  canDeleteAllAttachments: 'DELETE_ALL_ATTACHMENTS',
+};
+const JIRA_PROJECT_CHECKS = {
+  canAssignIssues: 'ASSIGN_ISSUES',
+  canCreateIssues: 'CREATE_ISSUES',
+  canEditIssues: 'EDIT_ISSUES',
+  canMoveIssues: 'MOVE_ISSUES',
+  canDeleteIssues: 'DELETE_ISSUES',
+  canAddComments: 'ADD_COMMENTS',
+  canEditAllComments: 'EDIT_ALL_COMMENTS',
+  canDeleteAllComments: 'DELETE_ALL_COMMENTS',
+  canCreateAttachments: 'CREATE_ATTACHMENTS',
+  canDeleteAllAttachments: 'DELETE_ALL_ATTACHMENTS',
+};
+const CONFLUENCE_CHECKS = { canRead: 'read', canUpdate: 'update', canDelete: 'delete' };
+
+const sameIds = (a, b) => JSON.stringify(a.map(String).sort()) === JSON.stringify(b.map(String).sort());
+const toArray = (id) => (Array.isArray(id) ? id : [id]);
+const methods = (map, check) => Object.fromEntries(Object.entries(map).map(([name, p]) => [name, check(p)]));
+
+export const authorize = () => {
+  const accountId = runtimeDescription().aaid;
+  if (!accountId) {
+    throw new Error('Couldn’t find the accountId of the invoking user. This API can only be used inside user-invoked modules.');
+  }
+  const post = (body) => ({ method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const jira = async (projectPermissions) => {
+    const res = await asUser().requestJira(assumeTrustedRoute('/rest/api/3/permissions/check'), post({ accountId, projectPermissions }));
+    return res.json();
+  };
+  const onEntities = (type, ids) => methods(type === 'issues' ? JIRA_ISSUE_CHECKS : JIRA_PROJECT_CHECKS, (permission) => async () => {
+    const { projectPermissions = [] } = await jira([{ permissions: [permission], [type]: ids }]);
+    if (!ids.length) return true;
+    const allowed = projectPermissions.find((p) => p.permission === permission)?.[type];
+    return Boolean(allowed) && sameIds(allowed, ids);
+  });
+  return {
+    onJira: async (projectPermissions) => (await jira(projectPermissions)).projectPermissions || [],
+    onJiraProject: (projects) => onEntities('projects', toArray(projects)),
+    onJiraIssue: (issues) => onEntities('issues', toArray(issues)),
+    onConfluenceContent: (contentId) => methods(CONFLUENCE_CHECKS, (operation) => async () => {
+      const path = `/wiki/rest/api/content/${encodeURIComponent(contentId)}/permission/check`;
+      const res = await asUser().requestConfluence(
+        assumeTrustedRoute(path),
+        post({ subject: { type: 'user', identifier: accountId }, operation }),
+      );
+      return Boolean((await res.json())?.hasPermission);
+    }),
+  };
+};
 export const webTrigger = {
   getUrl: unsupported('@forge/api webTrigger.getUrl'),
   queryUrls: unsupported('@forge/api webTrigger.queryUrls'),
