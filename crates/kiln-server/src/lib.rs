@@ -17,6 +17,7 @@
 
 pub mod alerting;
 mod routes;
+pub mod webtrigger;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

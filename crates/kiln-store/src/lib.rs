@@ -16,10 +16,12 @@ mod audit;
 mod kv;
 mod operators;
 mod schema;
+mod webtriggers;
 
 pub use audit::{AlertRow, AuditCount, AuditRow, CheckpointRow};
 pub use kv::{DataKeyRow, KvPut, KvRow};
 pub use operators::{NewOperator, OperatorRow, SessionRow, TokenRow};
+pub use webtriggers::WebtriggerRow;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

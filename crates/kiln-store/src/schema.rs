@@ -230,4 +230,22 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "INSERT INTO alert_cursor (id, seq) VALUES (1, 0)",
         ],
     },
+    Migration {
+        version: 6,
+        name: "web trigger URLs",
+        statements: &[
+            // One URL per installation and web trigger module. Only the
+            // SHA-256 of the URL's secret part is here (a copy of the
+            // database opens no URL); the secret itself is sealed in the
+            // installation's token namespace, for showing the URL again.
+            "CREATE TABLE webtriggers (
+            id {ID},
+            installation_id BIGINT NOT NULL REFERENCES installations(id),
+            module_key TEXT NOT NULL,
+            token_hash {BLOB} NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL
+        )",
+            "CREATE UNIQUE INDEX webtriggers_by_module ON webtriggers (installation_id, module_key)",
+        ],
+    },
 ];

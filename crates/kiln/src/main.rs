@@ -88,6 +88,23 @@ enum Command {
     Devsite(DevsiteArgs),
     /// Consent as a dev-site user, so `kiln invoke --account-id` can act for them (asUser())
     Consent(ConsentArgs),
+    /// Print an installation's URL for a web trigger module (made on first use), served by `kiln serve`
+    Webtrigger(WebtriggerArgs),
+}
+
+#[derive(Debug, Args)]
+struct WebtriggerArgs {
+    /// The web trigger module's key (modules.webtrigger[].key)
+    module: String,
+    #[command(flatten)]
+    site: SiteArgs,
+    #[command(flatten)]
+    env: EnvArg,
+    #[command(flatten)]
+    app: AppArg,
+    /// Where `kiln serve` is reached
+    #[arg(long, value_name = "URL", default_value = "https://localhost:8443")]
+    base_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -493,6 +510,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve(&data_dir, args).await,
         Command::Devsite(args) => devsite(&data_dir, args).await,
         Command::Consent(args) => consent(&data_dir, args).await,
+        Command::Webtrigger(args) => webtrigger_url(&data_dir, args).await,
         Command::Variables(command) => variables(&data_dir, command).await,
         Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
         Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
@@ -854,6 +872,39 @@ async fn consent(data_dir: &Path, args: ConsentArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `kiln webtrigger`: the installation's URL for a web trigger module.
+async fn webtrigger_url(data_dir: &Path, args: WebtriggerArgs) -> Result<(), Failure> {
+    let app = app_id(&args.app.app)?;
+    let store = open(data_dir).await?;
+    let provider = key_provider(data_dir, &store).await?;
+    let kvs = kiln_kvs::Kvs::new(store.clone(), provider);
+    let installations = store.begin_read().await?.installations(&app, &args.env.environment).await?;
+    let matching: Vec<_> = installations
+        .into_iter()
+        .filter(|i| i.site == args.site.site && args.site.product.is_none_or(|p| p == i.product))
+        .collect();
+    let installation = match matching.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(Failure {
+                code: 1,
+                message: kiln_apps::AppError::NotInstalled {
+                    app,
+                    site: args.site.site,
+                    environment: args.env.environment,
+                }
+                .to_string(),
+            });
+        }
+        _ => return Err(usage("the app is installed there for several products; pass --product")),
+    };
+    let token = kiln_server::webtrigger::token(&store, &kvs, installation, &args.module)
+        .await
+        .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+    println!("{}/x1/{token}", args.base_url.trim_end_matches('/'));
+    Ok(())
+}
+
 /// `host:port` and host name of a dev site URL.
 fn devsite_address(url: &str) -> Result<(String, String), Failure> {
     let parsed = url::Url::parse(url).map_err(|e| usage(format!("--devsite: {e}")))?;
@@ -1158,6 +1209,7 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
     };
     let tls = kiln_crypto::tls::server_config(&identity).map_err(|e| usage(e.to_string()))?;
     let alerts = alert_config(args.config.as_deref())?;
+    let provider_for_webtriggers = provider.clone();
     let state = std::sync::Arc::new(kiln_server::AdminState {
         store: store.clone(),
         access: kiln_access::Access::new(
@@ -1165,7 +1217,7 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
             kiln_kvs::Kvs::new(store.clone(), provider.clone()),
             kiln_access::Settings::default(),
         ),
-        kvs: kiln_kvs::Kvs::new(store.clone(), provider),
+        kvs: kiln_kvs::Kvs::new(store.clone(), provider.clone()),
         auditor: trail.auditor().clone(),
         checkpoint_file: Some(trail.checkpoint_file().to_path_buf()),
         alert_rules: alerts.rules.clone(),
@@ -1189,20 +1241,60 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
             }
         })
     };
+    let webtriggers = webtrigger_state(&store, provider_for_webtriggers, &trail)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
     eprintln!("Kiln admin API on https://{bound} (Ctrl-C stops it)");
+    eprintln!("Web triggers on https://{bound}/x1/... ('kiln webtrigger' prints an installation's URL)");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    kiln_server::serve(listener, tls, kiln_server::router(state), shutdown)
+    let router = kiln_server::router(state).merge(kiln_server::webtrigger::router(webtriggers));
+    kiln_server::serve(listener, tls, router, shutdown)
         .await
         .map_err(|e| fail(format!("the server stopped: {e}")))?;
     watcher.abort();
     trail.checkpoint(&store).await;
     Ok(())
+}
+
+/// What `kiln serve` runs web triggers with: jailed workers (refused where
+/// they cannot start), and host calls that reach the installation's own
+/// storage and its consented egress. Product calls need a product site,
+/// which the server cannot be configured with yet (#8).
+fn webtrigger_state(
+    store: &kiln_store::Store,
+    provider: std::sync::Arc<dyn kiln_crypto::envelope::KeyProvider>,
+    trail: &Trail,
+) -> Result<std::sync::Arc<kiln_server::webtrigger::Webtriggers>, Failure> {
+    let fail = |m: String| Failure { code: 1, message: m };
+    let sandbox = kiln_sandbox::SandboxConfig::for_current_exe()
+        .and_then(kiln_sandbox::Sandbox::new)
+        .map_err(|e| fail(format!("web triggers cannot run app code here: {e}")))?;
+    let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store.clone(), provider));
+    let egress = kiln_egress::Gateway::new(
+        kiln_egress::Config::new(kiln_crypto::tls::system_roots().unwrap_or_default()),
+        std::sync::Arc::new(kiln_egress::SystemResolver),
+        std::sync::Arc::new(kiln_egress::SystemDialer),
+    )
+    .map_err(|e| fail(format!("the egress gateway: {e}")))?;
+    let host = kiln_host::Host::new(
+        tokio::runtime::Handle::current(),
+        store.clone(),
+        trail.auditor().clone(),
+        std::sync::Arc::new(egress),
+        None,
+        Some(kvs.clone()),
+    );
+    Ok(std::sync::Arc::new(kiln_server::webtrigger::Webtriggers::new(
+        store.clone(),
+        kvs,
+        std::sync::Arc::new(sandbox),
+        std::sync::Arc::new(host),
+        trail.auditor().clone(),
+    )))
 }
 
 /// The alert settings from `--config`, or the defaults.
@@ -1213,8 +1305,6 @@ fn alert_config(path: Option<&Path>) -> Result<kiln_server::alerting::AlertConfi
     }
 }
 
-/// A self-signed certificate for localhost, made once and kept in the data
-/// directory (the key 0600), for development.
 /// `kiln devsite`: the emulated product on loopback until Ctrl-C, with the
 /// data directory's development certificate.
 async fn devsite(data_dir: &Path, args: DevsiteArgs) -> Result<(), Failure> {
@@ -1256,6 +1346,8 @@ async fn devsite(data_dir: &Path, args: DevsiteArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A self-signed certificate for localhost, made once and kept in the data
+/// directory (the key 0600), for development.
 fn self_signed_identity(data_dir: &Path) -> Result<kiln_crypto::tls::Identity, Failure> {
     let dir = data_dir.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));

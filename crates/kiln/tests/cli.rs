@@ -477,6 +477,111 @@ export async function auth() {
 }
 
 #[test]
+fn web_triggers_run_the_installations_function_with_forges_request_and_response() {
+    let kiln = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("manifest.yml"),
+        "app:\n  id: ari:cloud:ecosystem::app/7d1c2b3a-0000-4000-8000-0000000000e4\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: hook\n      function: hook-fn\n    - key: ping\n      function: ping-fn\n      response:\n        type: static\n        outputs:\n          - key: ok\n            statusCode: 202\n            contentType: text/plain\n            body: pong\n    - key: bomb\n      function: bomb-fn\n    - key: throws\n      function: throws-fn\n  function:\n    - key: hook-fn\n      handler: index.hook\n    - key: ping-fn\n      handler: index.ping\n    - key: bomb-fn\n      handler: index.bomb\n    - key: throws-fn\n      handler: index.throws\npermissions:\n  scopes:\n    - storage:app\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("src/index.js"),
+        r#"import { kvs } from '@forge/kvs';
+export async function hook(req, ctx) {
+  const n = ((await kvs.get('count')) ?? 0) + 1;
+  await kvs.set('count', n);
+  return {
+    statusCode: 201,
+    headers: { 'X-Kiln': ['one', 'two'], 'Content-Type': ['application/json'] },
+    body: JSON.stringify({ n, method: req.method, path: req.path, q: req.queryParameters,
+      probe: req.headers['x-probe'], body: req.body, env: ctx.environmentType }),
+  };
+}
+export function ping() { return { outputKey: 'ok' }; }
+export function bomb() { const a = []; for (;;) a.push(new Array(1e6).fill(1)); }
+export function throws() { throw new Error('secret detail'); }
+"#,
+    )
+    .unwrap();
+    let app = p.to_str().unwrap();
+    kiln.ok(&["deploy", app]);
+    kiln.ok(&["install", "--site", "https://a.atlassian.net", "--product", "jira", "--app", app]);
+    kiln.ok(&["install", "--site", "https://b.atlassian.net", "--product", "jira", "--app", app]);
+    let (base, _server) = serve(&kiln);
+    let addr = base.strip_prefix("https://").unwrap().to_owned();
+    let url = |site: &str, module: &str| {
+        kiln.ok(&["webtrigger", module, "--site", site, "--app", app, "--base-url", &base]).trim().to_owned()
+    };
+    let a = url("https://a.atlassian.net", "hook");
+    assert_eq!(url("https://a.atlassian.net", "hook"), a, "a URL is made once and shown again");
+    let b = url("https://b.atlassian.net", "hook");
+    assert_ne!(a, b);
+    let missing = kiln.run(&["webtrigger", "nope", "--site", "https://a.atlassian.net", "--app", app]);
+    assert_eq!(code(&missing), 1);
+    assert!(text(&missing).contains("its web triggers are: hook, ping, bomb, throws"), "{}", text(&missing));
+
+    let ca = std::fs::read_to_string(kiln.data_dir().join("tls/cert.pem")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client =
+        kiln_http::HttpsClient::new(&addr, "127.0.0.1", kiln_crypto::tls::client_config(&ca).unwrap());
+    let call = |method: kiln_http::Method, url: &str, body: Option<&[u8]>| {
+        let path = url.strip_prefix(&base).unwrap().to_owned();
+        rt.block_on(client.send(method, &path, &[("x-probe", "p1")], body)).unwrap()
+    };
+    let first = call(kiln_http::Method::POST, &format!("{a}/sub/path?x=1&x=2&y="), Some(b"hello"));
+    assert_eq!(first.status.as_u16(), 201, "{}", first.text());
+    let kiln_headers: Vec<&str> =
+        first.headers.get_all("x-kiln").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(kiln_headers, ["one", "two"]);
+    assert_eq!(
+        first.json(),
+        serde_json::json!({
+            "n": 1, "method": "POST", "path": "/sub/path", "q": { "x": ["1", "2"], "y": [""] },
+            "probe": ["p1"], "body": "hello", "env": "DEVELOPMENT",
+        })
+    );
+    assert_eq!(call(kiln_http::Method::POST, &a, None).json()["n"], 2, "the installation's storage persists");
+    assert_eq!(
+        call(kiln_http::Method::GET, &b, None).json()["n"],
+        1,
+        "each installation has its own storage"
+    );
+    let ping = call(kiln_http::Method::GET, &url("https://a.atlassian.net", "ping"), None);
+    assert_eq!((ping.status.as_u16(), ping.text().as_str()), (202, "pong"));
+    assert_eq!(ping.headers["content-type"], "text/plain");
+    // A failing function is a 500 that shows nothing of the app's error; a
+    // sandbox fault (here the memory limit) is recorded, an app exception is not.
+    let thrown = call(kiln_http::Method::GET, &url("https://a.atlassian.net", "throws"), None);
+    assert_eq!(thrown.status.as_u16(), 500);
+    assert!(!thrown.text().contains("secret detail"), "{}", thrown.text());
+    let bombed = call(kiln_http::Method::GET, &url("https://a.atlassian.net", "bomb"), None);
+    assert_eq!(bombed.status.as_u16(), 500, "{}", bombed.text());
+    let tail = kiln.ok(&["audit", "tail", "-n", "5"]);
+    assert!(tail.contains("sandbox.fault") && tail.contains("FUNCTION_OUT_OF_MEMORY"), "{tail}");
+    assert!(!tail.contains("secret detail"), "{tail}");
+    // Unknown and malformed secrets answer 404 alike.
+    let forged = format!("{}/x1/{}", base, "A".repeat(43));
+    assert_eq!(call(kiln_http::Method::GET, &forged, None).status.as_u16(), 404);
+    assert_eq!(call(kiln_http::Method::GET, &format!("{base}/x1/short"), None).status.as_u16(), 404);
+    // The URL's secret is nowhere in the data directory in clear (only its hash, and a sealed copy).
+    let secret = a.rsplit('/').next().unwrap();
+    for entry in std::fs::read_dir(kiln.data_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the secret",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
 fn invoke_runs_a_function_in_the_sandbox_and_prints_json() {
     let kiln = Kiln::new();
     let app = invoke_app();
