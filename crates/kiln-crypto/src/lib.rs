@@ -6,7 +6,9 @@
 //! for by name ([`digest`], including legacy MD5 and SHA-1), and envelope encryption
 //! ([`envelope`]: AES-256-GCM values bound to where they live, data keys
 //! wrapped by key-encryption keys held by a [`keys`] provider outside the
-//! database), and the audit trail's chain and checkpoint keys ([`audit`]).
+//! database), the audit trail's chain and checkpoint keys ([`audit`]), and
+//! verification of the RSA and ECDSA signatures apps are sent
+//! ([`signature`]: public keys only; it never signs for an app).
 //!
 //! It deliberately does not choose *what* to hash or encrypt; callers decide
 //! that and this crate only does the arithmetic.
@@ -19,6 +21,7 @@ pub mod envelope;
 pub mod keys;
 pub mod otp;
 pub mod password;
+pub mod signature;
 pub mod tls;
 
 use std::fmt;

@@ -235,6 +235,51 @@ pub(crate) fn install<'js>(
         })?,
     )?;
 
+    // A public key from PEM text, DER (`spki`, `pkcs1`; a binary string)
+    // or a JWK (JSON text), described for `KeyObject`.
+    native.set(
+        "publicKey",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, format: String, data: String| {
+            let key = public_key(&ctx, &format, &data)?;
+            public_key_object(&ctx, &key)
+        })?,
+    )?;
+
+    // Whether `signature` signs `message` under the DER SubjectPublicKeyInfo
+    // `spki`; padding applies to RSA keys, encoding to EC keys.
+    native.set(
+        "verifySignature",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>,
+                  spki: String,
+                  digest: String,
+                  padding: String,
+                  encoding: String,
+                  message: String,
+                  signature: String|
+                  -> Result<bool> {
+                use kiln_crypto::signature::{EcdsaEncoding, PublicKey, RsaPadding, SignatureScheme};
+                let key = PublicKey::from_spki_der(&binary_bytes(&ctx, &spki)?)
+                    .map_err(|e| signature_error(&ctx, &e))?;
+                let digest = digest_algorithm(&ctx, &digest)?;
+                let padding = match padding.as_str() {
+                    "pkcs1" => RsaPadding::Pkcs1v15,
+                    "pss" => RsaPadding::Pss,
+                    _ => return Err(Exception::throw_type(&ctx, "unknown RSA padding")),
+                };
+                let encoding = match encoding.as_str() {
+                    "der" => EcdsaEncoding::Der,
+                    "ieee-p1363" => EcdsaEncoding::P1363,
+                    _ => return Err(Exception::throw_type(&ctx, "unknown ECDSA signature encoding")),
+                };
+                let scheme = SignatureScheme::for_key(&key, digest, padding, encoding);
+                key.verify(scheme, &binary_bytes(&ctx, &message)?, &binary_bytes(&ctx, &signature)?)
+                    .map_err(|e| signature_error(&ctx, &e))
+            },
+        )?,
+    )?;
+
     let s = state.clone();
     native.set(
         "monotonicMs",
@@ -415,6 +460,78 @@ fn digest_algorithm(ctx: &Ctx<'_>, name: &str) -> Result<kiln_crypto::digest::Di
             ),
         )
     })
+}
+
+/// The one place key input from app code becomes a [`PublicKey`].
+///
+/// [`PublicKey`]: kiln_crypto::signature::PublicKey
+fn public_key(ctx: &Ctx<'_>, format: &str, data: &str) -> Result<kiln_crypto::signature::PublicKey> {
+    use kiln_crypto::signature::{Jwk, MAX_KEY_INPUT_BYTES, PublicKey, SignatureError};
+    if data.len() > MAX_KEY_INPUT_BYTES {
+        return Err(signature_error(ctx, &SignatureError::TooLarge(data.len())));
+    }
+    let key = match format {
+        "pem" => PublicKey::from_pem(data),
+        "spki" => PublicKey::from_spki_der(&binary_bytes(ctx, data)?),
+        "pkcs1" => PublicKey::from_pkcs1_der(&binary_bytes(ctx, data)?),
+        "jwk" => match serde_json::from_str::<Jwk>(data) {
+            Ok(jwk) => PublicKey::from_jwk(&jwk),
+            Err(_) => {
+                Err(SignatureError::Malformed("the JWK's kty, n, e, crv, x and y must be strings".into()))
+            }
+        },
+        _ => return Err(Exception::throw_type(ctx, "unknown public key format")),
+    };
+    key.map_err(|e| signature_error(ctx, &e))
+}
+
+/// What `KeyObject` needs of a public key: its type, encodings and details.
+fn public_key_object<'js>(ctx: &Ctx<'js>, key: &kiln_crypto::signature::PublicKey) -> Result<Object<'js>> {
+    use base64::Engine;
+    let url = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let o = Object::new(ctx.clone())?;
+    let jwk = Object::new(ctx.clone())?;
+    o.set("type", key.key_type().node_name())?;
+    o.set("spki", ArrayBuffer::new(ctx.clone(), key.to_spki_der())?)?;
+    if let (Some((n, e)), Some(pkcs1), Some(bits)) =
+        (key.rsa_components(), key.to_pkcs1_der(), key.rsa_modulus_bits())
+    {
+        o.set("pkcs1", ArrayBuffer::new(ctx.clone(), pkcs1)?)?;
+        o.set("modulusLength", bits)?;
+        o.set("publicExponent", e.iter().map(|b| format!("{b:02x}")).collect::<String>())?;
+        jwk.set("kty", "RSA")?;
+        jwk.set("n", url(n))?;
+        jwk.set("e", url(e))?;
+    }
+    if let Some((curve, x, y)) = key.ec_coordinates() {
+        o.set("namedCurve", curve.openssl_name())?;
+        o.set("curve", curve.jwk_name())?;
+        jwk.set("kty", "EC")?;
+        jwk.set("x", url(x))?;
+        jwk.set("y", url(y))?;
+        jwk.set("crv", curve.jwk_name())?;
+    }
+    o.set("jwk", jwk)?;
+    Ok(o)
+}
+
+/// A key or signature refusal as the app sees it: a `NotSupportedError`
+/// for what Kiln will not do, an `Error` for malformed input, each with a
+/// `code` to test for.
+fn signature_error(ctx: &Ctx<'_>, error: &kiln_crypto::signature::SignatureError) -> rquickjs::Error {
+    let (name, code) = if error.is_unsupported() {
+        ("NotSupportedError", "NOT_SUPPORTED")
+    } else {
+        ("Error", "ERR_KILN_INVALID_KEY")
+    };
+    let thrown = Exception::from_message(ctx.clone(), &error.to_string()).and_then(|exception| {
+        exception.as_object().set("name", name)?;
+        exception.as_object().set("code", code)?;
+        Ok(exception.throw())
+    });
+    match thrown {
+        Ok(e) | Err(e) => e,
+    }
 }
 
 fn shorten(s: &str) -> String {

@@ -256,7 +256,10 @@ fn webcrypto_digest_and_hmac_sign_and_verify() {
 #[test]
 fn crypto_functions_kiln_lacks_throw_naming_the_function() {
     let e = eval_err("require('crypto').createSign('RSA-SHA256');");
-    assert_eq!(e.message, "NotSupportedError: crypto.createSign is not supported by Kiln yet");
+    assert_eq!(
+        e.message,
+        "NotSupportedError: crypto.createSign is not supported: Kiln verifies signatures with public keys but does not sign with asymmetric (private) keys"
+    );
     let e = eval_err("require('crypto').createCipheriv('aes-256-gcm', Buffer.alloc(32), Buffer.alloc(12));");
     assert_eq!(e.message, "NotSupportedError: crypto.createCipheriv is not supported by Kiln yet");
 }

@@ -1,7 +1,9 @@
-// node:crypto — hashes, HMACs, randomness and Web Crypto's digest and HMAC,
-// computed natively by kiln-crypto (ring, plus MD5 for legacy use). What is
-// not here yet (signatures, ciphers, key derivation, key pairs) throws a
-// NotSupportedError naming the function, never a silent wrong answer.
+// node:crypto — hashes, HMACs, randomness, Web Crypto's digest and HMAC, and
+// verification of RSA and ECDSA signatures with public keys (for the JWTs
+// apps are sent), computed natively by kiln-crypto (ring, plus MD5 for
+// legacy use). Signing with private keys is refused: Kiln holds no private
+// keys for apps. What is not here yet (ciphers, key derivation, key pairs)
+// throws a NotSupportedError naming the function, never a silent wrong answer.
 import { native } from 'kiln:prelude';
 import { crypto as webCrypto } from 'kiln:crypto';
 import { Buffer, bytesToBinary } from 'builtin:node:buffer';
@@ -135,24 +137,64 @@ export function getCurves() {
 // ---------------------------------------------------------------- keys
 
 const secrets = new WeakMap();
+// A public KeyObject's description from native.publicKey: type, spki and
+// (RSA) pkcs1 DER, details, JWK members. Only this module makes one.
+const publicKeys = new WeakMap();
+const PUBLIC_KEY = Symbol('kiln public key');
 
 export class KeyObject {
   #type;
-  constructor(type, bytes) {
-    if (type !== 'secret') throw new NotSupportedError(`crypto KeyObject of type '${type}'`);
+  constructor(type, handle, token) {
+    if (type === 'secret') {
+      secrets.set(this, handle);
+    } else if (type === 'public' && token === PUBLIC_KEY) {
+      publicKeys.set(this, handle);
+    } else if (type === 'private') {
+      throw signingRefused('crypto KeyObject of type \'private\'');
+    } else {
+      throw new NotSupportedError(`crypto KeyObject of type '${type}'`);
+    }
     this.#type = type;
-    secrets.set(this, bytes);
+  }
+  static from(key) {
+    if (!(key instanceof CryptoKey)) throw invalidArgType('key', 'an instance of CryptoKey', key);
+    return keyObjectOfCryptoKey(key);
   }
   get type() { return this.#type; }
-  get symmetricKeySize() { return secrets.get(this).length; }
-  get asymmetricKeyType() { return undefined; }
+  get symmetricKeySize() { return this.#type === 'secret' ? secrets.get(this).length : undefined; }
+  get asymmetricKeyType() { return publicKeys.get(this)?.type; }
+  get asymmetricKeyDetails() {
+    const info = publicKeys.get(this);
+    if (!info) return undefined;
+    if (info.type === 'rsa') return { modulusLength: info.modulusLength, publicExponent: BigInt(`0x${info.publicExponent}`) };
+    return { namedCurve: info.namedCurve };
+  }
   export(options) {
-    const bytes = Buffer.from(secrets.get(this));
-    if (options?.format === 'jwk') return { kty: 'oct', k: bytes.toString('base64url') };
-    return bytes;
+    const info = publicKeys.get(this);
+    if (!info) {
+      const bytes = Buffer.from(secrets.get(this));
+      if (options?.format === 'jwk') return { kty: 'oct', k: bytes.toString('base64url') };
+      return bytes;
+    }
+    if (options === null || typeof options !== 'object') throw invalidArgType('options', 'of type object', options);
+    const { format = 'pem', type = 'spki' } = options;
+    if (format === 'jwk') return { ...info.jwk };
+    if (type !== 'spki' && !(type === 'pkcs1' && info.type === 'rsa')) {
+      throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The property 'options.type' is invalid. Received '${type}' (a${info.type === 'rsa' ? 'n RSA' : 'n EC'} public key exports as ${info.type === 'rsa' ? "'spki' or 'pkcs1'" : "'spki'"})`);
+    }
+    const der = Buffer.from(type === 'pkcs1' ? info.pkcs1 : info.spki);
+    if (format === 'der') return der;
+    if (format !== 'pem') throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The property 'options.format' is invalid. Received '${format}'`);
+    const label = type === 'pkcs1' ? 'RSA PUBLIC KEY' : 'PUBLIC KEY';
+    const lines = der.toString('base64').match(/.{1,64}/g).join('\n');
+    return `-----BEGIN ${label}-----\n${lines}\n-----END ${label}-----\n`;
   }
   equals(other) {
-    return other instanceof KeyObject && other.type === this.type && timingSafeEqual(secrets.get(this), secrets.get(other));
+    if (!(other instanceof KeyObject) || other.type !== this.type) return false;
+    if (this.type === 'secret') return timingSafeEqual(secrets.get(this), secrets.get(other));
+    const a = new Uint8Array(publicKeys.get(this).spki);
+    const b = new Uint8Array(publicKeys.get(other).spki);
+    return a.length === b.length && timingSafeEqual(a, b);
   }
 }
 
@@ -160,6 +202,176 @@ export function createSecretKey(key, encoding) {
   const bytes = typeof key === 'string' ? Buffer.from(key, encoding) : Buffer.from(binaryOf(key, undefined, 'key'), 'latin1');
   return new KeyObject('secret', bytes);
 }
+
+// ---------------------------------------------------------------- public keys and verification
+
+function publicKeyObject(info) {
+  return new KeyObject('public', Object.freeze(info), PUBLIC_KEY);
+}
+
+const isBytes = (v) => ArrayBuffer.isView(v) || v instanceof ArrayBuffer;
+const isKey = (v) => v instanceof KeyObject || v instanceof CryptoKey;
+// The options object form of a key argument ({ key, format, ... }), if it is one.
+const keyOptions = (v) => (v !== null && typeof v === 'object' && !isBytes(v) && !isKey(v) ? v : undefined);
+
+// createPublicKey(key): PEM (string or buffer; PUBLIC KEY, RSA PUBLIC KEY,
+// CERTIFICATE), { key, format: 'der', type: 'spki' | 'pkcs1' }, or
+// { key: jwk, format: 'jwk' }. As in Node, a key object is refused: only a
+// private one could be turned into a public key.
+export function createPublicKey(key) {
+  const inner = keyOptions(key)?.key ?? key;
+  if (isKey(inner)) {
+    throw codedError(TypeError, 'ERR_CRYPTO_INVALID_KEY_OBJECT_TYPE', `Invalid key object type ${inner.type}, expected private.`);
+  }
+  return parsePublicKey(key);
+}
+
+// The public key a verify call names: a public KeyObject or CryptoKey
+// (alone or as { key }), or key material for parsePublicKey.
+function verifyingKey(key) {
+  const inner = keyOptions(key)?.key ?? key;
+  if (inner instanceof KeyObject) return publicKeyOf(inner);
+  if (inner instanceof CryptoKey) return publicKeyOf(keyObjectOfCryptoKey(inner));
+  return parsePublicKey(key);
+}
+
+// Key material becomes a public KeyObject here; the parsing itself is
+// kiln-crypto's, in one place.
+function parsePublicKey(key) {
+  let data = key;
+  let format = 'pem';
+  let type;
+  let encoding;
+  if (keyOptions(key)) ({ key: data, format = 'pem', type, encoding } = key);
+  if (format === 'jwk') {
+    if (data === null || typeof data !== 'object') throw invalidArgType('key.key', 'of type object', data);
+    return publicKeyObject(native.publicKey('jwk', JSON.stringify(data)));
+  }
+  if (typeof data !== 'string' && !isBytes(data)) {
+    throw invalidArgType('key', 'of type string or an instance of ArrayBuffer, Buffer, TypedArray, DataView, KeyObject, or CryptoKey', data);
+  }
+  if (format === 'pem') {
+    const text = typeof data === 'string' ? data : binaryOf(data, undefined, 'key');
+    return publicKeyObject(native.publicKey('pem', text));
+  }
+  if (format === 'der') {
+    if (type !== 'spki' && type !== 'pkcs1') {
+      throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The property 'key.type' is invalid. Received ${type === undefined ? 'undefined' : `'${type}'`} (a DER public key is 'spki' or 'pkcs1')`);
+    }
+    return publicKeyObject(native.publicKey(type, binaryOf(data, encoding, 'key')));
+  }
+  throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The property 'key.format' is invalid. Received '${format}'`);
+}
+
+function publicKeyOf(key) {
+  if (key.type === 'public') return key;
+  throw codedError(TypeError, 'ERR_CRYPTO_INVALID_KEY_OBJECT_TYPE', `Invalid key object type ${key.type}, expected private or public.`);
+}
+
+const SIGNATURE_DIGESTS = { ...ALIASES };
+for (const h of ['sha1', 'sha256', 'sha384', 'sha512']) {
+  SIGNATURE_DIGESTS[`${h}withrsaencryption`] = h;
+  SIGNATURE_DIGESTS[`ecdsa-with-${h}`] = h;
+}
+
+// The digest a Verify or crypto.verify names; null or undefined is SHA-256,
+// what Node (OpenSSL 3) uses for RSA and EC keys.
+function signatureDigest(algorithm) {
+  if (algorithm === null || algorithm === undefined) return 'sha256';
+  if (typeof algorithm !== 'string') throw invalidArgType('algorithm', 'of type string', algorithm);
+  const name = algorithm.toLowerCase();
+  const resolved = SIGNATURE_DIGESTS[name] ?? name;
+  if (!HASHES.includes(resolved)) throw codedError(TypeError, 'ERR_CRYPTO_INVALID_DIGEST', 'Invalid digest');
+  return resolved;
+}
+
+const DIGEST_BYTES = { md5: 16, sha1: 20, sha256: 32, sha384: 48, sha512: 64 };
+
+// The key and options of a verify call: a KeyObject, a CryptoKey, PEM, or
+// { key, format, type, padding, saltLength, dsaEncoding }.
+function verifyKeyAndOptions(key, digest) {
+  const options = keyOptions(key) ?? {};
+  const publicKey = verifyingKey(key);
+  let padding = 'pkcs1';
+  if (options.padding === constants.RSA_PKCS1_PSS_PADDING) padding = 'pss';
+  else if (options.padding !== undefined && options.padding !== constants.RSA_PKCS1_PADDING) {
+    throw codedError(Error, 'ERR_OSSL_RSA_UNKNOWN_PADDING_TYPE', `RSA padding ${options.padding} cannot be used to verify signatures (Kiln verifies RSA_PKCS1_PADDING and RSA_PKCS1_PSS_PADDING)`);
+  }
+  // ring verifies PSS with a salt as long as the digest: what JWT's PS256
+  // and Web Crypto use. Node's default (AUTO) would also accept other salt
+  // lengths; Kiln checks the digest-length salt, which other lengths fail.
+  const salt = options.saltLength;
+  if (padding === 'pss' && salt !== undefined && salt !== constants.RSA_PSS_SALTLEN_DIGEST && salt !== constants.RSA_PSS_SALTLEN_AUTO && salt !== DIGEST_BYTES[digest]) {
+    throw new NotSupportedError(`crypto.verify with an RSA-PSS saltLength of ${salt} (Kiln verifies a salt as long as the digest: ${DIGEST_BYTES[digest]}, or RSA_PSS_SALTLEN_DIGEST)`);
+  }
+  const encoding = options.dsaEncoding ?? 'der';
+  if (encoding !== 'der' && encoding !== 'ieee-p1363') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The property 'options.dsaEncoding' is invalid. Received '${encoding}'`);
+  }
+  return { info: publicKeys.get(publicKey), padding, encoding };
+}
+
+function verifyWith(digest, message, key, signature, signatureEncoding) {
+  const { info, padding, encoding } = verifyKeyAndOptions(key, digest);
+  const sig = typeof signature === 'string' ? bytesToBinary(Buffer.from(signature, signatureEncoding)) : binaryOf(signature, undefined, 'signature');
+  return native.verifySignature(bytesToBinary(new Uint8Array(info.spki)), digest, padding, encoding, message, sig);
+}
+
+// Node's Verify: updates kept as binary strings and checked at once.
+class Verify {
+  #digest;
+  #parts = [];
+  constructor(algorithm) {
+    this.#digest = signatureDigest(algorithm);
+  }
+  update(data, encoding) {
+    this.#parts.push(binaryOf(data, encoding));
+    return this;
+  }
+  write(data, encoding) {
+    this.update(data, encoding);
+    return true;
+  }
+  end(data, encoding) {
+    if (data !== undefined && typeof data !== 'function') this.update(data, encoding);
+    return this;
+  }
+  verify(key, signature, signatureEncoding) {
+    return verifyWith(this.#digest, this.#parts.join(''), key, signature, signatureEncoding);
+  }
+}
+
+export function createVerify(algorithm) {
+  return new Verify(algorithm);
+}
+
+// crypto.verify(algorithm, data, key, signature[, callback]).
+export function verify(algorithm, data, key, signature, callback) {
+  if (callback !== undefined && typeof callback !== 'function') throw invalidArgType('callback', 'of type function', callback);
+  const result = verifyWith(signatureDigest(algorithm), binaryOf(data, undefined, 'data'), key, signature);
+  if (callback) {
+    later(callback, null, result);
+    return undefined;
+  }
+  return result;
+}
+
+// Signing needs a private key, which Kiln does not hold or read for apps.
+function signingRefused(what) {
+  const e = new NotSupportedError(what);
+  e.message = `${what} is not supported: Kiln verifies signatures with public keys but does not sign with asymmetric (private) keys`;
+  return e;
+}
+
+function refuseSigning(what) {
+  const fn = function () { throw signingRefused(what); };
+  Object.defineProperty(fn, 'name', { value: what });
+  return fn;
+}
+
+export const createSign = refuseSigning('crypto.createSign');
+export const sign = refuseSigning('crypto.sign');
+export const createPrivateKey = refuseSigning('crypto.createPrivateKey');
 
 // ---------------------------------------------------------------- randomness
 
@@ -315,16 +527,95 @@ export class CryptoKey {
   }
 }
 
-function makeCryptoKey(bytes, algorithm, extractable, usages) {
+// A public CryptoKey's KeyObject.
+const cryptoKeyPublic = new WeakMap();
+
+function makeCryptoKey(bytes, algorithm, extractable, usages, publicKey) {
   const key = Object.create(CryptoKey.prototype);
   Object.defineProperties(key, {
-    type: { value: 'secret', enumerable: true },
+    type: { value: publicKey ? 'public' : 'secret', enumerable: true },
     extractable: { value: Boolean(extractable), enumerable: true },
     algorithm: { value: Object.freeze(algorithm), enumerable: true },
     usages: { value: Object.freeze([...usages]), enumerable: true },
   });
-  cryptoKeySecrets.set(key, bytes);
+  if (publicKey) cryptoKeyPublic.set(key, publicKey);
+  else cryptoKeySecrets.set(key, bytes);
   return key;
+}
+
+function keyObjectOfCryptoKey(key) {
+  return cryptoKeyPublic.get(key) ?? new KeyObject('secret', secretOf(key));
+}
+
+// Web Crypto's public-key verification algorithms, by upper-case name.
+const VERIFY_ALGORITHMS = { 'RSASSA-PKCS1-V1_5': 'RSASSA-PKCS1-v1_5', 'RSA-PSS': 'RSA-PSS', ECDSA: 'ECDSA' };
+
+function algorithmName(algorithm) {
+  return String(typeof algorithm === 'string' ? algorithm : algorithm?.name);
+}
+
+// subtle.importKey of an RSA or EC public key ('spki' or 'jwk'), for verify.
+function importPublicKey(format, keyData, algorithm, extractable, usages) {
+  const name = VERIFY_ALGORITHMS[algorithmName(algorithm).toUpperCase()];
+  if (format === 'pkcs8' || (format === 'jwk' && keyData?.d !== undefined)) {
+    throw signingRefused(`crypto.subtle.importKey of a private ${name} key`);
+  }
+  for (const u of usages) {
+    if (u !== 'verify') throw domException(`Unsupported key usage for a ${name} public key: ${u}`, 'SyntaxError');
+  }
+  let keyObject;
+  if (format === 'spki') keyObject = publicKeyObject(native.publicKey('spki', bytesToBinary(bufferSource(keyData, 'keyData'))));
+  else if (format === 'jwk') {
+    if (keyData === null || typeof keyData !== 'object') throw domException('Invalid JWK', 'DataError');
+    keyObject = publicKeyObject(native.publicKey('jwk', JSON.stringify(keyData)));
+  } else {
+    throw new NotSupportedError(`crypto.subtle.importKey of a ${name} key in '${format}' format (Kiln imports 'spki' and 'jwk')`);
+  }
+  const info = publicKeys.get(keyObject);
+  if (name === 'ECDSA') {
+    if (info.type !== 'ec') throw domException('The key is not an EC key', 'DataError');
+    if (algorithm.namedCurve !== info.curve) throw domException(`The key is on ${info.curve}, not ${algorithm.namedCurve}`, 'DataError');
+    return makeCryptoKey(null, { name, namedCurve: info.curve }, extractable, usages, keyObject);
+  }
+  if (info.type !== 'rsa') throw domException('The key is not an RSA key', 'DataError');
+  const exponent = Uint8Array.from(info.publicExponent.match(/../g).map((h) => parseInt(h, 16)));
+  const hash = { name: webHashName(algorithm.hash) };
+  return makeCryptoKey(null, { name, modulusLength: info.modulusLength, publicExponent: exponent, hash }, extractable, usages, keyObject);
+}
+
+// subtle.verify with a public key: Web Crypto's ECDSA signatures are r || s.
+function verifyPublic(algorithm, key, signature, data) {
+  const name = VERIFY_ALGORITHMS[algorithmName(algorithm).toUpperCase()];
+  if (name !== key.algorithm.name) throw domException(`The key is a ${key.algorithm.name} key, not ${algorithmName(algorithm)}`, 'InvalidAccessError');
+  if (!key.usages.includes('verify')) throw domException("The key does not allow 'verify'", 'InvalidAccessError');
+  const info = publicKeys.get(cryptoKeyPublic.get(key));
+  const hashOf = (h) => webHashName(h).replace('-', '').toLowerCase();
+  let digest;
+  let padding = 'pkcs1';
+  if (name === 'ECDSA') digest = hashOf(algorithm.hash);
+  else digest = hashOf(key.algorithm.hash);
+  if (name === 'RSA-PSS') {
+    padding = 'pss';
+    if (algorithm.saltLength !== DIGEST_BYTES[digest]) {
+      throw new NotSupportedError(`crypto.subtle.verify with an RSA-PSS saltLength of ${algorithm.saltLength} (Kiln verifies a salt as long as the digest: ${DIGEST_BYTES[digest]})`);
+    }
+  }
+  const sig = bytesToBinary(bufferSource(signature, 'signature'));
+  return native.verifySignature(bytesToBinary(new Uint8Array(info.spki)), digest, padding, 'ieee-p1363', bytesToBinary(bufferSource(data)), sig);
+}
+
+function exportPublicKey(format, key) {
+  const keyObject = cryptoKeyPublic.get(key);
+  const info = publicKeys.get(keyObject);
+  if (format === 'spki') return toArrayBuffer(new Uint8Array(info.spki));
+  if (format === 'jwk') {
+    const jwk = { ...info.jwk, key_ops: [...key.usages], ext: true };
+    const bits = key.algorithm.hash?.name.slice(4);
+    if (key.algorithm.name === 'RSASSA-PKCS1-v1_5') jwk.alg = `RS${bits}`;
+    if (key.algorithm.name === 'RSA-PSS') jwk.alg = `PS${bits}`;
+    return jwk;
+  }
+  throw new NotSupportedError(`crypto.subtle.exportKey of a public key in '${format}' format (Kiln exports 'spki' and 'jwk')`);
 }
 
 function secretOf(key) {
@@ -350,8 +641,9 @@ const subtleImpl = {
   },
   importKey(format, keyData, algorithm, extractable, usages) {
     const name = typeof algorithm === 'string' ? algorithm : algorithm?.name;
+    if (VERIFY_ALGORITHMS[String(name).toUpperCase()]) return importPublicKey(format, keyData, algorithm, extractable, usages);
     if (String(name).toUpperCase() !== 'HMAC') {
-      throw new NotSupportedError(`crypto.subtle.importKey for ${name} (only HMAC keys)`);
+      throw new NotSupportedError(`crypto.subtle.importKey for ${name} (Kiln imports HMAC keys, and RSASSA-PKCS1-v1_5, RSA-PSS and ECDSA public keys)`);
     }
     const hashAlg = webHashName(algorithm.hash);
     let bytes;
@@ -369,6 +661,10 @@ const subtleImpl = {
     return makeCryptoKey(bytes, { name: 'HMAC', hash: { name: hashAlg }, length }, extractable, usages);
   },
   exportKey(format, key) {
+    if (cryptoKeyPublic.has(key)) {
+      if (!key.extractable) throw domException('key is not extractable', 'InvalidAccessError');
+      return exportPublicKey(format, key);
+    }
     const bytes = secretOf(key);
     if (!key.extractable) throw domException('key is not extractable', 'InvalidAccessError');
     if (format === 'raw') return toArrayBuffer(bytes);
@@ -392,6 +688,7 @@ const subtleImpl = {
     return toArrayBuffer(new Uint8Array(native.hmac(alg, bytesToBinary(secretOf(key)), bytesToBinary(bufferSource(data)))));
   },
   verify(algorithm, key, signature, data) {
+    if (cryptoKeyPublic.has(key)) return verifyPublic(algorithm, key, signature, data);
     hmacKey(key, 'verify');
     const alg = key.algorithm.hash.name.replace('-', '').toLowerCase();
     const expected = new Uint8Array(native.hmac(alg, bytesToBinary(secretOf(key)), bytesToBinary(bufferSource(data))));
@@ -425,14 +722,8 @@ export const webcrypto = Object.freeze({
 
 // ---------------------------------------------------------------- not yet
 
-export const createSign = unsupported('crypto.createSign');
-export const createVerify = unsupported('crypto.createVerify');
-export const sign = unsupported('crypto.sign');
-export const verify = unsupported('crypto.verify');
 export const createCipheriv = unsupported('crypto.createCipheriv');
 export const createDecipheriv = unsupported('crypto.createDecipheriv');
-export const createPrivateKey = unsupported('crypto.createPrivateKey');
-export const createPublicKey = unsupported('crypto.createPublicKey');
 export const generateKeyPair = unsupported('crypto.generateKeyPair');
 export const generateKeyPairSync = unsupported('crypto.generateKeyPairSync');
 export const generateKey = unsupported('crypto.generateKey');
@@ -459,7 +750,17 @@ export const checkPrimeSync = unsupported('crypto.checkPrimeSync');
 export const X509Certificate = unsupported('crypto.X509Certificate');
 export const Certificate = unsupported('crypto.Certificate');
 
-export const constants = Object.freeze({});
+// The RSA constants verify options use, with Node's values.
+export const constants = Object.freeze({
+  RSA_PKCS1_PADDING: 1,
+  RSA_NO_PADDING: 3,
+  RSA_PKCS1_OAEP_PADDING: 4,
+  RSA_X931_PADDING: 5,
+  RSA_PKCS1_PSS_PADDING: 6,
+  RSA_PSS_SALTLEN_DIGEST: -1,
+  RSA_PSS_SALTLEN_MAX_SIGN: -2,
+  RSA_PSS_SALTLEN_AUTO: -2,
+});
 
 export default {
   createHash,
