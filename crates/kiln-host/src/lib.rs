@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod kvs;
+pub mod webtrigger;
 
 use std::sync::Arc;
 
@@ -52,6 +53,8 @@ pub struct Host {
     auditor: Auditor,
     egress: Arc<Gateway>,
     product: Option<Arc<ProductGateway>>,
+    /// Where `kiln serve` is reached, for `webTrigger.getUrl`.
+    public_url: Option<String>,
     kvs: Option<Arc<kiln_kvs::Kvs>>,
 }
 
@@ -77,7 +80,14 @@ impl Host {
         product: Option<Arc<ProductGateway>>,
         kvs: Option<Arc<kiln_kvs::Kvs>>,
     ) -> Self {
-        Host { runtime, store, auditor, egress, product, kvs }
+        Host { runtime, store, auditor, egress, product, kvs, public_url: None }
+    }
+
+    /// Where the server is reached (`https://host[:port]`), so app code can
+    /// ask for its web trigger URLs.
+    pub fn with_public_url(mut self, url: &str) -> Self {
+        self.public_url = Some(url.trim_end_matches('/').to_owned());
+        self
     }
 
     /// A handler for one invocation; refused for a production
@@ -111,6 +121,9 @@ pub struct InvocationGrants {
     pub app: String,
     /// The installation's id, for the audit trail.
     pub installation: String,
+    /// The installation's row, when there is one (`kiln invoke` has none):
+    /// what `webTrigger.getUrl` makes URLs for.
+    pub installation_row: Option<i64>,
     /// The installation's environment: production refuses insecure settings.
     pub environment: Environment,
     /// The consented `permissions.external.fetch.backend`.
@@ -394,6 +407,40 @@ impl InvocationHost<'_> {
         Event::product(&self.grants.app, &self.grants.installation, &call)
     }
 
+    /// `webTrigger.getUrl(moduleKey)`: the installation's URL for one of
+    /// its web trigger modules, made on first ask.
+    fn webtrigger_url(&self, args: &Value) -> HostReply {
+        let module = match string(args, "moduleKey") {
+            Ok(m) => m.to_owned(),
+            Err(reply) => return reply,
+        };
+        let unavailable = |why: &str| err("WEBTRIGGER_URL_UNAVAILABLE", why);
+        let (Some(public), Some(row), Some(kvs)) =
+            (&self.host.public_url, self.grants.installation_row, &self.host.kvs)
+        else {
+            return unavailable(
+                "web trigger URLs exist for installations served by kiln serve; this invocation has none",
+            );
+        };
+        let host = self.host;
+        let made = host.runtime.block_on(async {
+            let installation = host
+                .store
+                .begin_read()
+                .await
+                .map_err(|e| e.to_string())?
+                .installation_by_id(row)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the installation is gone")?;
+            webtrigger::token(&host.store, kvs, &installation, &module).await.map_err(|e| e.to_string())
+        });
+        match made {
+            Ok(token) => HostReply::Ok { value: Value::String(format!("{public}/x1/{token}")) },
+            Err(message) => unavailable(&message),
+        }
+    }
+
     /// Write `events` in one transaction; if they cannot be written, the
     /// app gets an error instead of the answer.
     fn record(&self, events: Vec<Event>) -> Result<(), HostReply> {
@@ -420,6 +467,7 @@ impl HostHandler for InvocationHost<'_> {
         match capability {
             "fetch" => self.fetch(&args),
             "product.request" => self.product(&args),
+            "webtrigger.getUrl" => self.webtrigger_url(&args),
             kvs if kvs.starts_with("kvs.") => self.kvs(kvs, &args),
             other => err("CAPABILITY_NOT_AVAILABLE", format!("the host offers no '{other}' capability")),
         }

@@ -160,6 +160,7 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
         let invocation = InvocationGrants {
             app: manifest.app.id.to_string(),
             installation: "e2e".into(),
+            installation_row: None,
             environment: kiln_types::Environment::default(),
             egress: vec![EgressTarget::Host(DECLARED.into())],
             product: Installation::new(OWNER, &scopes),

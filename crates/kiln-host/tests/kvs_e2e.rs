@@ -162,6 +162,7 @@ fn grants(app: &str, owner: &str, scopes: &[&str]) -> InvocationGrants {
     InvocationGrants {
         app: app.to_owned(),
         installation: owner.to_owned(),
+        installation_row: None,
         environment: kiln_types::Environment::default(),
         egress: Vec::new(),
         product: Installation {

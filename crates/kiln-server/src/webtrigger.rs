@@ -34,8 +34,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kiln_bundle::Bundle;
 use kiln_crypto::Sha256;
 use kiln_kvs::Kvs;
@@ -47,81 +45,7 @@ use serde_json::{Value, json};
 /// Largest request body a web trigger takes.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// The KVS owner of an installation's storage, secrets and tokens.
-pub fn owner(installation: &InstallationRecord) -> String {
-    format!("installation:{}", installation.public_id)
-}
-
-fn token_name(module: &str) -> String {
-    format!("webtrigger:{module}")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WebtriggerError {
-    #[error(
-        "{app} has no web trigger module '{module}' in the version {site} runs; its web triggers are: {known}"
-    )]
-    NoSuchModule { app: String, site: String, module: String, known: String },
-    #[error(
-        "the web trigger URL for '{0}' exists but its secret cannot be read; another node may be making it \
-         (try again), or the secret was lost"
-    )]
-    SecretMissing(String),
-    #[error(transparent)]
-    Store(#[from] kiln_store::StoreError),
-    #[error("the token store failed: {0}")]
-    Kvs(#[from] kiln_kvs::KvsError),
-    #[error("{0}")]
-    Crypto(String),
-}
-
-/// The secret part of the installation's URL for web trigger `module`,
-/// made the first time it is asked for.
-pub async fn token(
-    store: &Store,
-    kvs: &Kvs,
-    installation: &InstallationRecord,
-    module: &str,
-) -> Result<String, WebtriggerError> {
-    let version = store.begin_read().await?.version_by_id(installation.version_id).await?;
-    let known: Vec<String> = version
-        .as_ref()
-        .map(|v| v.manifest.modules.webtriggers.iter().map(|w| w.key.to_string()).collect())
-        .unwrap_or_default();
-    if !known.iter().any(|k| k == module) {
-        return Err(WebtriggerError::NoSuchModule {
-            app: installation.app.to_string(),
-            site: installation.site.to_string(),
-            module: module.to_owned(),
-            known: if known.is_empty() { "none".into() } else { known.join(", ") },
-        });
-    }
-    let owner = owner(installation);
-    let mut tx = store.begin().await?;
-    if tx.webtrigger_exists(installation.id, module).await? {
-        drop(tx);
-        return kvs
-            .get_token(&owner, &token_name(module))
-            .await?
-            .ok_or(WebtriggerError::SecretMissing(module.into()));
-    }
-    let mut secret = [0u8; 32];
-    kiln_crypto::fill_random(&mut secret).map_err(|e| WebtriggerError::Crypto(e.to_string()))?;
-    let token = URL_SAFE_NO_PAD.encode(secret);
-    let hash = Sha256::of(token.as_bytes());
-    let inserted =
-        tx.webtrigger_insert(installation.id, module, hash.as_bytes(), kiln_store::now_millis()).await?;
-    tx.commit().await?;
-    if !inserted {
-        // Another node made it between our check and our insert.
-        return kvs
-            .get_token(&owner, &token_name(module))
-            .await?
-            .ok_or(WebtriggerError::SecretMissing(module.into()));
-    }
-    kvs.set_token(&owner, &token_name(module), &token, None).await?;
-    Ok(token)
-}
+pub use kiln_host::webtrigger::{WebtriggerError, owner, token};
 
 /// What serving web triggers needs. The worker never sees any of it.
 pub struct Webtriggers {
@@ -351,6 +275,7 @@ async fn invoke(
     let grants = kiln_host::InvocationGrants {
         app: app.clone(),
         installation: installation.public_id.to_string(),
+        installation_row: Some(installation.id),
         environment: installation.environment.clone(),
         egress: consent
             .egress

@@ -147,6 +147,9 @@ struct ServeArgs {
     /// Settings file (TOML; `[alerts]`: rules and webhook). Unknown keys are errors.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where this server is reached from outside, for the web trigger URLs app code asks for [default: https://<listen address>]
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -798,6 +801,7 @@ async fn invoke_host(
     let invocation = kiln_host::InvocationGrants {
         app,
         installation: "local".into(),
+        installation_row: None,
         environment: args.env.environment.clone(),
         egress: egress_targets,
         product: kiln_product::Installation::new(&owner, &grants.scopes),
@@ -1241,11 +1245,12 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
             }
         })
     };
-    let webtriggers = webtrigger_state(&store, provider_for_webtriggers, &trail)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("https://{bound}"));
+    let webtriggers = webtrigger_state(&store, provider_for_webtriggers, &trail, &public_url)?;
     eprintln!("Kiln admin API on https://{bound} (Ctrl-C stops it)");
     eprintln!("Web triggers on https://{bound}/x1/... ('kiln webtrigger' prints an installation's URL)");
     let shutdown = async {
@@ -1268,6 +1273,7 @@ fn webtrigger_state(
     store: &kiln_store::Store,
     provider: std::sync::Arc<dyn kiln_crypto::envelope::KeyProvider>,
     trail: &Trail,
+    public_url: &str,
 ) -> Result<std::sync::Arc<kiln_server::webtrigger::Webtriggers>, Failure> {
     let fail = |m: String| Failure { code: 1, message: m };
     let sandbox = kiln_sandbox::SandboxConfig::for_current_exe()
@@ -1287,7 +1293,8 @@ fn webtrigger_state(
         std::sync::Arc::new(egress),
         None,
         Some(kvs.clone()),
-    );
+    )
+    .with_public_url(public_url);
     Ok(std::sync::Arc::new(kiln_server::webtrigger::Webtriggers::new(
         store.clone(),
         kvs,

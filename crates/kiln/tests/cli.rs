@@ -490,7 +490,9 @@ fn web_triggers_run_the_installations_function_with_forges_request_and_response(
     std::fs::write(
         p.join("src/index.js"),
         r#"import { kvs } from '@forge/kvs';
+import { webTrigger } from '@forge/api';
 export async function hook(req, ctx) {
+  if (req.path === '/url') return { statusCode: 200, body: await webTrigger.getUrl('ping') };
   const n = ((await kvs.get('count')) ?? 0) + 1;
   await kvs.set('count', n);
   return {
@@ -549,6 +551,11 @@ export function throws() { throw new Error('secret detail'); }
         1,
         "each installation has its own storage"
     );
+    // App code asks for its own URLs: the same as `kiln webtrigger` prints.
+    let asked = call(kiln_http::Method::GET, &format!("{a}/url"), None);
+    assert_eq!(asked.text(), url("https://a.atlassian.net", "ping"));
+    let out = kiln.run(&["invoke", "hook-fn", app, "--payload", r#"{"path":"/url"}"#]);
+    assert!(text(&out).contains("installations served by kiln serve"), "{}", text(&out));
     let ping = call(kiln_http::Method::GET, &url("https://a.atlassian.net", "ping"), None);
     assert_eq!((ping.status.as_u16(), ping.text().as_str()), (202, "pong"));
     assert_eq!(ping.headers["content-type"], "text/plain");

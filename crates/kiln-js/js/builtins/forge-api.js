@@ -13,12 +13,13 @@
 // invocation the server sends (no `installation` contexts, `license` null);
 // `authorize()` (Jira issues and projects, Confluence content, as the user in
 // session, through the permission APIs); `bindInvocationContext` (identity:
-// a Kiln runtime serves one invocation).
+// a Kiln runtime serves one invocation); `webTrigger.getUrl` (the
+// installation's URL, from the server).
 //
 // Still throwing NotSupportedError: `requestBitbucket`, `requestGraph`,
 // `requestAtlassian`, `requestConnectedData`, `requestTeamworkGraph`,
 // `withProvider`, `withContext`, `invokeRemote`, `invokeService`,
-// `webTrigger`, `privacy`, `i18n`, `__requestAtlassianAsApp`,
+// `webTrigger.queryUrls`/`deleteUrl` (dynamic URLs), `privacy`, `i18n`, `__requestAtlassianAsApp`,
 // `__requestAtlassianAsUser`, `__fetchProduct`, `__getRuntime`, and from
 // @forge/api 2 `getRuntime` and `properties`/`store`; `storage.entity` and
 // legacy query conditions other than `startsWith` on 'key'. Every name
@@ -337,7 +338,13 @@ export const authorize = () => {
   };
 };
 export const webTrigger = {
-  getUrl: unsupported('@forge/api webTrigger.getUrl'),
+  // The installation's URL for one of its web trigger modules, from the
+  // server (made on first ask). Dynamic URLs are not built yet.
+  getUrl: async (moduleKey, forceCreate) => {
+    if (typeof moduleKey !== 'string' || moduleKey === '') throw new TypeError('webTrigger.getUrl takes a module key');
+    if (forceCreate) throw new NotSupportedError('@forge/api webTrigger.getUrl with forceCreate (dynamic web trigger URLs)');
+    return hostCall('webtrigger.getUrl', { moduleKey });
+  },
   queryUrls: unsupported('@forge/api webTrigger.queryUrls'),
   deleteUrl: unsupported('@forge/api webTrigger.deleteUrl'),
 };
