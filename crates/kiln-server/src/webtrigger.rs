@@ -21,10 +21,14 @@
 //!   consented to: its egress, its scopes, its storage, its variables, all
 //!   through `kiln-host`, with every egress and product decision audited.
 //!
+//! - **Rate limit.** Per installation, [`DEFAULT_PER_MINUTE`] requests a
+//!   minute unless the operator sets another; every answer carries
+//!   `X-RateLimit-Limit`, `-Remaining` and `-Reset`, and one over the limit
+//!   is a 429 with `Retry-After`. Counted per node.
+//!
 //! Not built yet (#8): the HMAC shared-secret authentication modules can
 //! declare (such a module answers 501 rather than running unauthenticated),
-//! per-installation rate limits, `webTrigger.getUrl` from app code, and
-//! dynamic URLs made and deleted by the app.
+//! and dynamic URLs made and deleted by the app.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -56,6 +60,66 @@ pub struct Webtriggers {
     /// Records sandbox faults.
     pub auditor: kiln_audit::Auditor,
     bundles: Mutex<HashMap<Sha256, Arc<Bundle>>>,
+    limiter: Limiter,
+}
+
+/// Requests an installation's web triggers take per minute unless the
+/// operator says otherwise.
+pub const DEFAULT_PER_MINUTE: u32 = 600;
+
+/// Per-installation fixed one-minute windows. Counted per node: with
+/// several nodes an installation gets up to this many per node.
+#[derive(Debug)]
+struct Limiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<i64, (std::time::Instant, u32)>>,
+}
+
+/// One request's place in its installation's window.
+struct Quota {
+    allowed: bool,
+    limit: u32,
+    remaining: u32,
+    reset_secs: u64,
+}
+
+impl Limiter {
+    fn take(&self, installation: i64) -> Quota {
+        let now = std::time::Instant::now();
+        let window = std::time::Duration::from_secs(60);
+        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, count) = windows.entry(installation).or_insert((now, 0));
+        if now.duration_since(*start) >= window {
+            *start = now;
+            *count = 0;
+        }
+        let allowed = *count < self.per_minute;
+        if allowed {
+            *count += 1;
+        }
+        let reset = window.saturating_sub(now.duration_since(*start));
+        Quota {
+            allowed,
+            limit: self.per_minute,
+            remaining: self.per_minute.saturating_sub(*count),
+            reset_secs: reset.as_secs().max(1),
+        }
+    }
+}
+
+impl Quota {
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) on every answer.
+    fn stamp(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            ("x-ratelimit-limit", self.limit.to_string()),
+            ("x-ratelimit-remaining", self.remaining.to_string()),
+            ("x-ratelimit-reset", self.reset_secs.to_string()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Webtriggers {
@@ -72,7 +136,21 @@ impl Webtriggers {
         host: Arc<kiln_host::Host>,
         auditor: kiln_audit::Auditor,
     ) -> Self {
-        Webtriggers { store, kvs, sandbox, host, auditor, bundles: Mutex::new(HashMap::new()) }
+        Webtriggers {
+            store,
+            kvs,
+            sandbox,
+            host,
+            auditor,
+            bundles: Mutex::new(HashMap::new()),
+            limiter: Limiter { per_minute: DEFAULT_PER_MINUTE, windows: Mutex::new(HashMap::new()) },
+        }
+    }
+
+    /// Requests each installation's web triggers take per minute (at least 1).
+    pub fn with_rate_limit(mut self, per_minute: u32) -> Self {
+        self.limiter.per_minute = per_minute.max(1);
+        self
     }
 }
 
@@ -126,6 +204,36 @@ async fn serve(
         return answer(StatusCode::SERVICE_UNAVAILABLE, "the web trigger cannot be looked up now");
     };
     let Some((installation, version, module_key)) = found else { return not_found() };
+    let quota = state.limiter.take(installation.id);
+    let mut res = if quota.allowed {
+        run(&state, installation, version, module_key, path, method, uri, headers, body).await
+    } else {
+        let mut res = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            "this installation's web triggers are over their rate limit",
+        );
+        if let Ok(v) = HeaderValue::from_str(&quota.reset_secs.to_string()) {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        res
+    };
+    quota.stamp(res.headers_mut());
+    res
+}
+
+#[allow(clippy::too_many_arguments, reason = "the parts of one request")]
+async fn run(
+    state: &Arc<Webtriggers>,
+    installation: InstallationRecord,
+    version: kiln_store::VersionRecord,
+    module_key: String,
+    path: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let not_found = || answer(StatusCode::NOT_FOUND, "no such web trigger");
     let manifest = &version.manifest;
     let Some(module) = manifest.modules.webtriggers.iter().find(|w| w.key.as_str() == module_key) else {
         return not_found();
@@ -142,7 +250,7 @@ async fn serve(
             "web triggers served by a remote are not supported by Kiln",
         );
     };
-    let Ok(bundle) = bundle(&state, &version.bundle).await else {
+    let Ok(bundle) = bundle(state, &version.bundle).await else {
         return answer(StatusCode::SERVICE_UNAVAILABLE, "the app's code cannot be loaded now");
     };
     let Ok(text) = String::from_utf8(body.to_vec()) else {

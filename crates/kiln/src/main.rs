@@ -150,6 +150,9 @@ struct ServeArgs {
     /// Where this server is reached from outside, for the web trigger URLs app code asks for [default: https://<listen address>]
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+    /// Requests each installation's web triggers take per minute (per node)
+    #[arg(long, value_name = "N", default_value_t = kiln_server::webtrigger::DEFAULT_PER_MINUTE)]
+    webtrigger_rate: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1250,7 +1253,8 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("https://{bound}"));
-    let webtriggers = webtrigger_state(&store, provider_for_webtriggers, &trail, &public_url)?;
+    let webtriggers =
+        webtrigger_state(&store, provider_for_webtriggers, &trail, &public_url, args.webtrigger_rate)?;
     eprintln!("Kiln admin API on https://{bound} (Ctrl-C stops it)");
     eprintln!("Web triggers on https://{bound}/x1/... ('kiln webtrigger' prints an installation's URL)");
     let shutdown = async {
@@ -1274,6 +1278,7 @@ fn webtrigger_state(
     provider: std::sync::Arc<dyn kiln_crypto::envelope::KeyProvider>,
     trail: &Trail,
     public_url: &str,
+    per_minute: u32,
 ) -> Result<std::sync::Arc<kiln_server::webtrigger::Webtriggers>, Failure> {
     let fail = |m: String| Failure { code: 1, message: m };
     let sandbox = kiln_sandbox::SandboxConfig::for_current_exe()
@@ -1295,13 +1300,16 @@ fn webtrigger_state(
         Some(kvs.clone()),
     )
     .with_public_url(public_url);
-    Ok(std::sync::Arc::new(kiln_server::webtrigger::Webtriggers::new(
-        store.clone(),
-        kvs,
-        std::sync::Arc::new(sandbox),
-        std::sync::Arc::new(host),
-        trail.auditor().clone(),
-    )))
+    Ok(std::sync::Arc::new(
+        kiln_server::webtrigger::Webtriggers::new(
+            store.clone(),
+            kvs,
+            std::sync::Arc::new(sandbox),
+            std::sync::Arc::new(host),
+            trail.auditor().clone(),
+        )
+        .with_rate_limit(per_minute),
+    ))
 }
 
 /// The alert settings from `--config`, or the defaults.

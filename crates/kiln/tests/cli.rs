@@ -512,7 +512,7 @@ export function throws() { throw new Error('secret detail'); }
     kiln.ok(&["deploy", app]);
     kiln.ok(&["install", "--site", "https://a.atlassian.net", "--product", "jira", "--app", app]);
     kiln.ok(&["install", "--site", "https://b.atlassian.net", "--product", "jira", "--app", app]);
-    let (base, _server) = serve(&kiln);
+    let (base, _server) = serve_with(&kiln, &["--webtrigger-rate", "9"]);
     let addr = base.strip_prefix("https://").unwrap().to_owned();
     let url = |site: &str, module: &str| {
         kiln.ok(&["webtrigger", module, "--site", site, "--app", app, "--base-url", &base]).trim().to_owned()
@@ -535,6 +535,8 @@ export function throws() { throw new Error('secret detail'); }
     };
     let first = call(kiln_http::Method::POST, &format!("{a}/sub/path?x=1&x=2&y="), Some(b"hello"));
     assert_eq!(first.status.as_u16(), 201, "{}", first.text());
+    assert_eq!(first.headers["x-ratelimit-limit"], "9");
+    assert_eq!(first.headers["x-ratelimit-remaining"], "8");
     let kiln_headers: Vec<&str> =
         first.headers.get_all("x-kiln").iter().map(|v| v.to_str().unwrap()).collect();
     assert_eq!(kiln_headers, ["one", "two"]);
@@ -569,6 +571,17 @@ export function throws() { throw new Error('secret detail'); }
     let tail = kiln.ok(&["audit", "tail", "-n", "5"]);
     assert!(tail.contains("sandbox.fault") && tail.contains("FUNCTION_OUT_OF_MEMORY"), "{tail}");
     assert!(!tail.contains("secret detail"), "{tail}");
+    // Site b's installation has its own allowance (one request used above):
+    // use up the rest, then 429 with Retry-After.
+    let mut last = None;
+    for _ in 0..8 {
+        last = Some(call(kiln_http::Method::GET, &format!("{b}/again"), None));
+    }
+    let last = last.unwrap();
+    assert!(last.status.as_u16() < 429 && last.headers["x-ratelimit-remaining"] == "0", "{:?}", last.headers);
+    let over = call(kiln_http::Method::GET, &b, None);
+    assert_eq!(over.status.as_u16(), 429, "{}", over.text());
+    assert!(over.headers.contains_key("retry-after"));
     // Unknown and malformed secrets answer 404 alike.
     let forged = format!("{}/x1/{}", base, "A".repeat(43));
     assert_eq!(call(kiln_http::Method::GET, &forged, None).status.as_u16(), 404);
@@ -1161,11 +1174,17 @@ fn alerts_follow_the_settings_file_and_bad_settings_are_refused() {
 
 /// `kiln serve` on a free loopback port; its address and the process.
 fn serve(kiln: &Kiln) -> (String, KillOnDrop) {
+    serve_with(kiln, &[])
+}
+
+/// `kiln serve` with extra arguments.
+fn serve_with(kiln: &Kiln, extra: &[&str]) -> (String, KillOnDrop) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
     command
         .arg("--data-dir")
         .arg(kiln.data_dir())
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .env_remove("KILN_KEK")
         .env_remove("KILN_AUDIT_KEY")
         .env("USER", "tester");
