@@ -264,7 +264,7 @@ async fn run(
         "body": text,
     });
     let outcome =
-        invoke(&state, &installation, &version, manifest, function.as_str(), &module_key, request, bundle)
+        invoke(state, &installation, &version, manifest, function.as_str(), &module_key, request, bundle)
             .await;
     match (outcome, &module.response) {
         (Ok(result), WebTriggerResponse::Dynamic) => dynamic(&result),
