@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alerting;
+pub mod health;
 mod routes;
 pub mod webtrigger;
 

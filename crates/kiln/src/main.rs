@@ -1260,7 +1260,10 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let router = kiln_server::router(state).merge(kiln_server::webtrigger::router(webtriggers));
+    let router = kiln_server::router(state)
+        .merge(kiln_server::webtrigger::router(webtriggers))
+        .merge(kiln_server::health::router(store.clone()))
+        .layer(axum::middleware::from_fn(kiln_http::security_headers));
     kiln_server::serve(listener, tls, router, shutdown)
         .await
         .map_err(|e| fail(format!("the server stopped: {e}")))?;

@@ -558,6 +558,12 @@ export function throws() { throw new Error('secret detail'); }
     assert_eq!(asked.text(), url("https://a.atlassian.net", "ping"));
     let out = kiln.run(&["invoke", "hook-fn", app, "--payload", r#"{"path":"/url"}"#]);
     assert!(text(&out).contains("installations served by kiln serve"), "{}", text(&out));
+    assert!(asked.headers["strict-transport-security"].to_str().unwrap().contains("max-age=31536000"));
+    // Liveness and readiness, public and saying nothing else.
+    let health = call(kiln_http::Method::GET, &format!("{base}/healthz"), None);
+    assert_eq!((health.status.as_u16(), health.text().as_str()), (200, "ok"));
+    let ready = call(kiln_http::Method::GET, &format!("{base}/readyz"), None);
+    assert_eq!((ready.status.as_u16(), ready.text().as_str()), (200, "ready"));
     let ping = call(kiln_http::Method::GET, &url("https://a.atlassian.net", "ping"), None);
     assert_eq!((ping.status.as_u16(), ping.text().as_str()), (202, "pong"));
     assert_eq!(ping.headers["content-type"], "text/plain");
