@@ -28,6 +28,9 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields)]
 struct File {
     alerts: Option<AlertsSection>,
+    /// Read by [`crate::product_config`].
+    #[allow(dead_code, reason = "parsed and checked there, present here so the file's keys are all known")]
+    product: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,7 @@
 
 pub mod alerting;
 pub mod health;
+pub mod product_config;
 mod routes;
 pub mod webtrigger;
 

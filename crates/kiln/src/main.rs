@@ -1253,8 +1253,14 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
     let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("https://{bound}"));
-    let webtriggers =
-        webtrigger_state(&store, provider_for_webtriggers, &trail, &public_url, args.webtrigger_rate)?;
+    let webtriggers = webtrigger_state(
+        &store,
+        provider_for_webtriggers,
+        &trail,
+        args.config.as_deref(),
+        &public_url,
+        args.webtrigger_rate,
+    )?;
     eprintln!("Kiln admin API on https://{bound} (Ctrl-C stops it)");
     eprintln!("Web triggers on https://{bound}/x1/... ('kiln webtrigger' prints an installation's URL)");
     let shutdown = async {
@@ -1274,12 +1280,13 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
 
 /// What `kiln serve` runs web triggers with: jailed workers (refused where
 /// they cannot start), and host calls that reach the installation's own
-/// storage and its consented egress. Product calls need a product site,
-/// which the server cannot be configured with yet (#8).
+/// storage, its consented egress and, with `[product]` in the settings
+/// file, the product site.
 fn webtrigger_state(
     store: &kiln_store::Store,
     provider: std::sync::Arc<dyn kiln_crypto::envelope::KeyProvider>,
     trail: &Trail,
+    config: Option<&Path>,
     public_url: &str,
     per_minute: u32,
 ) -> Result<std::sync::Arc<kiln_server::webtrigger::Webtriggers>, Failure> {
@@ -1288,6 +1295,12 @@ fn webtrigger_state(
         .and_then(kiln_sandbox::Sandbox::new)
         .map_err(|e| fail(format!("web triggers cannot run app code here: {e}")))?;
     let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store.clone(), provider));
+    let product = match config {
+        Some(path) => kiln_server::product_config::load(path, kvs.clone())
+            .map_err(|e| usage(e.to_string()))?
+            .map(std::sync::Arc::new),
+        None => None,
+    };
     let egress = kiln_egress::Gateway::new(
         kiln_egress::Config::new(kiln_crypto::tls::system_roots().unwrap_or_default()),
         std::sync::Arc::new(kiln_egress::SystemResolver),
@@ -1299,7 +1312,7 @@ fn webtrigger_state(
         store.clone(),
         trail.auditor().clone(),
         std::sync::Arc::new(egress),
-        None,
+        product,
         Some(kvs.clone()),
     )
     .with_public_url(public_url);

@@ -608,6 +608,82 @@ export function throws() { throw new Error('secret detail'); }
 }
 
 #[test]
+fn web_triggers_reach_the_product_site_the_settings_name() {
+    let kiln = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("manifest.yml"),
+        "app:\n  id: ari:cloud:ecosystem::app/7d1c2b3a-0000-4000-8000-0000000000e5\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: jira\n      function: jira-fn\n  function:\n    - key: jira-fn\n      handler: index.jira\npermissions:\n  scopes:\n    - read:jira-work\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("src/index.js"),
+        r#"import api, { route } from '@forge/api';
+export async function jira() {
+  const res = await api.asApp().requestJira(route`/rest/api/3/issue/KILN-1`);
+  return { statusCode: 200, body: JSON.stringify({ status: res.status, key: (await res.json()).key }) };
+}
+"#,
+    )
+    .unwrap();
+    let app = p.to_str().unwrap();
+    kiln.ok(&["deploy", app]);
+    kiln.ok(&["install", "--site", "https://a.atlassian.net", "--product", "jira", "--app", app]);
+    let (site, printed, _devsite) = kiln.devsite(5);
+    let cloud_id = printed.iter().find_map(|l| l.trim().strip_prefix("cloud id:")).unwrap().trim().to_owned();
+    let ca = kiln.data_dir().join("tls/cert.pem");
+    let settings = kiln.data_dir().with_file_name("kiln.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "[product]\nkind = \"cloud\"\nauth_url = \"{site}\"\napi_url = \"{site}\"\ncloud_id = \"{cloud_id}\"\n\
+             client_id = \"kiln-dev-client\"\nclient_secret_env = \"KILN_TEST_OAUTH_SECRET\"\n\
+             redirect_uri = \"https://localhost/oauth/callback\"\nca_file = \"{}\"\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let (base, _server) = serve_with(&kiln, &["--config", settings.to_str().unwrap()]);
+    let url = kiln.ok(&[
+        "webtrigger",
+        "jira",
+        "--site",
+        "https://a.atlassian.net",
+        "--app",
+        app,
+        "--base-url",
+        &base,
+    ]);
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let addr = base.strip_prefix("https://").unwrap();
+    let client =
+        kiln_http::HttpsClient::new(addr, "127.0.0.1", kiln_crypto::tls::client_config(&ca_pem).unwrap());
+    let path = url.trim().strip_prefix(&base).unwrap().to_owned();
+    let reply = rt.block_on(client.send(kiln_http::Method::GET, &path, &[], None)).unwrap();
+    assert_eq!(reply.json(), serde_json::json!({ "status": 200, "key": "KILN-1" }), "{}", reply.text());
+    let tail = kiln.ok(&["audit", "tail", "-n", "5"]);
+    assert!(tail.contains("product.request") && tail.contains("/rest/api/3/issue/{issueIdOrKey}"), "{tail}");
+
+    // A settings file with a key Kiln does not know, or a secret that is not set, stops the server.
+    std::fs::write(&settings, "[product]\nkind = \"cloud\"\ncolour = \"red\"\n").unwrap();
+    let bad = kiln.run(&["serve", "--listen", "127.0.0.1:0", "--config", settings.to_str().unwrap()]);
+    assert_eq!(code(&bad), 2, "{}", text(&bad));
+    assert!(text(&bad).contains("colour"), "{}", text(&bad));
+    std::fs::write(
+        &settings,
+        "[product]\nkind = \"cloud\"\nauth_url = \"https://x\"\napi_url = \"https://x\"\ncloud_id = \"c\"\n\
+         client_id = \"i\"\nclient_secret_env = \"KILN_NOT_SET_ANYWHERE\"\nredirect_uri = \"https://x/cb\"\n",
+    )
+    .unwrap();
+    let unset = kiln.run(&["serve", "--listen", "127.0.0.1:0", "--config", settings.to_str().unwrap()]);
+    assert_eq!(code(&unset), 2, "{}", text(&unset));
+    assert!(text(&unset).contains("KILN_NOT_SET_ANYWHERE"), "{}", text(&unset));
+}
+
+#[test]
 fn invoke_runs_a_function_in_the_sandbox_and_prints_json() {
     let kiln = Kiln::new();
     let app = invoke_app();
@@ -1191,6 +1267,7 @@ fn serve_with(kiln: &Kiln, extra: &[&str]) -> (String, KillOnDrop) {
         .arg(kiln.data_dir())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
+        .env("KILN_TEST_OAUTH_SECRET", "kiln-dev-client-secret")
         .env_remove("KILN_KEK")
         .env_remove("KILN_AUDIT_KEY")
         .env("USER", "tester");
