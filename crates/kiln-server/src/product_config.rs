@@ -67,7 +67,8 @@ pub fn load(path: &Path, kvs: Arc<kiln_kvs::Kvs>) -> Result<Option<ProductGatewa
     let Some(section) = file.product else { return Ok(None) };
     let roots = |ca: &Option<PathBuf>| -> Result<String, ConfigError> {
         match ca {
-            Some(ca) => std::fs::read_to_string(ca).map_err(|e| fail(format!("product.ca_file {}: {e}", ca.display()))),
+            Some(ca) => std::fs::read_to_string(ca)
+                .map_err(|e| fail(format!("product.ca_file {}: {e}", ca.display()))),
             None => kiln_crypto::tls::system_roots()
                 .ok_or_else(|| fail("no system certificate bundle; set product.ca_file".into())),
         }
@@ -76,7 +77,15 @@ pub fn load(path: &Path, kvs: Arc<kiln_kvs::Kvs>) -> Result<Option<ProductGatewa
         Endpoint::new(url, roots, MAX_RESPONSE).map_err(|e| fail(format!("product.{what}: {e}")))
     };
     let site = match section {
-        ProductSection::Cloud { auth_url, api_url, cloud_id, client_id, client_secret_env, redirect_uri, ca_file } => {
+        ProductSection::Cloud {
+            auth_url,
+            api_url,
+            cloud_id,
+            client_id,
+            client_secret_env,
+            redirect_uri,
+            ca_file,
+        } => {
             let roots = roots(&ca_file)?;
             let secret = std::env::var(&client_secret_env).map_err(|_| {
                 fail(format!("product.client_secret_env names {client_secret_env}, which is not set"))
@@ -98,7 +107,10 @@ pub fn load(path: &Path, kvs: Arc<kiln_kvs::Kvs>) -> Result<Option<ProductGatewa
             let roots = roots(&ca_file)?;
             Site::DataCenter(DataCenterSite {
                 jira: jira_url.as_deref().map(|u| endpoint(u, &roots, "jira_url")).transpose()?,
-                confluence: confluence_url.as_deref().map(|u| endpoint(u, &roots, "confluence_url")).transpose()?,
+                confluence: confluence_url
+                    .as_deref()
+                    .map(|u| endpoint(u, &roots, "confluence_url"))
+                    .transpose()?,
             })
         }
     };
