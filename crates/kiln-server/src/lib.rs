@@ -17,8 +17,10 @@
 
 pub mod alerting;
 pub mod health;
+pub mod metrics;
 pub mod product_config;
 mod routes;
+pub mod runner;
 pub mod webtrigger;
 
 use std::net::SocketAddr;

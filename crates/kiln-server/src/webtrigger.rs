@@ -38,13 +38,13 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use kiln_bundle::Bundle;
 use kiln_crypto::Sha256;
-use kiln_kvs::Kvs;
-use kiln_manifest::{Manifest, Target, WebTriggerAuth, WebTriggerResponse};
-use kiln_sandbox::{Caller, InvokeRequest, Sandbox};
-use kiln_store::{InstallationRecord, Store};
+use kiln_manifest::{Target, WebTriggerAuth, WebTriggerResponse};
+use kiln_sandbox::Caller;
+use kiln_store::InstallationRecord;
 use serde_json::{Value, json};
+
+use crate::runner::{AUDIT_FAILED, Call, Runner};
 
 /// Largest request body a web trigger takes.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -53,13 +53,7 @@ pub use kiln_host::webtrigger::{WebtriggerError, owner, token};
 
 /// What serving web triggers needs. The worker never sees any of it.
 pub struct Webtriggers {
-    pub store: Store,
-    pub kvs: Arc<Kvs>,
-    pub sandbox: Arc<Sandbox>,
-    pub host: Arc<kiln_host::Host>,
-    /// Records sandbox faults.
-    pub auditor: kiln_audit::Auditor,
-    bundles: Mutex<HashMap<Sha256, Arc<Bundle>>>,
+    pub runner: Arc<Runner>,
     limiter: Limiter,
 }
 
@@ -129,20 +123,9 @@ impl std::fmt::Debug for Webtriggers {
 }
 
 impl Webtriggers {
-    pub fn new(
-        store: Store,
-        kvs: Arc<Kvs>,
-        sandbox: Arc<Sandbox>,
-        host: Arc<kiln_host::Host>,
-        auditor: kiln_audit::Auditor,
-    ) -> Self {
+    pub fn new(runner: Arc<Runner>) -> Self {
         Webtriggers {
-            store,
-            kvs,
-            sandbox,
-            host,
-            auditor,
-            bundles: Mutex::new(HashMap::new()),
+            runner,
             limiter: Limiter { per_minute: DEFAULT_PER_MINUTE, windows: Mutex::new(HashMap::new()) },
         }
     }
@@ -250,9 +233,6 @@ async fn run(
             "web triggers served by a remote are not supported by Kiln",
         );
     };
-    let Ok(bundle) = bundle(state, &version.bundle).await else {
-        return answer(StatusCode::SERVICE_UNAVAILABLE, "the app's code cannot be loaded now");
-    };
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return answer(StatusCode::BAD_REQUEST, "the request body is not UTF-8 text");
     };
@@ -263,10 +243,21 @@ async fn run(
         "queryParameters": query_parameters(uri.query().unwrap_or_default()),
         "body": text,
     });
-    let outcome =
-        invoke(state, &installation, &version, manifest, function.as_str(), &module_key, request, bundle)
-            .await;
-    match (outcome, &module.response) {
+    let response = module.response.clone();
+    let function = function.as_str().to_owned();
+    let call = Call {
+        installation,
+        version,
+        function,
+        module_key,
+        payload: request,
+        context: serde_json::Map::new(),
+        caller: Caller::WebTrigger,
+        account_id: None,
+        kind: "webtrigger",
+    };
+    let outcome = state.runner.run(call).await;
+    match (outcome, &response) {
         (Ok(result), WebTriggerResponse::Dynamic) => dynamic(&result),
         (Ok(result), WebTriggerResponse::Static { outputs }) => {
             let key = result.get("outputKey").and_then(Value::as_str);
@@ -285,26 +276,13 @@ async fn run(
                 ),
             }
         }
-        (Err((code, message)), _) => {
-            // A fault of the sandbox (not an exception the app threw) goes to
-            // the audit trail, as `kiln invoke` records it; the caller is
-            // told only that the function failed.
-            if code != "FUNCTION_ERROR" {
-                let event = kiln_audit::Event::sandbox_fault(
-                    &installation.app.to_string(),
-                    function.as_str(),
-                    &code,
-                    &message,
-                );
-                if state.auditor.record(&state.store, &kiln_audit::Context::system(), event).await.is_err() {
-                    return answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the web trigger's function failed and could not be recorded",
-                    );
-                }
-            }
-            answer(StatusCode::INTERNAL_SERVER_ERROR, "the web trigger's function failed")
-        }
+        (Err(f), _) if f.code == AUDIT_FAILED => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the web trigger's function failed and could not be recorded",
+        ),
+        // The caller is told only that the function failed; a sandbox
+        // fault is in the audit trail (the runner recorded it).
+        (Err(_), _) => answer(StatusCode::INTERNAL_SERVER_ERROR, "the web trigger's function failed"),
     }
 }
 
@@ -315,29 +293,11 @@ async fn find(state: &Webtriggers, token: &str) -> Result<Option<Found>, kiln_st
         return Ok(None);
     }
     let hash = Sha256::of(token.as_bytes());
-    let mut tx = state.store.begin_read().await?;
+    let mut tx = state.runner.store.begin_read().await?;
     let Some(row) = tx.webtrigger_by_hash(hash.as_bytes()).await? else { return Ok(None) };
     let Some(installation) = tx.installation_by_id(row.installation_id).await? else { return Ok(None) };
     let Some(version) = tx.version_by_id(installation.version_id).await? else { return Ok(None) };
     Ok(Some((installation, version, row.module_key)))
-}
-
-async fn bundle(state: &Webtriggers, hash: &Sha256) -> Result<Arc<Bundle>, String> {
-    if let Some(b) = state.bundles.lock().map_err(|e| e.to_string())?.get(hash) {
-        return Ok(b.clone());
-    }
-    let bytes = state
-        .store
-        .begin_read()
-        .await
-        .map_err(|e| e.to_string())?
-        .bundle(hash)
-        .await
-        .map_err(|e| e.to_string())?;
-    let bytes = bytes.ok_or("the bundle is missing")?;
-    let decoded = Arc::new(Bundle::decode(&bytes, hash).map_err(|e| e.to_string())?);
-    state.bundles.lock().map_err(|e| e.to_string())?.insert(*hash, decoded.clone());
-    Ok(decoded)
 }
 
 fn multi_headers(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
@@ -356,88 +316,6 @@ fn query_parameters(query: &str) -> BTreeMap<String, Vec<String>> {
         out.entry(k.into_owned()).or_default().push(v.into_owned());
     }
     out
-}
-
-/// Run the function for `installation` with what its admin consented to.
-#[allow(clippy::too_many_arguments, reason = "one invocation's parts")]
-async fn invoke(
-    state: &Arc<Webtriggers>,
-    installation: &InstallationRecord,
-    version: &kiln_store::VersionRecord,
-    manifest: &Manifest,
-    function: &str,
-    module_key: &str,
-    request: Value,
-    bundle: Arc<Bundle>,
-) -> Result<Value, (String, String)> {
-    let platform = |m: String| ("PLATFORM_ERROR".to_owned(), m);
-    let owner = owner(installation);
-    let app = installation.app.to_string();
-    let variables = state
-        .kvs
-        .variables(&format!("variables:{app}:{}", installation.environment), true)
-        .await
-        .map_err(|e| platform(e.to_string()))?;
-    let env = variables.into_iter().filter_map(|v| Some((v.name, v.value?))).collect();
-    let consent = &installation.consent;
-    let grants = kiln_host::InvocationGrants {
-        app: app.clone(),
-        installation: installation.public_id.to_string(),
-        installation_row: Some(installation.id),
-        environment: installation.environment.clone(),
-        egress: consent
-            .egress
-            .get(&kiln_manifest::ExternalKind::FetchBackend)
-            .map(|entries| entries.iter().map(|e| e.target.clone()).collect())
-            .unwrap_or_default(),
-        product: kiln_product::Installation::new(&owner, &consent.scopes),
-        user: None,
-    };
-    let version_text = version.version.to_string();
-    let public_id = installation.public_id.to_string();
-    let runtime = kiln_host::runtime_description(&kiln_host::RuntimeSource {
-        app: &app,
-        version: Some(&version_text),
-        environment: &installation.environment,
-        installation: &public_id,
-        module_key,
-        grants: consent,
-        account_id: None,
-    });
-    let entry = manifest
-        .function(function)
-        .ok_or_else(|| platform("the module's function is not in the manifest".into()))?;
-    let invoke = InvokeRequest {
-        function: function.to_owned(),
-        payload: request,
-        context: json!({
-            "installContext": format!("ari:cloud:{}::site/{}", installation.product, installation.site.to_string().trim_start_matches("https://")),
-            "environmentType": installation.environment.to_string().to_ascii_uppercase(),
-        }),
-        caller: Caller::WebTrigger,
-        memory_mb: entry.memory_mb.unwrap_or(manifest.app.runtime.memory_mb),
-        deadline: None,
-        env,
-        runtime,
-    };
-    let state = state.clone();
-    let hash = version.bundle;
-    tokio::task::spawn_blocking(move || {
-        let platform = |m: String| ("PLATFORM_ERROR".to_owned(), m);
-        let mut handler = state.host.invocation(&grants).map_err(|e| platform(e.to_string()))?;
-        let result = state
-            .sandbox
-            .invoke(&grants.app, &hash, &bundle, &invoke, &mut handler)
-            .map_err(|e| platform(e.to_string()))?;
-        match result.outcome {
-            kiln_ipc::Outcome::Ok { result } => {
-                serde_json::from_str(&result).map_err(|e| platform(e.to_string()))
-            }
-            kiln_ipc::Outcome::Err(e) => Err((e.code.as_str().to_owned(), e.message)),
-        }
-    })
-    .await
-    .map_err(|e| platform(e.to_string()))?
 }
 
 /// A dynamic web trigger's answer: `{statusCode, headers, body}`.

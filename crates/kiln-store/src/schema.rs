@@ -248,4 +248,63 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE UNIQUE INDEX webtriggers_by_module ON webtriggers (installation_id, module_key)",
         ],
     },
+    Migration {
+        version: 7,
+        name: "durable jobs: queue events and product events for triggers",
+        statements: &[
+            // One row per event to deliver to one installation's function:
+            // a queue consumer's event (`kind` 'consumer', `target` the
+            // queue) or a product event for a trigger module (`kind`
+            // 'trigger', `target` the module key). `body` is sealed under
+            // the installation's data key (it is customer data); the
+            // rest is what scheduling needs. A node claims a row by
+            // setting `lease_owner`/`lease_until`; a lease that runs out
+            // (the node died) makes the row claimable again, so delivery
+            // is at least once. The unique key drops a redelivered event.
+            "CREATE TABLE jobs (
+            id {ID},
+            installation_id BIGINT NOT NULL REFERENCES installations(id),
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            body {BLOB} NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            run_at BIGINT NOT NULL,
+            lease_owner TEXT,
+            lease_until BIGINT,
+            last_error TEXT,
+            created_at BIGINT NOT NULL,
+            finished_at BIGINT
+        )",
+            "CREATE UNIQUE INDEX jobs_by_event ON jobs (installation_id, kind, target, event_id)",
+            "CREATE INDEX jobs_due ON jobs (state, run_at)",
+            "CREATE INDEX jobs_by_job ON jobs (installation_id, job_id)",
+        ],
+    },
+    Migration {
+        version: 8,
+        name: "scheduled trigger runs",
+        statements: &[
+            // One row per installation, scheduled trigger module and slot
+            // (the start of the interval the run belongs to, unix ms). The
+            // primary key is what makes a run fire once across nodes: the
+            // node whose insert succeeds holds the run's lease; a lease
+            // that runs out before `finished_at` is set may be taken over.
+            "CREATE TABLE scheduled_runs (
+            installation_id BIGINT NOT NULL REFERENCES installations(id),
+            module_key TEXT NOT NULL,
+            slot BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            lease_owner TEXT NOT NULL,
+            lease_until BIGINT NOT NULL,
+            started_at BIGINT NOT NULL,
+            finished_at BIGINT,
+            outcome TEXT,
+            PRIMARY KEY (installation_id, module_key, slot)
+        )",
+        ],
+    },
 ];

@@ -1316,16 +1316,15 @@ fn webtrigger_state(
         Some(kvs.clone()),
     )
     .with_public_url(public_url);
-    Ok(std::sync::Arc::new(
-        kiln_server::webtrigger::Webtriggers::new(
-            store.clone(),
-            kvs,
-            std::sync::Arc::new(sandbox),
-            std::sync::Arc::new(host),
-            trail.auditor().clone(),
-        )
-        .with_rate_limit(per_minute),
-    ))
+    let runner = std::sync::Arc::new(kiln_server::runner::Runner::new(
+        store.clone(),
+        kvs,
+        std::sync::Arc::new(sandbox),
+        std::sync::Arc::new(host),
+        trail.auditor().clone(),
+        std::sync::Arc::new(kiln_server::metrics::Metrics::new()),
+    ));
+    Ok(std::sync::Arc::new(kiln_server::webtrigger::Webtriggers::new(runner).with_rate_limit(per_minute)))
 }
 
 /// The alert settings from `--config`, or the defaults.
