@@ -4,7 +4,7 @@
 //!
 //! A sealed value is `[format 1][data key id: u32 BE][nonce: 12][ciphertext+tag]`.
 //! Its associated data binds it to where it belongs — installation, namespace
-//! (kvs, secret, variable, token) and key — so a ciphertext copied to another
+//! (kvs, secret, variable, token, blob) and key — so a ciphertext copied to another
 //! row, key or installation fails to open. A wrapped data key is
 //! `[format 1][KEK id length][KEK id][nonce: 12][ciphertext+tag]`, bound to
 //! its installation and data key id.
@@ -31,6 +31,9 @@ pub enum Namespace {
     Secret,
     Variable,
     Token,
+    /// Bytes stored outside the key-value store (a queued event's body),
+    /// bound to the row they live in by the binding's key.
+    Blob,
 }
 
 impl Namespace {
@@ -40,6 +43,7 @@ impl Namespace {
             Namespace::Secret => "secret",
             Namespace::Variable => "variable",
             Namespace::Token => "token",
+            Namespace::Blob => "blob",
         }
     }
 }

@@ -8,7 +8,9 @@
 //! wrapped by key-encryption keys held by a [`keys`] provider outside the
 //! database), the audit trail's chain and checkpoint keys ([`audit`]), and
 //! verification of the RSA and ECDSA signatures apps are sent
-//! ([`signature`]: public keys only; it never signs for an app).
+//! ([`signature`]: public keys only; it never signs for an app), and the
+//! Ed25519-signed compact tokens Kiln's own components hand each other
+//! ([`jws`]: the dev site's context tokens, verified by `kiln serve`).
 //!
 //! It deliberately does not choose *what* to hash or encrypt; callers decide
 //! that and this crate only does the arithmetic.
@@ -18,6 +20,7 @@
 pub mod audit;
 pub mod digest;
 pub mod envelope;
+pub mod jws;
 pub mod keys;
 pub mod otp;
 pub mod password;

@@ -20,6 +20,11 @@
 //!   `401 {"code":401,"message":"Unauthorized; scope does not match"}`.
 //! - **Data Center APIs** under `/jira/rest/api/2` and `/confluence/rest/api`,
 //!   for seeded personal access tokens, with no scopes.
+//! - **Context tokens** for UI modules' resolver calls to `kiln serve`:
+//!   `POST /kiln/context-token` signs (Ed25519) who is looking at which
+//!   issue or page for which installation and module, for at most five
+//!   minutes; `GET /kiln/context-keys` publishes the public key. See
+//!   [`context`](crate::ContextRequest) for the shape and the trust model.
 //!
 //! The same handlers serve every prefix, and enforce the acting person's
 //! project permissions from the [`Seed`] (an issue they cannot browse is a
@@ -63,6 +68,7 @@
 
 mod api;
 mod confluence;
+mod context;
 mod devops;
 mod events;
 mod gate;
@@ -86,6 +92,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub use context::{ContextError, ContextRequest, MAX_TTL_SECONDS};
 pub use devops::DevopsEntity;
 pub use events::{EventSinkError, sign, verify_signature};
 pub use seed::{
@@ -179,6 +186,10 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let (dir, content) = site::build(&config.seed).map_err(|e| invalid(e.into()))?;
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+    // Made here and never written out: a restarted site has a new key, and
+    // servers configured with the old one refuse its tokens.
+    let context_key = kiln_crypto::jws::Ed25519Signer::generate()
+        .map_err(|e| std::io::Error::other(format!("cannot make the context-token key: {e}")))?;
     let outbox = config
         .events
         .map(|sink| events::Outbox::start(sink, deliveries.clone()))
@@ -193,6 +204,7 @@ pub async fn start(
         log: Mutex::default(),
         outbox,
         deliveries,
+        context_key,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(kiln_http::serve(listener, tls, router(site.clone()), async {
@@ -214,6 +226,7 @@ fn router(site: Arc<Site>) -> Router {
         .nest("/ex/confluence/{cloud_id}/wiki/rest/api", v1.clone())
         .nest("/confluence/rest/api", v1)
         .merge(oauth::routes())
+        .merge(context::routes())
         .fallback(|| async {
             api::reply(StatusCode::NOT_FOUND, json!({ "code": 404, "message": "Not Found" }))
         })
@@ -300,6 +313,18 @@ impl DevSite {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The public keys that verify this site's context tokens, as
+    /// `GET /kiln/context-keys` publishes them.
+    pub fn context_keys(&self) -> kiln_crypto::jws::JwkSet {
+        context::key_set(&self.site)
+    }
+
+    /// A context token as `POST /kiln/context-token` makes one for
+    /// `request` (the person from `request.account_id`).
+    pub fn context_token(&self, request: &ContextRequest) -> Result<String, ContextError> {
+        context::issue(&self.site, request, None).map(|(token, _)| token)
     }
 
     /// Make every access token issued so far expired (to test refreshing).

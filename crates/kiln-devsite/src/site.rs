@@ -39,6 +39,8 @@ pub(crate) struct Site {
     pub(crate) log: Mutex<Log>,
     pub(crate) outbox: Option<events::Outbox>,
     pub(crate) deliveries: std::sync::Arc<Mutex<Vec<Delivery>>>,
+    /// Signs context tokens (see `context`); made at start, never stored.
+    pub(crate) context_key: kiln_crypto::jws::Ed25519Signer,
 }
 
 /// What tests look at afterwards.

@@ -1280,3 +1280,97 @@ async fn an_unusable_seed_or_sink_stops_the_site_from_starting() {
     v["surprise"] = json!(true);
     assert!(Seed::from_json(&v.to_string()).is_err());
 }
+
+// ------------------------------------------------------ context tokens
+
+fn claims_of(token: &str, keys: &kiln_crypto::jws::JwkSet) -> Value {
+    let keys = kiln_crypto::jws::Ed25519PublicKey::from_jwk_set(keys).unwrap();
+    serde_json::from_slice(&kiln_crypto::jws::verify(token, &keys).unwrap().claims).unwrap()
+}
+
+#[tokio::test]
+async fn context_tokens_are_signed_for_a_person_an_installation_and_a_place_they_may_see() {
+    let f = fixture(None).await;
+    let published = f.call(Method::GET, "/kiln/context-keys", None, None).await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.text());
+    let keys: kiln_crypto::jws::JwkSet = serde_json::from_value(published.json()).unwrap();
+    assert_eq!(keys, f.site.context_keys());
+    assert_eq!(keys.keys[0].crv, "Ed25519");
+
+    // By accountId (the site's loopback trust model), on an issue Bob may browse.
+    let ask = |body: Value, token: Option<String>| {
+        let f = &f;
+        async move { f.call(Method::POST, "/kiln/context-token", token.as_deref(), Some(body)).await }
+    };
+    let reply = ask(
+        json!({ "installation": "inst-1", "moduleKey": "panel", "accountId": BOB, "issueKey": "KILN-2", "localId": "l-1" }),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let claims = claims_of(reply.json()["token"].as_str().unwrap(), &keys);
+    assert_eq!(claims["sub"], BOB);
+    assert_eq!(claims["aud"], "inst-1");
+    assert_eq!(claims["iss"], f.site.base_url());
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 300);
+    assert_eq!(reply.json()["expiresAt"], claims["exp"]);
+    let context = &claims["context"];
+    assert_eq!(context["cloudId"], f.site.cloud_id());
+    assert_eq!(context["siteUrl"], "https://kiln-dev.atlassian.net");
+    assert_eq!(context["moduleKey"], "panel");
+    assert_eq!(context["localId"], "l-1");
+    assert_eq!(context["extension"]["type"], "jira:issuePanel");
+    assert_eq!(context["extension"]["issue"]["key"], "KILN-2");
+    assert_eq!(context["extension"]["project"]["key"], "KILN");
+
+    // By an access token of this site: its person, whatever else is said.
+    let alice = f.user_token(ALICE, "read:jira-work").await.access;
+    let reply =
+        ask(json!({ "installation": "inst-1", "moduleKey": "panel", "ttlSeconds": 60 }), Some(alice.clone()))
+            .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let claims = claims_of(reply.json()["token"].as_str().unwrap(), &keys);
+    assert_eq!(claims["sub"], ALICE);
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
+    assert_eq!(claims["context"]["extension"], json!({ "type": "jira:globalPage" }));
+    let differs = ask(json!({ "installation": "i", "moduleKey": "m", "accountId": BOB }), Some(alice)).await;
+    assert_eq!(differs.status, StatusCode::BAD_REQUEST, "{}", differs.text());
+
+    // Refusals: a place the person may not see, an app's service account,
+    // a stranger, a forged access token, too long a life, an unknown field.
+    let cases = [
+        (
+            json!({ "installation": "i", "moduleKey": "m", "accountId": CAROL, "issueKey": "SEC-1" }),
+            None,
+            404,
+        ),
+        (json!({ "installation": "i", "moduleKey": "m", "accountId": KILN_APP }), None, 400),
+        (json!({ "installation": "i", "moduleKey": "m", "accountId": "nobody" }), None, 400),
+        (json!({ "installation": "i", "moduleKey": "m" }), Some("forged".to_owned()), 401),
+        (json!({ "installation": "i", "moduleKey": "m", "accountId": BOB, "ttlSeconds": 301 }), None, 400),
+        (json!({ "installation": "i", "moduleKey": "m", "accountId": BOB, "admin": true }), None, 400),
+        (json!({ "installation": "i", "moduleKey": "no spaces", "accountId": BOB }), None, 400),
+        (json!({ "installation": "", "moduleKey": "m", "accountId": BOB }), None, 400),
+    ];
+    for (body, token, status) in cases {
+        let reply = ask(body.clone(), token).await;
+        assert_eq!(reply.status.as_u16(), status, "{body}: {}", reply.text());
+        assert!(reply.json().get("token").is_none());
+    }
+
+    // A page's extension names its space; the in-process issuer matches the route.
+    let token = f
+        .site
+        .context_token(&kiln_devsite::ContextRequest {
+            installation: "inst-2".into(),
+            module_key: "byline".into(),
+            account_id: Some(CAROL.into()),
+            page_id: Some("1001".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let claims = claims_of(&token, &keys);
+    assert_eq!(claims["context"]["extension"]["type"], "confluence:contentBylineItem");
+    assert_eq!(claims["context"]["extension"]["content"]["id"], "1001");
+    assert!(claims["context"]["extension"]["space"]["key"].is_string(), "{claims}");
+}

@@ -112,6 +112,93 @@ impl Resolve for SystemResolver {
     }
 }
 
+/// A fixed table of names to addresses and no DNS at all: for tests and
+/// `kiln dev` runs that point an app's declared hosts at servers they
+/// start on loopback. A name not in the table does not resolve. The
+/// gateway still checks every address it returns (loopback needs
+/// `insecure_allow_loopback` as well). An entry may name a port: the
+/// gateway connects to the URL's port, so [`InsecureStaticResolver::dialer`]
+/// moves connections for that address to the named port (each address may
+/// carry one port; give hosts their own loopback address, 127.0.0.2...).
+#[derive(Debug, Clone, Default)]
+pub struct InsecureStaticResolver {
+    table: std::collections::BTreeMap<String, IpAddr>,
+    ports: std::collections::BTreeMap<IpAddr, u16>,
+}
+
+impl InsecureStaticResolver {
+    /// From `host=ip` or `host=ip:port` entries, as the command line gives them.
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        let mut out = InsecureStaticResolver::default();
+        for entry in entries {
+            let (host, target) = entry.split_once('=').ok_or_else(|| {
+                format!("{entry:?} is not host=address[:port] (e.g. api.example.com=127.0.0.1:9443)")
+            })?;
+            let target = target.trim();
+            let (ip, port) = match target.parse::<SocketAddr>() {
+                Ok(sa) => (sa.ip(), Some(sa.port())),
+                Err(_) => (
+                    target
+                        .parse::<IpAddr>()
+                        .map_err(|_| format!("{target:?} in {entry:?} is not an address"))?,
+                    None,
+                ),
+            };
+            if let Some(port) = port
+                && let Some(other) = out.ports.insert(ip, port)
+                && other != port
+            {
+                return Err(format!(
+                    "{ip} is given two ports ({other} and {port}); give each host its own loopback address"
+                ));
+            }
+            out.table.insert(host.trim().trim_end_matches('.').to_ascii_lowercase(), ip);
+        }
+        Ok(out)
+    }
+
+    /// Connections to a table address go to the port its entry named.
+    pub fn dialer(&self) -> InsecurePortDialer {
+        InsecurePortDialer { ports: self.ports.clone() }
+    }
+}
+
+impl Resolve for InsecureStaticResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>>
+    {
+        let found = self.table.get(&host.trim_end_matches('.').to_ascii_lowercase()).copied();
+        Box::pin(async move {
+            match found {
+                Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{host} is not in the static host table (--insecure-egress-resolve)"),
+                )),
+            }
+        })
+    }
+}
+
+/// See [`InsecureStaticResolver::dialer`].
+#[derive(Debug, Clone, Default)]
+pub struct InsecurePortDialer {
+    ports: std::collections::BTreeMap<IpAddr, u16>,
+}
+
+impl Dial for InsecurePortDialer {
+    fn dial<'a>(
+        &'a self,
+        addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>> {
+        let target = SocketAddr::new(addr.ip(), self.ports.get(&addr.ip()).copied().unwrap_or(addr.port()));
+        Box::pin(async move { TcpStream::connect(target).await })
+    }
+}
+
 /// Opening the TCP connection, replaceable in tests. It is handed the
 /// address the gateway checked, never a name, so it cannot resolve again;
 /// the gateway bounds it with `connect_timeout`.
@@ -543,5 +630,36 @@ fn refused_before_parsing(method: &str, url: &str, request_bytes: usize, refused
         response_bytes: 0,
         reason: Some(refused.to_string()),
         insecure: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_static_table_resolves_only_its_names_and_moves_ports() {
+        let r = InsecureStaticResolver::parse(&[
+            "api.example.com=127.0.0.2:9443".to_owned(),
+            "Other.Example.org.=127.0.0.3".to_owned(),
+        ])
+        .unwrap();
+        let got = r.resolve("API.example.com.", 443).await.unwrap();
+        assert_eq!(got, vec![SocketAddr::from(([127, 0, 0, 2], 443))]);
+        assert_eq!(r.resolve("other.example.org", 443).await.unwrap()[0].ip(), IpAddr::from([127, 0, 0, 3]));
+        let missing = r.resolve("not-there.example.com", 443).await.unwrap_err();
+        assert!(missing.to_string().contains("static host table"), "{missing}");
+        assert_eq!(r.dialer().ports.get(&IpAddr::from([127, 0, 0, 2])), Some(&9443));
+    }
+
+    #[test]
+    fn one_address_cannot_carry_two_ports_and_garbage_is_named() {
+        let two =
+            InsecureStaticResolver::parse(&["a.com=127.0.0.1:1".to_owned(), "b.com=127.0.0.1:2".to_owned()]);
+        assert!(two.unwrap_err().contains("two ports"));
+        let bad = InsecureStaticResolver::parse(&["a.com".to_owned()]).unwrap_err();
+        assert!(bad.contains("host=address"), "{bad}");
+        let bad = InsecureStaticResolver::parse(&["a.com=nowhere".to_owned()]).unwrap_err();
+        assert!(bad.contains("not an address"), "{bad}");
     }
 }

@@ -23,6 +23,10 @@
 //!   `kvs.deleteSecret` → [`kiln_kvs::Kvs`], always for the invocation's
 //!   installation (see [`kvs`] for the contract). These are the app's own
 //!   data and are not audited.
+//! - `queue.push`, `queue.job.stats`, `queue.job.cancel` → `@forge/events`
+//!   queues of the invocation's installation, stored as durable jobs (see
+//!   [`queue`] for the contract). Not audited either: the events are the
+//!   app's own data, delivered only to the app's own consumers.
 //!
 //! Host calls are answered one at a time, in the order the worker sends
 //! them; `Promise.all` over several fetches runs them one after another.
@@ -30,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod kvs;
+pub mod queue;
 pub mod webtrigger;
 
 use std::sync::Arc;
@@ -56,6 +61,43 @@ pub struct Host {
     /// Where `kiln serve` is reached, for `webTrigger.getUrl`.
     public_url: Option<String>,
     kvs: Option<Arc<kiln_kvs::Kvs>>,
+    decisions: DecisionCounts,
+}
+
+/// How many egress and product decisions this host made, by outcome, for
+/// the server's metrics. Counted as decided (each egress hop, each product
+/// call), whether or not the audit record could then be written; reading
+/// them changes nothing.
+#[derive(Debug, Default)]
+pub struct DecisionCounts {
+    egress_allowed: std::sync::atomic::AtomicU64,
+    egress_denied: std::sync::atomic::AtomicU64,
+    product_allowed: std::sync::atomic::AtomicU64,
+    product_refused: std::sync::atomic::AtomicU64,
+}
+
+impl DecisionCounts {
+    fn egress_decided(&self, allowed: bool) {
+        let counter = if allowed { &self.egress_allowed } else { &self.egress_denied };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn product_decided(&self, allowed: bool) {
+        let counter = if allowed { &self.product_allowed } else { &self.product_refused };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Egress hops allowed and denied.
+    pub fn egress(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.egress_allowed.load(Relaxed), self.egress_denied.load(Relaxed))
+    }
+
+    /// Product calls allowed and refused (scope, impersonation, shape).
+    pub fn product(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.product_allowed.load(Relaxed), self.product_refused.load(Relaxed))
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -80,7 +122,8 @@ impl Host {
         product: Option<Arc<ProductGateway>>,
         kvs: Option<Arc<kiln_kvs::Kvs>>,
     ) -> Self {
-        Host { runtime, store, auditor, egress, product, kvs, public_url: None }
+        let decisions = DecisionCounts::default();
+        Host { runtime, store, auditor, egress, product, kvs, public_url: None, decisions }
     }
 
     /// Where the server is reached (`https://host[:port]`), so app code can
@@ -88,6 +131,11 @@ impl Host {
     pub fn with_public_url(mut self, url: &str) -> Self {
         self.public_url = Some(url.trim_end_matches('/').to_owned());
         self
+    }
+
+    /// The decisions made so far, by outcome.
+    pub fn decisions(&self) -> &DecisionCounts {
+        &self.decisions
     }
 
     /// A handler for one invocation; refused for a production
@@ -301,6 +349,9 @@ impl InvocationHost<'_> {
                 insecure: false,
             });
         }
+        for r in &records {
+            host.decisions.egress_decided(r.allowed);
+        }
         if let Err(reply) = self.record(records.iter().map(|r| self.egress_event(r)).collect()) {
             return reply;
         }
@@ -383,6 +434,7 @@ impl InvocationHost<'_> {
         let request =
             ProductRequest { product, acting, method: m.method, path, headers: m.headers, body: m.body };
         let (result, record) = self.host.runtime.block_on(gateway.request(&self.grants.product, request));
+        self.host.decisions.product_decided(record.refused.is_none());
         if let Err(reply) = self.record(vec![self.product_event(&record)]) {
             return reply;
         }
@@ -469,6 +521,7 @@ impl HostHandler for InvocationHost<'_> {
             "product.request" => self.product(&args),
             "webtrigger.getUrl" => self.webtrigger_url(&args),
             kvs if kvs.starts_with("kvs.") => self.kvs(kvs, &args),
+            queue if queue.starts_with("queue.") => self.queue(queue, &args),
             other => err("CAPABILITY_NOT_AVAILABLE", format!("the host offers no '{other}' capability")),
         }
     }

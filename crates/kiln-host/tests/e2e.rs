@@ -237,6 +237,12 @@ fn a_function_reaches_the_dev_site_and_a_declared_host_and_nothing_else() {
             assert!(actions.contains(&expected), "{}: {expected:?} missing from {actions:?}", t.name);
         }
         assert!(rows.iter().all(|r| r.actor == format!("app:{app_id}")));
+        // The host's counts (for the server's metrics) agree with the trail.
+        let count = |action: &str| u64::try_from(rows.iter().filter(|r| r.action == action).count()).unwrap();
+        let (egress, product) = (host.decisions().egress(), host.decisions().product());
+        assert_eq!(egress, (count("egress.allowed"), count("egress.denied")), "{}", t.name);
+        assert_eq!(product, (count("product.request"), count("product.scope_refused")), "{}", t.name);
+        assert_eq!((egress.1, product.1), (1, 1), "{}: one refusal of each", t.name);
         // Each use of the insecure loopback setting is on the record.
         let allowed: Vec<_> = rows.iter().filter(|r| r.action == "egress.allowed").collect();
         assert!(

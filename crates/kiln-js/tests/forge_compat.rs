@@ -160,33 +160,19 @@ export const run = () => {
     );
 }
 
-/// Forge's queue methods are async: what Kiln does not support yet is a
-/// rejected promise (so `.catch()` sees it), not a synchronous throw.
+/// Forge's methods are async: what Kiln does not support yet (app events)
+/// is a rejected promise (so `.catch()` sees it), not a synchronous throw.
+/// Queues are supported: tests/forge_events.rs.
 #[test]
-fn unsupported_queue_calls_reject_with_not_supported_error() {
+fn unsupported_app_events_reject_with_not_supported_error() {
     let code = r"
-import { Queue, appEvents } from '@forge/events';
+import { appEvents } from '@forge/events';
 const outcome = (p) => p.then(() => 'resolved', (e) => `${e.name}: ${e.message}`);
-export const run = async () => {
-  const queue = new Queue({ key: 'catalog-sync-queue' });
-  return [
-    await outcome(queue.push({ body: { key: 1 } })),
-    await outcome(queue.getStats('job-1')),
-    await outcome(queue.cancel('job-1')),
-    await outcome(queue.getJob('job-1').getStats()),
-    await outcome(appEvents.publish({ key: 'e' })),
-  ];
-};
+export const run = async () => [await outcome(appEvents.publish({ key: 'e' }))];
 ";
     assert_eq!(
         ok(run_app(code, "run", json!({}), json!({}))),
-        json!([
-            "NotSupportedError: @forge/events Queue.push is not supported by Kiln yet",
-            "NotSupportedError: @forge/events Queue.getStats is not supported by Kiln yet",
-            "NotSupportedError: @forge/events Queue.cancel is not supported by Kiln yet",
-            "NotSupportedError: @forge/events JobProgress.getStats is not supported by Kiln yet",
-            "NotSupportedError: @forge/events appEvents.publish is not supported by Kiln yet",
-        ])
+        json!(["NotSupportedError: @forge/events appEvents.publish is not supported by Kiln yet"])
     );
 }
 

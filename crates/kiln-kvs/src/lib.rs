@@ -554,6 +554,70 @@ impl Kvs {
         self.remove(owner, Namespace::Token, name, None).await
     }
 
+    // ------------------------------------------------------------ blobs
+
+    /// Seal `bytes` under `owner`'s active data key, for a row that lives
+    /// outside the key-value store (a queued event's body). `purpose` is the
+    /// associated data: it must name the exact row the bytes go to (table,
+    /// and the row's identity), so a sealed body copied to another row,
+    /// kind of row or installation does not open. The owner's first data
+    /// key is made if it has none.
+    ///
+    /// Blobs are not re-sealed by [`Kvs::reencrypt`] (it walks the
+    /// key-value rows only); they stay readable after a rotation because a
+    /// data key, once made, is never deleted. Keep them short-lived.
+    pub async fn seal_blob(&self, owner: &str, purpose: &str, bytes: &[u8]) -> Result<Vec<u8>, KvsError> {
+        let keys = match self.fresh_cached(owner) {
+            Some(keys) => keys,
+            None => {
+                let mut tx = self.store.begin().await?;
+                let keys = self
+                    .owner_keys(&mut tx, owner, true)
+                    .await?
+                    .ok_or_else(|| KvsError::new(ErrorCode::StorageError, "no data key"))?;
+                tx.commit().await?;
+                keys
+            }
+        };
+        Ok(keys.active.seal(&Binding { owner, namespace: Namespace::Blob, key: purpose }, bytes)?)
+    }
+
+    /// Open what [`Kvs::seal_blob`] sealed for the same `owner` and
+    /// `purpose`. Anything else — another row's body, altered bytes, a blob
+    /// of another owner — is `DATA_CORRUPTED`.
+    pub async fn open_blob(
+        &self,
+        owner: &str,
+        purpose: &str,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, KvsError> {
+        let id = kiln_crypto::envelope::sealed_key_id(sealed)?;
+        let keys = match self.fresh_cached(owner).filter(|k| k.by_id.contains_key(&id)) {
+            Some(keys) => keys,
+            None => {
+                let mut tx = self.store.begin_read().await?;
+                let keys = self.keys_opening(&mut tx, owner, [id]).await?;
+                tx.commit().await?;
+                keys.ok_or_else(|| {
+                    KvsError::new(
+                        ErrorCode::DataCorrupted,
+                        "a sealed blob exists but its owner has no data key",
+                    )
+                })?
+            }
+        };
+        let key = keys.by_id.get(&id).ok_or_else(|| {
+            KvsError::new(ErrorCode::DataCorrupted, format!("blob sealed with unknown data key {id}"))
+        })?;
+        Ok(key.open(&Binding { owner, namespace: Namespace::Blob, key: purpose }, sealed)?)
+    }
+
+    /// The owner's keys if the cache holds them and they are not stale.
+    fn fresh_cached(&self, owner: &str) -> Option<Arc<OwnerKeys>> {
+        let cached = self.keys.lock().ok().and_then(|m| m.get(owner).cloned());
+        cached.filter(|k| k.loaded.elapsed() < KEY_CACHE_TTL)
+    }
+
     /// Every owner that has data keys (for rotating them all).
     pub async fn owners(&self) -> Result<Vec<String>, KvsError> {
         let mut tx = self.store.begin().await?;

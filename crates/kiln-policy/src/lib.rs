@@ -10,6 +10,8 @@
 //!   address.
 //! - [`product`]: the route→scope table generated from Atlassian's OpenAPI
 //!   documents, and the check the product gateway makes on every call.
+//! - [`events`]: the product event→scope table Forge ships, and the check
+//!   the event router makes before an event reaches an installation.
 //!
 //! The gateway itself (resolution, connecting to the checked address,
 //! redirects, limits, audit records) comes with the gateway issue (#6).
@@ -18,4 +20,5 @@
 
 pub mod addr;
 pub mod egress;
+pub mod events;
 pub mod product;

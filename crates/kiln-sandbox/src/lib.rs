@@ -239,6 +239,20 @@ impl Sandbox {
         &self.config
     }
 
+    /// The pools' workers now, for the server's metrics. Read-only: it
+    /// takes each pool's lock only long enough to count.
+    pub fn pool_stats(&self) -> PoolStats {
+        // Copy the pool list first so no pool's lock is taken under the map's.
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        let mut stats = PoolStats { pools: pools.len(), ..PoolStats::default() };
+        for pool in pools {
+            let state = lock(&pool.idle);
+            stats.workers += state.live;
+            stats.idle += state.idle.len();
+        }
+        stats
+    }
+
     /// The app's compiled program, compiling it in a fresh jailed worker the
     /// first time.
     pub fn program(&self, app: &str, hash: &Sha256, bundle: &Bundle) -> Result<Arc<Program>, SandboxError> {
@@ -400,6 +414,22 @@ impl Sandbox {
                 Err(SandboxError::Platform(format!("the worker did not start: {}", e.message)))
             }
         }
+    }
+}
+
+/// Workers over every pool: those that exist (idle or busy) and those idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Pools (one per app, bundle and set of variables).
+    pub pools: usize,
+    pub workers: usize,
+    pub idle: usize,
+}
+
+impl PoolStats {
+    /// Workers running an invocation (or starting for one) now.
+    pub fn busy(&self) -> usize {
+        self.workers.saturating_sub(self.idle)
     }
 }
 

@@ -31,6 +31,18 @@ struct File {
     /// Read by [`crate::product_config`].
     #[allow(dead_code, reason = "parsed and checked there, present here so the file's keys are all known")]
     product: Option<toml::Value>,
+    /// Read by [`crate::resolver`].
+    #[allow(dead_code, reason = "parsed and checked there, present here so the file's keys are all known")]
+    resolvers: Option<toml::Value>,
+    /// Read by [`crate::events::EventsConfig`].
+    #[allow(dead_code, reason = "parsed and checked there, present here so the file's keys are all known")]
+    events: Option<toml::Value>,
+    /// Read by [`crate::scheduler::SchedulerConfig`].
+    #[allow(dead_code, reason = "parsed and checked there, present here so the file's keys are all known")]
+    scheduler: Option<toml::Value>,
+    /// Read by [`crate::jobs::JobsConfig`].
+    #[allow(dead_code, reason = "parsed and checked there, present here so the file's keys are all known")]
+    jobs: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

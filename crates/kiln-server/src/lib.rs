@@ -16,11 +16,17 @@
 #![forbid(unsafe_code)]
 
 pub mod alerting;
+pub mod events;
 pub mod health;
+pub mod jobs;
+pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod product_config;
+pub mod resolver;
 mod routes;
 pub mod runner;
+pub mod scheduler;
 pub mod webtrigger;
 
 use std::net::SocketAddr;

@@ -34,6 +34,14 @@ struct File {
     #[allow(dead_code, reason = "read by the alert settings")]
     alerts: Option<toml::Value>,
     product: Option<ProductSection>,
+    #[allow(dead_code, reason = "read by the resolver settings")]
+    resolvers: Option<toml::Value>,
+    #[allow(dead_code, reason = "read by events::EventsConfig")]
+    events: Option<toml::Value>,
+    #[allow(dead_code, reason = "read by scheduler::SchedulerConfig")]
+    scheduler: Option<toml::Value>,
+    #[allow(dead_code, reason = "read by jobs::JobsConfig")]
+    jobs: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

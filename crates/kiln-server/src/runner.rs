@@ -98,6 +98,21 @@ pub struct Runner {
     pub auditor: kiln_audit::Auditor,
     pub metrics: Arc<Metrics>,
     bundles: Mutex<HashMap<Sha256, Arc<Bundle>>>,
+    logs: Option<LogSink>,
+}
+
+/// Where the app's `console` lines go, when anywhere: `kiln dev` streams
+/// them to the developer's terminal. `kiln serve` keeps them in memory
+/// only (they are the app's data, not the operator's).
+pub type LogSink = Arc<dyn Fn(&AppLog<'_>) + Send + Sync>;
+
+/// One invocation's console output.
+#[derive(Debug)]
+pub struct AppLog<'a> {
+    pub app: &'a str,
+    pub function: &'a str,
+    pub kind: &'static str,
+    pub lines: &'a [(kiln_ipc::LogLevel, String)],
 }
 
 impl std::fmt::Debug for Runner {
@@ -115,7 +130,22 @@ impl Runner {
         auditor: kiln_audit::Auditor,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Runner { store, kvs, sandbox, host, auditor, metrics, bundles: Mutex::new(HashMap::new()) }
+        Runner {
+            store,
+            kvs,
+            sandbox,
+            host,
+            auditor,
+            metrics,
+            bundles: Mutex::new(HashMap::new()),
+            logs: None,
+        }
+    }
+
+    /// Send each invocation's console lines to `sink` (development).
+    pub fn with_logs(mut self, sink: LogSink) -> Self {
+        self.logs = Some(sink);
+        self
     }
 
     /// The installation's bundle, decoded once per node.
@@ -141,13 +171,17 @@ impl Runner {
     /// sandbox fault is recorded in the audit trail before this returns;
     /// if it cannot be, the failure says so.
     pub async fn run(self: &Arc<Self>, call: Call) -> Result<Value, Failure> {
-        let started = std::time::Instant::now();
-        let kind = call.kind;
-        self.metrics.invocation_started();
         let app = call.installation.app.to_string();
         let function = call.function.clone();
+        // Counted, and logged, when it ends, or as cancelled if this future is dropped first.
+        let in_flight = self.metrics.start(crate::metrics::Invocation {
+            kind: call.kind,
+            app: app.clone(),
+            installation: call.installation.public_id.to_string(),
+            function: function.clone(),
+        });
         let outcome = self.run_inner(call).await;
-        self.metrics.invocation_finished(kind, outcome.as_ref().err().map(|f| f.code.as_str()), started.elapsed());
+        in_flight.finish(outcome.as_ref().err().map(|f| f.code.as_str()));
         if let Err(f) = &outcome
             && !f.is_app_error()
         {
@@ -163,7 +197,7 @@ impl Runner {
     }
 
     async fn run_inner(self: &Arc<Self>, call: Call) -> Result<Value, Failure> {
-        let Call { installation, version, function, module_key, payload, context, caller, account_id, .. } =
+        let Call { installation, version, function, module_key, payload, context, caller, account_id, kind } =
             call;
         let manifest = &version.manifest;
         let entry = manifest
@@ -230,11 +264,18 @@ impl Runner {
                 .sandbox
                 .invoke(&grants.app, &hash, &bundle, &invoke, &mut handler)
                 .map_err(|e| Failure::platform(e.to_string()))?;
+            if let Some(sink) = &this.logs
+                && !result.logs.is_empty()
+            {
+                sink(&AppLog { app: &grants.app, function: &invoke.function, kind, lines: &result.logs });
+            }
             match result.outcome {
                 kiln_ipc::Outcome::Ok { result } => {
                     serde_json::from_str(&result).map_err(|e| Failure::platform(e.to_string()))
                 }
-                kiln_ipc::Outcome::Err(e) => Err(Failure { code: e.code.as_str().to_owned(), message: e.message }),
+                kiln_ipc::Outcome::Err(e) => {
+                    Err(Failure { code: e.code.as_str().to_owned(), message: e.message })
+                }
             }
         })
         .await

@@ -191,6 +191,7 @@ async fn serve(
     let mut res = if quota.allowed {
         run(&state, installation, version, module_key, path, method, uri, headers, body).await
     } else {
+        state.runner.metrics.webtrigger_rate_limited();
         let mut res = answer(
             StatusCode::TOO_MANY_REQUESTS,
             "this installation's web triggers are over their rate limit",

@@ -13,14 +13,18 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod jobs;
 mod kv;
 mod operators;
+mod schedule;
 mod schema;
 mod webtriggers;
 
 pub use audit::{AlertRow, AuditCount, AuditRow, CheckpointRow};
+pub use jobs::{Claim, JobKind, JobRow, JobState, JobStats, MAX_CLAIM_SCAN, MAX_JOB_ERROR_CHARS, NewJob};
 pub use kv::{DataKeyRow, KvPut, KvRow};
 pub use operators::{NewOperator, OperatorRow, SessionRow, TokenRow};
+pub use schedule::{MAX_OUTCOME_LEN, RunClaim, RunSlot};
 pub use webtriggers::WebtriggerRow;
 
 use std::path::{Path, PathBuf};

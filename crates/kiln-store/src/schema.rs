@@ -256,11 +256,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             // a queue consumer's event (`kind` 'consumer', `target` the
             // queue) or a product event for a trigger module (`kind`
             // 'trigger', `target` the module key). `body` is sealed under
-            // the installation's data key (it is customer data); the
+            // the installation's data key (it is customer data), bound to
+            // the row's identity; `retry` (the retry reason and data the
+            // app asked to get back, also the app's data) likewise. The
             // rest is what scheduling needs. A node claims a row by
             // setting `lease_owner`/`lease_until`; a lease that runs out
             // (the node died) makes the row claimable again, so delivery
             // is at least once. The unique key drops a redelivered event.
+            // `state` is 'pending', 'running', 'done', 'failed' or
+            // 'cancelled'; `attempts` counts deliveries that ended without
+            // success. A finished row keeps no body (it is emptied) and is
+            // purged after the retention window. `concurrency_key` and
+            // `concurrency_limit` are the push's optional per-key cap on
+            // events running at once.
             "CREATE TABLE jobs (
             id {ID},
             installation_id BIGINT NOT NULL REFERENCES installations(id),
@@ -269,8 +277,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             job_id TEXT NOT NULL,
             event_id TEXT NOT NULL,
             body {BLOB} NOT NULL,
+            retry {BLOB},
+            concurrency_key TEXT,
+            concurrency_limit BIGINT,
             state TEXT NOT NULL,
-            attempts INTEGER NOT NULL,
+            attempts BIGINT NOT NULL,
             run_at BIGINT NOT NULL,
             lease_owner TEXT,
             lease_until BIGINT,
@@ -281,17 +292,25 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE UNIQUE INDEX jobs_by_event ON jobs (installation_id, kind, target, event_id)",
             "CREATE INDEX jobs_due ON jobs (state, run_at)",
             "CREATE INDEX jobs_by_job ON jobs (installation_id, job_id)",
+            // Pushes per installation in the last minute (the rate limit).
+            "CREATE INDEX jobs_by_created ON jobs (installation_id, created_at)",
+            // Finished rows are purged by age.
+            "CREATE INDEX jobs_by_finished ON jobs (finished_at)",
         ],
     },
     Migration {
         version: 8,
-        name: "scheduled trigger runs",
+        name: "scheduled trigger runs; lifecycle event cursor",
         statements: &[
             // One row per installation, scheduled trigger module and slot
-            // (the start of the interval the run belongs to, unix ms). The
+            // (the start of the interval the run belongs to, unix ms; the
+            // run is due at the slot plus the installation's offset). The
             // primary key is what makes a run fire once across nodes: the
             // node whose insert succeeds holds the run's lease; a lease
-            // that runs out before `finished_at` is set may be taken over.
+            // that runs out before `finished_at` is set may be taken over
+            // (`attempts` counts the takeovers, and bounds them). `state`
+            // is 'running', 'finished' or 'abandoned'; `outcome` is 'ok' or
+            // the failure's code.
             "CREATE TABLE scheduled_runs (
             installation_id BIGINT NOT NULL REFERENCES installations(id),
             module_key TEXT NOT NULL,
@@ -305,6 +324,22 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             outcome TEXT,
             PRIMARY KEY (installation_id, module_key, slot)
         )",
+            // Finished rows are pruned by age.
+            "CREATE INDEX scheduled_runs_by_slot ON scheduled_runs (slot)",
+            // How far a poller has read an append-only table, by name
+            // ('lifecycle': the `installation_events` id up to which
+            // installed/upgraded events were handed to trigger modules).
+            // The jobs table's unique key drops an event two nodes both
+            // handed on, so the cursor only saves work; it never decides
+            // whether an event is delivered twice.
+            "CREATE TABLE trigger_cursors (
+            name TEXT PRIMARY KEY,
+            seen_id BIGINT NOT NULL
+        )",
+            // Lifecycle events of installations made before Kiln delivered
+            // them are history, not news: start after the last one.
+            "INSERT INTO trigger_cursors (name, seen_id)
+             SELECT 'lifecycle', COALESCE(MAX(id), 0) FROM installation_events",
         ],
     },
 ];

@@ -1,6 +1,8 @@
 //! Web trigger URLs: which installation and module a URL's secret opens.
 //! Rows hold the SHA-256 of the secret only; what a URL may do is
-//! `kiln-apps`' and the server's to decide.
+//! `kiln-apps`' and the server's to decide. Also the two installation
+//! lookups the server's request paths use: by row id (a web trigger's
+//! row) and by public id (a resolver call's path).
 
 use crate::{InstallationRecord, Millis, RawInstallation, StoreError, Tx, TxInner, on_conn};
 
@@ -103,6 +105,26 @@ impl Tx {
         );
         let raw = on_conn!(self, |c| {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(c).await?;
+            row.as_ref().map(RawInstallation::from_row).transpose()
+        })?;
+        raw.map(RawInstallation::into_record).transpose()
+    }
+
+    /// One installation, by the id it is known by outside (resolver calls
+    /// name it in their path and their context token's audience).
+    pub async fn installation_by_public_id(
+        &mut self,
+        public_id: &str,
+    ) -> Result<Option<InstallationRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM installations i
+             JOIN apps a ON a.id = i.app_id JOIN versions v ON v.id = i.version_id
+             WHERE i.public_id = $1",
+            crate::INSTALLATION_COLUMNS
+        );
+        let raw = on_conn!(self, |c| {
+            let row =
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(public_id).fetch_optional(c).await?;
             row.as_ref().map(RawInstallation::from_row).transpose()
         })?;
         raw.map(RawInstallation::into_record).transpose()

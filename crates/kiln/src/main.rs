@@ -144,7 +144,7 @@ struct ServeArgs {
     /// Private key (PEM)
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
-    /// Settings file (TOML; `[alerts]`: rules and webhook). Unknown keys are errors.
+    /// Settings file (TOML; `[alerts]`, `[product]`, `[resolvers]`: the context-token issuer and its keys). Unknown keys are errors.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where this server is reached from outside, for the web trigger URLs app code asks for [default: https://<listen address>]
@@ -153,6 +153,35 @@ struct ServeArgs {
     /// Requests each installation's web triggers take per minute (per node)
     #[arg(long, value_name = "N", default_value_t = kiln_server::webtrigger::DEFAULT_PER_MINUTE)]
     webtrigger_rate: u32,
+    /// How log lines on standard error are written (events chosen by $KILN_LOG, e.g. "info" or "warn,kiln_server=debug")
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Json)]
+    log_format: LogFormatArg,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, loopback addresses only) [default: not served]
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on an address that is not loopback (anyone who reaches it reads the metrics)
+    #[arg(long, requires = "metrics_listen")]
+    insecure_metrics_listen_any: bool,
+    /// On SIGTERM or Ctrl-C, how long in-flight requests and invocations may take to finish before the server stops anyway
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    drain_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormatArg {
+    /// One JSON object per line: timestamp, level, target, fields (message and the event's own)
+    Json,
+    /// One readable line per event
+    Text,
+}
+
+impl From<LogFormatArg> for kiln_server::logging::LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Json => kiln_server::logging::LogFormat::Json,
+            LogFormatArg::Text => kiln_server::logging::LogFormat::Text,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -470,7 +499,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Blocking work a command left behind (a sandbox call still running when
+    // `kiln serve`'s drain gave up) must not keep the process alive past
+    // its deadline: it is left to the OS, and jailed workers die with
+    // their parent.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             let _ = std::io::stdout().flush();
@@ -1050,11 +1085,11 @@ pub(crate) async fn key_provider(
     }
     let (provider, created) = kiln_crypto::keys::FileKeyProvider::open_or_create(&path).map_err(fail)?;
     if created {
-        eprintln!(
-            "notice: created the key-encryption key file {} (mode 0600). Keep it out of database backups and \
+        output::notice(&format!(
+            "created the key-encryption key file {} (mode 0600). Keep it out of database backups and \
              back it up separately: without it, sealed data cannot be read.",
             path.display()
-        );
+        ));
     }
     Ok(std::sync::Arc::new(provider))
 }
@@ -1199,9 +1234,25 @@ async fn audit(data_dir: &Path, command: AuditCommand) -> Result<(), Failure> {
     }
 }
 
-/// `kiln serve`: the admin API over HTTPS until interrupted.
+/// `kiln serve`: the admin API, web triggers and resolver calls over HTTPS
+/// until SIGTERM or Ctrl-C; then a graceful drain (see [`drain`]). Its
+/// output is log lines on standard error (`--log-format`), never a value.
 async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
     let fail = |m: String| Failure { code: 1, message: m };
+    let filter = std::env::var(kiln_server::logging::FILTER_ENV_VAR).ok();
+    kiln_server::logging::init(args.log_format.into(), filter.as_deref())
+        .map_err(|e| usage(e.to_string()))?;
+    // Refused before anything else is opened: metrics on a reachable
+    // address are an explicit, named choice.
+    if let Some(addr) = args.metrics_listen
+        && !addr.ip().is_loopback()
+        && !args.insecure_metrics_listen_any
+    {
+        return Err(usage(format!(
+            "--metrics-listen {addr} is not a loopback address; metrics are served without TLS or \
+             authentication, so only to this host (127.0.0.1 or ::1) unless --insecure-metrics-listen-any"
+        )));
+    }
     let store = open(data_dir).await?;
     let provider = key_provider(data_dir, &store).await?;
     let trail = Trail::open(data_dir, &store).await?;
@@ -1216,6 +1267,10 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
     };
     let tls = kiln_crypto::tls::server_config(&identity).map_err(|e| usage(e.to_string()))?;
     let alerts = alert_config(args.config.as_deref())?;
+    let tokens = match args.config.as_deref() {
+        Some(path) => kiln_server::resolver::load(path).map_err(|e| usage(e.to_string()))?,
+        None => None,
+    };
     let provider_for_webtriggers = provider.clone();
     let state = std::sync::Arc::new(kiln_server::AdminState {
         store: store.clone(),
@@ -1229,25 +1284,34 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
         checkpoint_file: Some(trail.checkpoint_file().to_path_buf()),
         alert_rules: alerts.rules.clone(),
     });
+    // The shutdown signal: `true` once SIGTERM or Ctrl-C arrives. The HTTPS
+    // listener and readiness watch it; so does every background worker,
+    // each spawned into `background` with its own receiver so that the
+    // drain waits for it to finish what it is doing.
+    let (shutdown, stopping) = tokio::sync::watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
     // Evaluate the alert rules and deliver new alerts every 30 seconds.
-    let watcher = {
-        let store = store.clone();
-        tokio::spawn(async move {
+    background.spawn({
+        let (store, mut stopping) = (store.clone(), stopping.clone());
+        async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
                 if let Err(e) = kiln_audit::alerts::evaluate(&store, &alerts.rules).await {
-                    eprintln!("warning: alert rules could not run: {e}");
+                    tracing::warn!(error = %e, "the alert rules could not run");
                     continue;
                 }
                 if let Some(hook) = &alerts.webhook
                     && let Err(e) = kiln_server::alerting::deliver_pending(&store, hook).await
                 {
-                    eprintln!("warning: alerts could not be delivered: {e}");
+                    tracing::warn!(error = %e, "alerts could not be delivered");
                 }
             }
-        })
-    };
+        }
+    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -1261,21 +1325,140 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
         &public_url,
         args.webtrigger_rate,
     )?;
-    eprintln!("Kiln admin API on https://{bound} (Ctrl-C stops it)");
-    eprintln!("Web triggers on https://{bound}/x1/... ('kiln webtrigger' prints an installation's URL)");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    let runner = webtriggers.runner.clone();
+    let metrics = runner.metrics.clone();
+    if tokens.is_none() {
+        tracing::info!("resolver calls are off: the settings file has no [resolvers] section");
+    }
+    let executor: std::sync::Arc<dyn kiln_server::runner::Execute> = std::sync::Arc::new(runner.clone());
+    let resolvers =
+        std::sync::Arc::new(kiln_server::resolver::Resolvers::new(store.clone(), executor, tokens));
+    // Watched before anything says the server is up, so that a signal sent
+    // as soon as it is drains rather than kills.
+    let force = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signals = shutdown_signals(shutdown, force.clone())
+        .map_err(|e| fail(format!("cannot watch for signals: {e}")))?;
+    let (metrics_stop, metrics_server) = match args.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| fail(format!("cannot listen on {addr} for metrics: {e}")))?;
+            let at = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+            if !at.ip().is_loopback() {
+                tracing::warn!(address = %at, "metrics are served to anyone who reaches this address (--insecure-metrics-listen-any)");
+            }
+            tracing::info!(address = %at, "Metrics on http://{at}/metrics");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            // Readiness here too: this listener stays up while the HTTPS one
+            // drains, so local probes can see the node is going away.
+            let routes = kiln_server::metrics::router(runner.clone())
+                .merge(kiln_server::health::router_with_drain(store.clone(), stopping.clone()));
+            let server = axum::serve(listener, routes)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .into_future();
+            (Some(stop), Some(tokio::spawn(server)))
+        }
+        None => (None, None),
     };
+    tracing::info!(address = %bound, "Kiln admin API on https://{bound} (SIGTERM or Ctrl-C stops it)");
+    tracing::info!("Web triggers on https://{bound}/x1/... ('kiln webtrigger' prints an installation's URL)");
+    tracing::info!("Resolver calls on https://{bound}/resolver/v1/<installation> with a context token");
     let router = kiln_server::router(state)
         .merge(kiln_server::webtrigger::router(webtriggers))
-        .merge(kiln_server::health::router(store.clone()))
+        .merge(kiln_server::resolver::router(resolvers))
+        .merge(kiln_server::health::router_with_drain(store.clone(), stopping.clone()))
+        .layer(axum::middleware::from_fn_with_state(metrics.clone(), kiln_server::metrics::count_http))
         .layer(axum::middleware::from_fn(kiln_http::security_headers));
-    kiln_server::serve(listener, tls, router, shutdown)
-        .await
-        .map_err(|e| fail(format!("the server stopped: {e}")))?;
-    watcher.abort();
+    let mut stop_serving = stopping.clone();
+    let draining = kiln_http::serve_graceful(listener, tls, router, async move {
+        let _ = stop_serving.wait_for(|stop| *stop).await;
+    })
+    .await
+    .map_err(|e| fail(format!("the server stopped: {e}")))?;
+    metrics.set_draining();
+    drain(draining, &metrics, &mut background, std::time::Duration::from_secs(args.drain_seconds), &force)
+        .await;
+    signals.abort();
+    if let Some(stop) = metrics_stop {
+        let _ = stop.send(());
+    }
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     trail.checkpoint(&store).await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// The first SIGTERM or Ctrl-C sets `shutdown`; a second one notifies
+/// `force`, which cuts the drain short.
+fn shutdown_signals(
+    shutdown: tokio::sync::watch::Sender<bool>,
+    force: std::sync::Arc<tokio::sync::Notify>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(tokio::spawn(async move {
+        for round in 0.. {
+            let which = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            };
+            if round == 0 {
+                tracing::info!(
+                    signal = which,
+                    "stopping: new connections are refused; in-flight work finishes"
+                );
+                let _ = shutdown.send(true);
+            } else {
+                tracing::warn!(signal = which, "stopping now: the drain is cut short");
+                force.notify_one();
+            }
+        }
+    }))
+}
+
+/// After the listener has closed: wait, for at most `limit` (or until
+/// `force`), for the open connections to answer what they were sent, for
+/// invocations running outside any request to end, and for the background
+/// workers to stop. Whatever is left then is abandoned, and said so.
+async fn drain(
+    mut connections: kiln_http::Draining,
+    metrics: &kiln_server::metrics::Metrics,
+    background: &mut tokio::task::JoinSet<()>,
+    limit: std::time::Duration,
+    force: &tokio::sync::Notify,
+) {
+    tracing::info!(
+        open_connections = connections.open(),
+        invocations_in_flight = metrics.in_flight(),
+        background_workers = background.len(),
+        drain_seconds = limit.as_secs(),
+        "draining"
+    );
+    let work = async {
+        connections.finished().await;
+        while metrics.in_flight() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        while background.join_next().await.is_some() {}
+    };
+    let finished = tokio::select! {
+        done = tokio::time::timeout(limit, work) => done.is_ok(),
+        () = force.notified() => false,
+    };
+    if finished {
+        tracing::info!("drained: every in-flight request and invocation finished");
+    } else {
+        tracing::warn!(
+            open_connections = connections.open(),
+            invocations_in_flight = metrics.in_flight(),
+            background_workers = background.len(),
+            "the drain did not finish; stopping with this work unfinished"
+        );
+        background.abort_all();
+    }
 }
 
 /// What `kiln serve` runs web triggers with: jailed workers (refused where
@@ -1366,7 +1549,8 @@ async fn devsite(data_dir: &Path, args: DevsiteArgs) -> Result<(), Failure> {
     eprintln!(
         "Dev site on {base} (Ctrl-C stops it)\n  cloud id:  {cloud}\n  Jira:      {base}/ex/jira/{cloud}/rest/api/3/...\n  \
          Confluence: {base}/ex/confluence/{cloud}/wiki/api/v2/...\n  OAuth:     {base}/authorize, {base}/oauth/token \
-         (clients: {clients})\n  users:     {users}\n  certificate: {}",
+         (clients: {clients})\n  users:     {users}\n  certificate: {}\n  \
+         context tokens: POST {base}/kiln/context-token (public key: {base}/kiln/context-keys, for [resolvers])",
         data_dir.join("tls/cert.pem").display(),
         base = site.base_url(),
         cloud = site.cloud_id(),
@@ -1399,10 +1583,10 @@ fn self_signed_identity(data_dir: &Path) -> Result<kiln_crypto::tls::Identity, F
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).map_err(fail)?;
         f.write_all(identity.key_pem.as_bytes()).map_err(fail)?;
     }
-    eprintln!(
-        "notice: made a self-signed certificate for localhost in {}; pass --cert and --key for anything but development",
+    output::notice(&format!(
+        "made a self-signed certificate for localhost in {}; pass --cert and --key for anything but development",
         dir.display()
-    );
+    ));
     Ok(identity)
 }
 
@@ -1419,8 +1603,27 @@ fn data_dir(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
     })
 }
 
+/// PostgreSQL instead of the data directory's SQLite file, for several
+/// nodes sharing one database (`postgres://user@host:port/db`).
+pub(crate) const DATABASE_URL_ENV_VAR: &str = "KILN_DATABASE_URL";
+/// The PostgreSQL schema to use (created if missing) [default: the user's search path].
+pub(crate) const DATABASE_SCHEMA_ENV_VAR: &str = "KILN_DATABASE_SCHEMA";
+
+/// The store every command uses: PostgreSQL when `KILN_DATABASE_URL` is
+/// set, else the SQLite file in the data directory. Keys, the audit
+/// checkpoint file and the TLS certificate stay in the data directory
+/// either way, so nodes sharing a database share their key file too.
 pub(crate) async fn open(data_dir: &Path) -> Result<Store, Failure> {
-    Ok(Store::open_data_dir(data_dir).await?)
+    match std::env::var(DATABASE_URL_ENV_VAR).ok().filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let schema = std::env::var(DATABASE_SCHEMA_ENV_VAR).ok().filter(|s| !s.is_empty());
+            Store::open_postgres(&url, schema.as_deref()).await.map_err(|e| Failure {
+                code: 1,
+                message: format!("cannot open the database named by {DATABASE_URL_ENV_VAR}: {e}"),
+            })
+        }
+        None => Ok(Store::open_data_dir(data_dir).await?),
+    }
 }
 
 /// `--app`: an app id, or a directory whose manifest names the app.

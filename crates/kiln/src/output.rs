@@ -7,6 +7,27 @@ use kiln_manifest::{Grants, VersionChange};
 use kiln_store::VersionOrigin;
 use serde::Serialize;
 
+/// A notice about something Kiln did on its own (made a key file, a
+/// certificate): on standard error, or as a log event once a command
+/// (`kiln serve`) writes its output as logs, so that every line there
+/// stays one log record.
+pub(crate) fn notice(message: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("notice: {message}");
+    }
+}
+
+/// A warning that does not stop the command; see [`notice`].
+pub(crate) fn warning(message: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("warning: {message}");
+    }
+}
+
 pub(crate) fn json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),

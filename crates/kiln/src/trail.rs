@@ -122,9 +122,9 @@ impl Trail {
     /// that says how to retry, not a failure of that work.
     pub(crate) async fn checkpoint(&self, store: &Store) {
         if let Err(e) = self.auditor.checkpoint(store, &self.checkpoint_file).await {
-            eprintln!(
-                "warning: the audit checkpoint was not written: {e}\n  hint: run `kiln audit checkpoint`"
-            );
+            crate::output::warning(&format!(
+                "the audit checkpoint was not written: {e}\n  hint: run `kiln audit checkpoint`"
+            ));
         }
     }
 }

@@ -82,8 +82,10 @@ impl Drop for KillOnDrop {
 }
 
 /// Start `command` (named `what` in failures) and wait for the stderr line
-/// starting with `ready`: the first word after it, the `after` lines printed
-/// next, and the process. The rest of stderr is drained so it never blocks.
+/// holding `ready` (at its start in a command's plain output, inside the
+/// message of `kiln serve`'s log lines): the first word after it, the
+/// `after` lines printed next, and the process. The rest of stderr is
+/// drained so it never blocks.
 pub(crate) fn listening(
     mut command: Command,
     what: &str,
@@ -96,8 +98,12 @@ pub(crate) fn listening(
     let mut lines = std::io::BufReader::new(stderr).lines();
     let address = loop {
         let line = lines.next().unwrap_or_else(|| panic!("{what} exited before listening")).unwrap();
-        if let Some(rest) = line.strip_prefix(ready) {
-            break rest.split_whitespace().next().unwrap().to_owned();
+        let message = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(record) => record["fields"]["message"].as_str().unwrap_or_default().to_owned(),
+            Err(_) => line.clone(),
+        };
+        if let Some(at) = message.find(ready) {
+            break message[at + ready.len()..].split_whitespace().next().unwrap().to_owned();
         }
     };
     let printed: Vec<String> = lines.by_ref().take(after).map(Result::unwrap).collect();
