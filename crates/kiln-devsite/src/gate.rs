@@ -76,10 +76,19 @@ pub(crate) async fn gate(State(site): State<Arc<Site>>, mut req: Request, next: 
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let (caller, response) = match admit(&site, &method, &path, req.headers()) {
-        Ok(Some(caller)) => {
-            req.extensions_mut().insert(caller.clone());
-            (Some(caller), next.run(req).await)
-        }
+        Ok(Some(caller)) => match site.take_fault(method.as_str(), &path) {
+            Some(status) => (
+                Some(caller),
+                reply(
+                    status,
+                    json!({ "code": status.as_u16(), "message": "injected failure (POST /kiln/faults)" }),
+                ),
+            ),
+            None => {
+                req.extensions_mut().insert(caller.clone());
+                (Some(caller), next.run(req).await)
+            }
+        },
         Ok(None) => (None, next.run(req).await),
         Err(refused) => *refused,
     };

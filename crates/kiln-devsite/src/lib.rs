@@ -71,6 +71,7 @@ mod confluence;
 mod context;
 mod devops;
 mod events;
+mod faults;
 mod gate;
 mod jira;
 mod jql;
@@ -95,6 +96,7 @@ use tokio::sync::oneshot;
 pub use context::{ContextError, ContextRequest, MAX_TTL_SECONDS};
 pub use devops::DevopsEntity;
 pub use events::{EventSinkError, sign, verify_signature};
+pub use faults::Fault;
 pub use seed::{
     ALICE, BOB, CAROL, KILN_APP, Permission, Seed, SeedClient, SeedError, SeedIssue, SeedPage, SeedPat,
     SeedProject, SeedSpace, SeedStatus, SeedTransition, SeedUser, StatusCategory,
@@ -205,6 +207,7 @@ pub async fn start(
         outbox,
         deliveries,
         context_key,
+        faults: Mutex::default(),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(kiln_http::serve(listener, tls, router(site.clone()), async {
@@ -227,6 +230,7 @@ fn router(site: Arc<Site>) -> Router {
         .nest("/confluence/rest/api", v1)
         .merge(oauth::routes())
         .merge(context::routes())
+        .merge(faults::routes())
         .fallback(|| async {
             api::reply(StatusCode::NOT_FOUND, json!({ "code": 404, "message": "Not Found" }))
         })
@@ -256,6 +260,12 @@ impl DevSite {
 
     pub fn cloud_id(&self) -> &str {
         &self.site.dir.cloud_id
+    }
+
+    /// The site it emulates (`https://<seed site>`): what installations
+    /// on it name, and what its context tokens and events say.
+    pub fn site_url(&self) -> String {
+        format!("https://{}", self.site.dir.site_host)
     }
 
     /// Stop accepting connections (idempotent; also done on drop).

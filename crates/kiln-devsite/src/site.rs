@@ -41,6 +41,8 @@ pub(crate) struct Site {
     pub(crate) deliveries: std::sync::Arc<Mutex<Vec<Delivery>>>,
     /// Signs context tokens (see `context`); made at start, never stored.
     pub(crate) context_key: kiln_crypto::jws::Ed25519Signer,
+    /// Injected failures waiting for their request (see `faults`).
+    pub(crate) faults: Mutex<Vec<crate::faults::Fault>>,
 }
 
 /// What tests look at afterwards.

@@ -222,7 +222,8 @@ impl JobsConfig {
 
     /// Read `[jobs]` from the settings file at `path`.
     pub fn load(path: &std::path::Path) -> Result<JobsConfig, crate::alerting::ConfigError> {
-        let fail = |message: String| crate::alerting::ConfigError { path: path.display().to_string(), message };
+        let fail =
+            |message: String| crate::alerting::ConfigError { path: path.display().to_string(), message };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         JobsConfig::parse(&text).map_err(fail)
     }
@@ -826,12 +827,20 @@ mod config_tests {
 
     #[test]
     fn the_jobs_section_is_checked_and_other_sections_are_left_alone() {
-        let c = JobsConfig::parse("[alerts]\nx = 1\n[jobs]\nbackoff_base_seconds = 2\nper_installation = 9\n").unwrap();
+        let c =
+            JobsConfig::parse("[alerts]\nx = 1\n[jobs]\nbackoff_base_seconds = 2\nper_installation = 9\n")
+                .unwrap();
         assert!(c.enabled);
         assert_eq!(c.settings.backoff_base, Duration::from_secs(2));
         assert_eq!(c.settings.per_installation, 9);
-        assert!(JobsConfig::parse("[jobs]\nbackof_base_seconds = 2\n").unwrap_err().contains("unknown field"));
-        assert!(JobsConfig::parse("[jobs]\nbackoff_base_seconds = 0\n").unwrap_err().contains("between 1 and 900"));
+        assert!(
+            JobsConfig::parse("[jobs]\nbackof_base_seconds = 2\n").unwrap_err().contains("unknown field")
+        );
+        assert!(
+            JobsConfig::parse("[jobs]\nbackoff_base_seconds = 0\n")
+                .unwrap_err()
+                .contains("between 1 and 900")
+        );
         assert!(!JobsConfig::parse("[jobs]\nenabled = false\n").unwrap().enabled);
         assert!(JobsConfig::parse("").unwrap().enabled);
     }

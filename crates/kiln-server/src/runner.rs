@@ -264,10 +264,19 @@ impl Runner {
                 .sandbox
                 .invoke(&grants.app, &hash, &bundle, &invoke, &mut handler)
                 .map_err(|e| Failure::platform(e.to_string()))?;
-            if let Some(sink) = &this.logs
-                && !result.logs.is_empty()
-            {
-                sink(&AppLog { app: &grants.app, function: &invoke.function, kind, lines: &result.logs });
+            if let Some(sink) = &this.logs {
+                // The developer sees a failure with the app's own message
+                // (development only: the sink is `kiln dev`'s terminal).
+                let mut lines = result.logs.clone();
+                if let kiln_ipc::Outcome::Err(e) = &result.outcome {
+                    lines.push((
+                        kiln_ipc::LogLevel::Error,
+                        format!("the function failed: {}: {}", e.code.as_str(), e.message),
+                    ));
+                }
+                if !lines.is_empty() {
+                    sink(&AppLog { app: &grants.app, function: &invoke.function, kind, lines: &lines });
+                }
             }
             match result.outcome {
                 kiln_ipc::Outcome::Ok { result } => {

@@ -18,8 +18,11 @@ mod bench;
 mod bench_audit;
 mod bench_gateways;
 mod bench_kvs;
+mod bench_webtrigger;
+mod dev;
 mod output;
 mod remote;
+mod server;
 mod trail;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -82,7 +85,9 @@ enum Command {
     /// Operator accounts and API tokens (on the Kiln host)
     #[command(subcommand)]
     Admin(admin::AdminCommand),
-    /// Serve the admin API over HTTPS
+    /// The whole platform on loopback for one app: dev site, server, deploy and install, logs, redeploy on change
+    Dev(DevArgs),
+    /// Serve the platform over HTTPS: admin API, web triggers, resolvers, product events, scheduled triggers, queues
     Serve(ServeArgs),
     /// Run the dev site: an emulated Jira and Confluence with OAuth, on loopback, for development
     Devsite(DevsiteArgs),
@@ -165,6 +170,23 @@ struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests and invocations may take to finish before the server stops anyway
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
+    #[command(flatten)]
+    egress: InsecureEgressArgs,
+}
+
+/// Egress settings for tests and development: each weakens a protection
+/// and is logged loudly at every start.
+#[derive(Debug, Args)]
+struct InsecureEgressArgs {
+    /// Let app fetch reach loopback addresses (tests against upstreams they start; production installations will not run)
+    #[arg(long)]
+    insecure_egress_loopback: bool,
+    /// Answer HOST from this table instead of DNS (HOST=IP or HOST=IP:PORT; repeatable); no other name resolves
+    #[arg(long, value_name = "HOST=ADDR")]
+    insecure_egress_resolve: Vec<String>,
+    /// Also trust this CA (PEM) for app fetch
+    #[arg(long, value_name = "FILE")]
+    egress_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -312,6 +334,44 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         requests: usize,
     },
+    /// wrk against a web trigger on kiln serve beside a Node.js https server with the same handler
+    Webtrigger {
+        /// Seconds per wrk run
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// wrk connections
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        /// Then run wrk against Kiln alone this long, sampling the server's memory
+        #[arg(long, value_name = "SECONDS")]
+        soak_seconds: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// The app directory, holding manifest.yml and src/ (state goes to APP_DIR/.kiln/)
+    #[arg(default_value = ".")]
+    app_dir: PathBuf,
+    /// Where the server listens (loopback only)
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: std::net::SocketAddr,
+    /// Where the dev site listens (loopback only); its address is the installation's site
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    devsite_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    env: EnvArg,
+    /// Scheduled triggers follow a clock moved by POST /_kiln/test/clock {"advanceSeconds": N} (tests)
+    #[arg(long)]
+    insecure_test_clock: bool,
+    /// Seconds before a failed queued event is retried (doubling each time)
+    #[arg(long, default_value_t = 2)]
+    retry_seconds: u64,
+    /// Deploy once and serve, without watching APP_DIR for changes
+    #[arg(long)]
+    no_watch: bool,
+    #[command(flatten)]
+    egress: InsecureEgressArgs,
 }
 
 #[derive(Debug, Args)]
@@ -549,6 +609,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(command) => audit(&data_dir, command).await,
         Command::Admin(command) => admin::run(&data_dir, command).await,
         Command::Serve(args) => serve(&data_dir, args).await,
+        Command::Dev(args) => {
+            let extra_roots = match &args.egress.egress_ca {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| usage(format!("--egress-ca {}: {e}", path.display())))?,
+                ),
+                None => None,
+            };
+            dev::run(dev::DevOptions {
+                app_dir: args.app_dir,
+                listen: args.listen,
+                devsite_listen: args.devsite_listen,
+                environment: args.env.environment,
+                insecure_test_clock: args.insecure_test_clock,
+                egress: server::EgressOptions {
+                    insecure_loopback: args.egress.insecure_egress_loopback,
+                    insecure_resolve: args.egress.insecure_egress_resolve,
+                    extra_roots,
+                },
+                retry_seconds: args.retry_seconds,
+                no_watch: args.no_watch,
+            })
+            .await
+        }
         Command::Devsite(args) => devsite(&data_dir, args).await,
         Command::Consent(args) => consent(&data_dir, args).await,
         Command::Webtrigger(args) => webtrigger_url(&data_dir, args).await,
@@ -560,6 +644,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(BenchCommand::Kvs { ops, postgres }) => bench_kvs::kvs(ops, postgres).await,
         Command::Bench(BenchCommand::Gateways { requests }) => {
             bench_gateways::gateways(requests.max(50)).await
+        }
+        Command::Bench(BenchCommand::Webtrigger { seconds, connections, soak_seconds }) => {
+            bench_webtrigger::webtrigger(seconds.max(1), connections.max(1), soak_seconds).await
         }
         Command::Bench(BenchCommand::Audit { records, postgres }) => {
             bench_audit::audit(records, postgres).await
@@ -966,7 +1053,7 @@ fn devsite_roots(data_dir: &Path, ca: Option<&Path>) -> Result<String, Failure> 
 
 /// A product gateway for a dev site: its example OAuth client, and the
 /// cloud id it reports for that client's token.
-async fn devsite_gateway(
+pub(crate) async fn devsite_gateway(
     data_dir: &Path,
     url: &str,
     ca: Option<&Path>,
@@ -1234,11 +1321,11 @@ async fn audit(data_dir: &Path, command: AuditCommand) -> Result<(), Failure> {
     }
 }
 
-/// `kiln serve`: the admin API, web triggers and resolver calls over HTTPS
-/// until SIGTERM or Ctrl-C; then a graceful drain (see [`drain`]). Its
-/// output is log lines on standard error (`--log-format`), never a value.
+/// `kiln serve`: the admin API, web triggers, resolver calls, product
+/// events and the background workers over HTTPS until SIGTERM or Ctrl-C;
+/// then a graceful drain (see `server`). Its output is log lines on
+/// standard error (`--log-format`), never a value.
 async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
-    let fail = |m: String| Failure { code: 1, message: m };
     let filter = std::env::var(kiln_server::logging::FILTER_ENV_VAR).ok();
     kiln_server::logging::init(args.log_format.into(), filter.as_deref())
         .map_err(|e| usage(e.to_string()))?;
@@ -1253,9 +1340,6 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
              authentication, so only to this host (127.0.0.1 or ::1) unless --insecure-metrics-listen-any"
         )));
     }
-    let store = open(data_dir).await?;
-    let provider = key_provider(data_dir, &store).await?;
-    let trail = Trail::open(data_dir, &store).await?;
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => kiln_crypto::tls::Identity {
             cert_pem: std::fs::read_to_string(cert).map_err(|e| usage(format!("{}: {e}", cert.display())))?,
@@ -1265,249 +1349,33 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
         },
         _ => self_signed_identity(data_dir)?,
     };
-    let tls = kiln_crypto::tls::server_config(&identity).map_err(|e| usage(e.to_string()))?;
-    let alerts = alert_config(args.config.as_deref())?;
-    let tokens = match args.config.as_deref() {
-        Some(path) => kiln_server::resolver::load(path).map_err(|e| usage(e.to_string()))?,
-        None => None,
-    };
-    let provider_for_webtriggers = provider.clone();
-    let state = std::sync::Arc::new(kiln_server::AdminState {
-        store: store.clone(),
-        access: kiln_access::Access::new(
-            store.clone(),
-            kiln_kvs::Kvs::new(store.clone(), provider.clone()),
-            kiln_access::Settings::default(),
+    let extra_roots = match &args.egress.egress_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("--egress-ca {}: {e}", path.display())))?,
         ),
-        kvs: kiln_kvs::Kvs::new(store.clone(), provider.clone()),
-        auditor: trail.auditor().clone(),
-        checkpoint_file: Some(trail.checkpoint_file().to_path_buf()),
-        alert_rules: alerts.rules.clone(),
-    });
-    // The shutdown signal: `true` once SIGTERM or Ctrl-C arrives. The HTTPS
-    // listener and readiness watch it; so does every background worker,
-    // each spawned into `background` with its own receiver so that the
-    // drain waits for it to finish what it is doing.
-    let (shutdown, stopping) = tokio::sync::watch::channel(false);
-    let mut background = tokio::task::JoinSet::new();
-    // Evaluate the alert rules and deliver new alerts every 30 seconds.
-    background.spawn({
-        let (store, mut stopping) = (store.clone(), stopping.clone());
-        async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopping.wait_for(|stop| *stop) => return,
-                }
-                if let Err(e) = kiln_audit::alerts::evaluate(&store, &alerts.rules).await {
-                    tracing::warn!(error = %e, "the alert rules could not run");
-                    continue;
-                }
-                if let Some(hook) = &alerts.webhook
-                    && let Err(e) = kiln_server::alerting::deliver_pending(&store, hook).await
-                {
-                    tracing::warn!(error = %e, "alerts could not be delivered");
-                }
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| fail(format!("cannot listen on {}: {e}", args.listen)))?;
-    let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("https://{bound}"));
-    let webtriggers = webtrigger_state(
-        &store,
-        provider_for_webtriggers,
-        &trail,
-        args.config.as_deref(),
-        &public_url,
-        args.webtrigger_rate,
-    )?;
-    let runner = webtriggers.runner.clone();
-    let metrics = runner.metrics.clone();
-    if tokens.is_none() {
-        tracing::info!("resolver calls are off: the settings file has no [resolvers] section");
-    }
-    let executor: std::sync::Arc<dyn kiln_server::runner::Execute> = std::sync::Arc::new(runner.clone());
-    let resolvers =
-        std::sync::Arc::new(kiln_server::resolver::Resolvers::new(store.clone(), executor, tokens));
-    // Watched before anything says the server is up, so that a signal sent
-    // as soon as it is drains rather than kills.
-    let force = std::sync::Arc::new(tokio::sync::Notify::new());
-    let signals = shutdown_signals(shutdown, force.clone())
-        .map_err(|e| fail(format!("cannot watch for signals: {e}")))?;
-    let (metrics_stop, metrics_server) = match args.metrics_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| fail(format!("cannot listen on {addr} for metrics: {e}")))?;
-            let at = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-            if !at.ip().is_loopback() {
-                tracing::warn!(address = %at, "metrics are served to anyone who reaches this address (--insecure-metrics-listen-any)");
-            }
-            tracing::info!(address = %at, "Metrics on http://{at}/metrics");
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            // Readiness here too: this listener stays up while the HTTPS one
-            // drains, so local probes can see the node is going away.
-            let routes = kiln_server::metrics::router(runner.clone())
-                .merge(kiln_server::health::router_with_drain(store.clone(), stopping.clone()));
-            let server = axum::serve(listener, routes)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .into_future();
-            (Some(stop), Some(tokio::spawn(server)))
-        }
-        None => (None, None),
-    };
-    tracing::info!(address = %bound, "Kiln admin API on https://{bound} (SIGTERM or Ctrl-C stops it)");
-    tracing::info!("Web triggers on https://{bound}/x1/... ('kiln webtrigger' prints an installation's URL)");
-    tracing::info!("Resolver calls on https://{bound}/resolver/v1/<installation> with a context token");
-    let router = kiln_server::router(state)
-        .merge(kiln_server::webtrigger::router(webtriggers))
-        .merge(kiln_server::resolver::router(resolvers))
-        .merge(kiln_server::health::router_with_drain(store.clone(), stopping.clone()))
-        .layer(axum::middleware::from_fn_with_state(metrics.clone(), kiln_server::metrics::count_http))
-        .layer(axum::middleware::from_fn(kiln_http::security_headers));
-    let mut stop_serving = stopping.clone();
-    let draining = kiln_http::serve_graceful(listener, tls, router, async move {
-        let _ = stop_serving.wait_for(|stop| *stop).await;
-    })
-    .await
-    .map_err(|e| fail(format!("the server stopped: {e}")))?;
-    metrics.set_draining();
-    drain(draining, &metrics, &mut background, std::time::Duration::from_secs(args.drain_seconds), &force)
-        .await;
-    signals.abort();
-    if let Some(stop) = metrics_stop {
-        let _ = stop.send(());
-    }
-    if let Some(server) = metrics_server {
-        let _ = server.await;
-    }
-    trail.checkpoint(&store).await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// The first SIGTERM or Ctrl-C sets `shutdown`; a second one notifies
-/// `force`, which cuts the drain short.
-fn shutdown_signals(
-    shutdown: tokio::sync::watch::Sender<bool>,
-    force: std::sync::Arc<tokio::sync::Notify>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    Ok(tokio::spawn(async move {
-        for round in 0.. {
-            let which = tokio::select! {
-                _ = terminate.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            };
-            if round == 0 {
-                tracing::info!(
-                    signal = which,
-                    "stopping: new connections are refused; in-flight work finishes"
-                );
-                let _ = shutdown.send(true);
-            } else {
-                tracing::warn!(signal = which, "stopping now: the drain is cut short");
-                force.notify_one();
-            }
-        }
-    }))
-}
-
-/// After the listener has closed: wait, for at most `limit` (or until
-/// `force`), for the open connections to answer what they were sent, for
-/// invocations running outside any request to end, and for the background
-/// workers to stop. Whatever is left then is abandoned, and said so.
-async fn drain(
-    mut connections: kiln_http::Draining,
-    metrics: &kiln_server::metrics::Metrics,
-    background: &mut tokio::task::JoinSet<()>,
-    limit: std::time::Duration,
-    force: &tokio::sync::Notify,
-) {
-    tracing::info!(
-        open_connections = connections.open(),
-        invocations_in_flight = metrics.in_flight(),
-        background_workers = background.len(),
-        drain_seconds = limit.as_secs(),
-        "draining"
-    );
-    let work = async {
-        connections.finished().await;
-        while metrics.in_flight() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        while background.join_next().await.is_some() {}
-    };
-    let finished = tokio::select! {
-        done = tokio::time::timeout(limit, work) => done.is_ok(),
-        () = force.notified() => false,
-    };
-    if finished {
-        tracing::info!("drained: every in-flight request and invocation finished");
-    } else {
-        tracing::warn!(
-            open_connections = connections.open(),
-            invocations_in_flight = metrics.in_flight(),
-            background_workers = background.len(),
-            "the drain did not finish; stopping with this work unfinished"
-        );
-        background.abort_all();
-    }
-}
-
-/// What `kiln serve` runs web triggers with: jailed workers (refused where
-/// they cannot start), and host calls that reach the installation's own
-/// storage, its consented egress and, with `[product]` in the settings
-/// file, the product site.
-fn webtrigger_state(
-    store: &kiln_store::Store,
-    provider: std::sync::Arc<dyn kiln_crypto::envelope::KeyProvider>,
-    trail: &Trail,
-    config: Option<&Path>,
-    public_url: &str,
-    per_minute: u32,
-) -> Result<std::sync::Arc<kiln_server::webtrigger::Webtriggers>, Failure> {
-    let fail = |m: String| Failure { code: 1, message: m };
-    let sandbox = kiln_sandbox::SandboxConfig::for_current_exe()
-        .and_then(kiln_sandbox::Sandbox::new)
-        .map_err(|e| fail(format!("web triggers cannot run app code here: {e}")))?;
-    let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store.clone(), provider));
-    let product = match config {
-        Some(path) => kiln_server::product_config::load(path, kvs.clone())
-            .map_err(|e| usage(e.to_string()))?
-            .map(std::sync::Arc::new),
         None => None,
     };
-    let egress = kiln_egress::Gateway::new(
-        kiln_egress::Config::new(kiln_crypto::tls::system_roots().unwrap_or_default()),
-        std::sync::Arc::new(kiln_egress::SystemResolver),
-        std::sync::Arc::new(kiln_egress::SystemDialer),
+    server::run(
+        data_dir,
+        server::Options {
+            listen: args.listen,
+            identity,
+            config: args.config,
+            public_url: args.public_url,
+            webtrigger_rate: args.webtrigger_rate,
+            metrics_listen: args.metrics_listen,
+            drain: std::time::Duration::from_secs(args.drain_seconds),
+            egress: server::EgressOptions {
+                insecure_loopback: args.egress.insecure_egress_loopback,
+                insecure_resolve: args.egress.insecure_egress_resolve,
+                extra_roots,
+            },
+            dev: None,
+            bound: None,
+        },
     )
-    .map_err(|e| fail(format!("the egress gateway: {e}")))?;
-    let host = kiln_host::Host::new(
-        tokio::runtime::Handle::current(),
-        store.clone(),
-        trail.auditor().clone(),
-        std::sync::Arc::new(egress),
-        product,
-        Some(kvs.clone()),
-    )
-    .with_public_url(public_url);
-    let runner = std::sync::Arc::new(kiln_server::runner::Runner::new(
-        store.clone(),
-        kvs,
-        std::sync::Arc::new(sandbox),
-        std::sync::Arc::new(host),
-        trail.auditor().clone(),
-        std::sync::Arc::new(kiln_server::metrics::Metrics::new()),
-    ));
-    Ok(std::sync::Arc::new(kiln_server::webtrigger::Webtriggers::new(runner).with_rate_limit(per_minute)))
+    .await
 }
 
 /// The alert settings from `--config`, or the defaults.
@@ -1562,7 +1430,7 @@ async fn devsite(data_dir: &Path, args: DevsiteArgs) -> Result<(), Failure> {
 
 /// A self-signed certificate for localhost, made once and kept in the data
 /// directory (the key 0600), for development.
-fn self_signed_identity(data_dir: &Path) -> Result<kiln_crypto::tls::Identity, Failure> {
+pub(crate) fn self_signed_identity(data_dir: &Path) -> Result<kiln_crypto::tls::Identity, Failure> {
     let dir = data_dir.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let fail = |e: std::io::Error| Failure { code: 1, message: format!("{}: {e}", dir.display()) };
