@@ -85,3 +85,42 @@ pub async fn token(
     kvs.set_token(&owner, &token_name(module), &token, None).await?;
     Ok(token)
 }
+
+fn signing_name(module: &str) -> String {
+    format!("webtrigger-signing:{module}")
+}
+
+/// The key callers of a `hmacSharedSecret` web trigger sign requests with
+/// (hex, 32 random bytes), made the first time it is asked for and sealed
+/// in the installation's token namespace beside the URL's secret. Kept
+/// apart from the URL so that a URL seen in a log or a browser history
+/// does not let anyone sign. If two callers make it at the same moment the
+/// later write wins; both are answered with what was stored last.
+pub async fn signing_secret(
+    store: &Store,
+    kvs: &Kvs,
+    installation: &InstallationRecord,
+    module: &str,
+) -> Result<String, WebtriggerError> {
+    // The module must exist, and its URL too: a signing key alone opens nothing.
+    token(store, kvs, installation, module).await?;
+    let owner = owner(installation);
+    if let Some(secret) = kvs.get_token(&owner, &signing_name(module)).await? {
+        return Ok(secret);
+    }
+    let mut secret = [0u8; 32];
+    kiln_crypto::fill_random(&mut secret).map_err(|e| WebtriggerError::Crypto(e.to_string()))?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    kvs.set_token(&owner, &signing_name(module), &hex, None).await?;
+    kvs.get_token(&owner, &signing_name(module)).await?.ok_or(WebtriggerError::SecretMissing(module.into()))
+}
+
+/// The signing key of the installation's web trigger `module`, if one was
+/// made; the server never makes one on a request's behalf.
+pub async fn existing_signing_secret(
+    kvs: &Kvs,
+    installation: &InstallationRecord,
+    module: &str,
+) -> Result<Option<String>, WebtriggerError> {
+    Ok(kvs.get_token(&owner(installation), &signing_name(module)).await?)
+}

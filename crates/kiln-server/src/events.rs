@@ -522,7 +522,7 @@ fn verify(source: &EventSource, headers: &HeaderMap, body: &[u8], now: Millis) -
     Ok(Verified { digest: Sha256::of(&signed) })
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() != 64 {
         return None;
     }

@@ -174,6 +174,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_server_and_the_dev_site_listen_on_loopback_only() {
+        assert!(check_loopback("server", "127.0.0.1:8443".parse().unwrap()).is_ok());
+        assert!(check_loopback("dev site", "[::1]:8444".parse().unwrap()).is_ok());
+        let refused = check_loopback("dev site", "0.0.0.0:8444".parse().unwrap()).unwrap_err();
+        assert_eq!(refused.code, 2);
+        assert!(refused.message.contains("loopback only"), "{}", refused.message);
+    }
+
+    #[test]
     fn a_changed_added_or_removed_file_is_a_change_and_node_modules_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -376,7 +385,8 @@ async fn describe(
     let mut s = String::new();
     let _ = writeln!(s, "\nKiln dev is running (Ctrl-C stops it). Data: {}", data_dir.display());
     let _ = writeln!(s, "  server:        https://{bound}  (admin API, health: /healthz)");
-    let _ = writeln!(s, "  dev site:      {} for {site_url}  (cloud id {})", site.base_url(), site.cloud_id());
+    let _ =
+        writeln!(s, "  dev site:      {} for {site_url}  (cloud id {})", site.base_url(), site.cloud_id());
     let _ = writeln!(s, "  Jira REST:     {}/ex/jira/{}/rest/api/3/...", site.base_url(), site.cloud_id());
     let _ = writeln!(s, "  installation:  {} ({env}, {})", installation.public_id, installation.version);
     for w in &manifest.modules.webtriggers {

@@ -110,6 +110,9 @@ struct WebtriggerArgs {
     /// Where `kiln serve` is reached
     #[arg(long, value_name = "URL", default_value = "https://localhost:8443")]
     base_url: String,
+    /// Also print the key callers sign requests with (for a module with `authentication: hmacSharedSecret`; made on first ask)
+    #[arg(long)]
+    signing_secret: bool,
 }
 
 #[derive(Debug, Args)]
@@ -1031,6 +1034,12 @@ async fn webtrigger_url(data_dir: &Path, args: WebtriggerArgs) -> Result<(), Fai
         .await
         .map_err(|e| Failure { code: 1, message: e.to_string() })?;
     println!("{}/x1/{token}", args.base_url.trim_end_matches('/'));
+    if args.signing_secret {
+        let secret = kiln_server::webtrigger::signing_secret(&store, &kvs, installation, &args.module)
+            .await
+            .map_err(|e| Failure { code: 1, message: e.to_string() })?;
+        println!("signing key: {secret}");
+    }
     Ok(())
 }
 

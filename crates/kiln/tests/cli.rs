@@ -1397,3 +1397,75 @@ fn the_dev_site_runs_on_loopback_only_and_hands_out_tokens_there() {
     assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
     assert!(reply.json()["access_token"].is_string());
 }
+
+#[test]
+fn a_web_trigger_asking_for_signed_requests_runs_only_for_requests_signed_with_its_key() {
+    let kiln = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("manifest.yml"),
+        "app:\n  id: ari:cloud:ecosystem::app/7d1c2b3a-0000-4000-8000-0000000000e7\n  runtime:\n    name: nodejs22.x\nmodules:\n  webtrigger:\n    - key: signed\n      function: hook-fn\n      request:\n        authentication: hmacSharedSecret\n  function:\n    - key: hook-fn\n      handler: index.hook\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("src/index.js"),
+        "export function hook(req) { return { statusCode: 200, body: `ran for ${req.method} ${req.body}` }; }\n",
+    )
+    .unwrap();
+    let app = p.to_str().unwrap();
+    kiln.ok(&["deploy", app]);
+    kiln.ok(&["install", "--site", "https://a.atlassian.net", "--product", "jira", "--app", app]);
+    let (base, _server) = serve(&kiln);
+    let url = |extra: &[&str]| {
+        let mut args = vec!["webtrigger", "signed", "--site", "https://a.atlassian.net", "--app", app];
+        args.extend_from_slice(&["--base-url", &base]);
+        args.extend_from_slice(extra);
+        kiln.ok(&args)
+    };
+    let path = url(&[]).trim().strip_prefix(&base).unwrap().to_owned();
+    let ca = std::fs::read_to_string(kiln.data_dir().join("tls/cert.pem")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = kiln_http::HttpsClient::new(
+        base.strip_prefix("https://").unwrap(),
+        "127.0.0.1",
+        kiln_crypto::tls::client_config(&ca).unwrap(),
+    );
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        rt.block_on(client.send(kiln_http::Method::POST, &path, headers, Some(body))).unwrap()
+    };
+    // No key made yet: refused, and told how to make one.
+    let before = post(&[], b"hi");
+    assert_eq!(before.status.as_u16(), 401, "{}", before.text());
+    assert!(before.text().contains("--signing-secret"), "{}", before.text());
+
+    let shown = url(&["--signing-secret"]);
+    let key = shown.lines().find_map(|l| l.strip_prefix("signing key: ")).unwrap().to_owned();
+    assert_eq!(key.len(), 64);
+    assert!(url(&["--signing-secret"]).contains(&key), "the key is made once and shown again");
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let signature = |ts: &str, key: &str, body: &[u8]| {
+        let mut m = format!("{ts}.POST.{path}.").into_bytes();
+        m.extend_from_slice(body);
+        let tag: String =
+            kiln_crypto::hmac_sha256(key.as_bytes(), &m).iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256={tag}")
+    };
+    let sig = signature(&now, &key, b"hi");
+    let headers =
+        [("x-kiln-webtrigger-timestamp", now.as_str()), ("x-kiln-webtrigger-signature", sig.as_str())];
+    let ok = post(&headers, b"hi");
+    assert_eq!(ok.status.as_u16(), 200, "{}", ok.text());
+    assert_eq!(ok.text(), "ran for POST hi");
+    let replayed = post(&headers, b"hi");
+    assert_eq!(replayed.status.as_u16(), 401, "a replay is refused: {}", replayed.text());
+    let swapped = post(&headers, b"bye");
+    assert_eq!(swapped.status.as_u16(), 401, "another body under the signature: {}", swapped.text());
+    let wrong_key = signature(&now, "not-the-key", b"x");
+    let forged =
+        post(&[("x-kiln-webtrigger-timestamp", &now), ("x-kiln-webtrigger-signature", &wrong_key)], b"x");
+    assert_eq!(forged.status.as_u16(), 401, "{}", forged.text());
+    assert_eq!(post(&[], b"hi").status.as_u16(), 401, "unsigned");
+}
