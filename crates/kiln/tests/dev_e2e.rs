@@ -18,7 +18,10 @@
 //! - **resolver call**: a context token from the dev site, a call to the
 //!   panel's `retriage` resolver, whose queue push labels nothing new;
 //! - **redeploy on change**: a code-only change under the app directory is
-//!   deployed as a minor version and rolled out by itself.
+//!   deployed as a minor version and rolled out by itself; a change that
+//!   does not build leaves the running version serving; a new scope makes
+//!   a major version, upgraded on the dev site with the new permission
+//!   shown.
 
 #![allow(
     clippy::unwrap_used,
@@ -388,6 +391,24 @@ fn kiln_dev_drives_the_example_app_through_every_module_type() {
     dev.out.wait_for("Deployed version 1.1.0", long);
     dev.out.wait_for("Rolled out to the dev site", long);
     assert_eq!(dev.counts()["triage-outage"], 1, "the new version serves the same storage");
+
+    // A change that does not build is reported; the running version stays.
+    std::fs::write(&webtrigger, format!("{code}\nexport const broken = ;\n")).unwrap();
+    dev.out.wait_for("Not deployed; the running version stays", long);
+    assert_eq!(dev.counts()["triage-outage"], 1, "1.1.0 still serves");
+    std::fs::write(&webtrigger, &code).unwrap();
+    dev.out.wait_for("Deployed version 1.2.0", long);
+
+    // A new scope makes a major version: upgraded on the dev site, with the
+    // new permission shown.
+    let manifest = dev.app.join("manifest.yml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("    - storage:app\n", "    - storage:app\n    - read:jira-user\n"))
+        .unwrap();
+    dev.out.wait_for("Deployed version 2.0.0", long);
+    dev.out.wait_for("Upgraded the dev site from 1.2.0 to 2.0.0", long);
+    assert!(dev.out.all().contains("read:jira-user"), "the new permission is shown:\n{}", dev.out.all());
+    assert_eq!(dev.counts()["triage-outage"], 1, "2.0.0 serves the same storage");
 
     // Ctrl-C: the server drains and kiln dev exits cleanly.
     let mut process = dev.process;
