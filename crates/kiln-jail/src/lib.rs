@@ -99,7 +99,38 @@ pub struct Spawned {
 }
 
 /// Start a jailed worker. See the crate documentation for the steps.
+///
+/// The worker is forked from one thread that lives as long as the
+/// process, whatever thread calls this: `PR_SET_PDEATHSIG` (step 6) fires
+/// when the *thread* that forked the child exits, not the process, and
+/// callers' threads come and go (a tokio blocking thread ends after ten
+/// idle seconds, and took its workers with it).
 pub fn spawn(spec: &WorkerSpec) -> Result<Spawned, JailError> {
+    type Reply = std::sync::mpsc::Sender<Result<Spawned, JailError>>;
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<(WorkerSpec, Reply)>>> =
+        std::sync::OnceLock::new();
+    let unavailable = || JailError::Spawn(io::Error::other("the worker-spawning thread is gone"));
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<(WorkerSpec, Reply)>();
+        // If the thread cannot start, every spawn says so (the receiver is gone).
+        let _ = std::thread::Builder::new().name("kiln-jail-spawner".into()).spawn(move || {
+            for (spec, reply) in rx {
+                let _ = reply.send(spawn_here(&spec));
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, answer) = std::sync::mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send((spec.clone(), reply))
+        .map_err(|_| unavailable())?;
+    answer.recv().map_err(|_| unavailable())?
+}
+
+/// [`spawn`], on the calling thread.
+fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
     // The worker starts in "/", so a relative path would no longer resolve.
     let executable = std::fs::canonicalize(&spec.executable).map_err(JailError::Spawn)?;
     let (server_end, worker_end) = UnixStream::pair().map_err(JailError::Channel)?;

@@ -184,3 +184,23 @@ fn a_template_that_gives_up_forking_cannot_fork_again() {
         }
     }
 }
+
+/// Regression: workers were killed when the thread that started them
+/// ended (PR_SET_PDEATHSIG is per thread), which a server's short-lived
+/// blocking threads do after ten idle seconds.
+#[test]
+fn a_worker_outlives_the_thread_that_asked_for_it() {
+    let spec = WorkerSpec {
+        executable: malicious(),
+        args: vec!["linger".into()],
+        limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
+        namespaces: NamespacePolicy::Require,
+        inherit_stderr: false,
+    };
+    let mut spawned = std::thread::spawn(move || spawn(&spec).unwrap()).join().unwrap();
+    // The asking thread has ended; give a death signal time to arrive.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(spawned.child.try_wait().unwrap().is_none(), "the worker died with the thread that started it");
+    spawned.child.kill().unwrap();
+    spawned.child.wait().unwrap();
+}

@@ -20,6 +20,12 @@ fn main() -> ExitCode {
     if action == "no-userns-probe" {
         return no_userns_probe();
     }
+    if action == "linger" {
+        // Stay alive (unjailed, doing nothing) until killed: for tests of
+        // how long a worker lives.
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        return ExitCode::SUCCESS;
+    }
     if action == "template" {
         return template(&std::env::args().nth(2).unwrap_or_default());
     }
