@@ -91,6 +91,10 @@ impl FileKeyProvider {
     /// exist. Returns the provider and whether the file was created.
     pub fn open_or_create(path: &Path) -> Result<(FileKeyProvider, bool), CryptoError> {
         let io = |e: std::io::Error| CryptoError::Provider(format!("{}: {e}", path.display()));
+        // Several processes (nodes starting together on a new data
+        // directory) must agree on one key: the check and the write happen
+        // under an exclusive lock on a file beside the key file.
+        let _lock = lock_beside(path).map_err(io)?;
         let created = match std::fs::metadata(path) {
             Ok(_) => false,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -128,7 +132,11 @@ impl FileKeyProvider {
     /// Add a new KEK and make it current. Old keys stay, so existing wraps
     /// open until they are rewrapped. Returns the new key's id.
     pub fn rotate(&mut self) -> Result<String, CryptoError> {
-        let io = |e: std::io::Error| CryptoError::Provider(format!("{}: {e}", self.path.display()));
+        let path = self.path.clone();
+        let io = |e: std::io::Error| CryptoError::Provider(format!("{}: {e}", path.display()));
+        let _lock = lock_beside(&path).map_err(io)?;
+        // What another process wrote since this one opened the file counts.
+        *self = FileKeyProvider::open(&self.path)?;
         let text = Zeroizing::new(std::fs::read_to_string(&self.path).map_err(io)?);
         let next =
             (1..).map(|n| format!("k{n}")).find(|id| !self.ring.keys.contains_key(id)).unwrap_or_default();
@@ -167,6 +175,11 @@ impl FileKeyProvider {
             return Ok((key, false));
         }
         let io = |e: std::io::Error| CryptoError::Provider(format!("{}: {e}", self.path.display()));
+        let _lock = lock_beside(&self.path).map_err(io)?;
+        // Another process may have added it while this one waited.
+        if let Some(key) = self.existing_audit_key()? {
+            return Ok((key, false));
+        }
         let text = Zeroizing::new(std::fs::read_to_string(&self.path).map_err(io)?);
         let secret = crate::audit::AuditKey::new_secret()?;
         let body = Zeroizing::new(format!("{}\naudit a1 {}\n", text.trim_end(), secret.as_str()));
@@ -210,8 +223,24 @@ fn parse_file(text: &str) -> Result<Keyring, String> {
 }
 
 /// Write `text` to `path` readable by the owner only, atomically.
+/// An exclusive lock on `<path>.lock` (made 0600 if missing), held until
+/// the returned file is dropped: serialises every change to the key file
+/// across processes.
+fn lock_beside(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path.with_extension("lock"))?;
+    file.lock()?;
+    Ok(file)
+}
+
 fn write_private(path: &Path, text: &str, create_new: bool) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A name of this process's own: another process writing meanwhile
+    // (it should hold the lock, but a stale lock-less writer must not
+    // clobber this one's half-written file) uses another.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -389,5 +418,42 @@ mod tests {
         let (_, dek) = DataKey::generate(1).unwrap();
         let wrapped = a.wrap("o", 1, &dek).unwrap();
         assert_eq!(b.unwrap("o", 1, &wrapped).unwrap_err(), CryptoError::UnknownKek("ka".into()));
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+
+    #[test]
+    fn processes_creating_the_key_file_at_once_agree_on_one_key() {
+        // Threads stand in for processes: the lock is a file lock, which
+        // also excludes other open file descriptions in this process.
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kiln.keys");
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || {
+                        let (p, _) = FileKeyProvider::open_or_create(&path).unwrap();
+                        p.audit_key().unwrap();
+                        p
+                    })
+                })
+                .collect();
+            let providers: Vec<FileKeyProvider> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let last = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(last.matches("\nkey ").count(), 1, "round {round}: one KEK in the file:\n{last}");
+            assert_eq!(last.matches("\naudit ").count(), 1, "round {round}: one audit key:\n{last}");
+            // What each process wraps, the file's key opens: they hold the same KEK.
+            let now = FileKeyProvider::open(&path).unwrap();
+            let key: KeyBytes = Zeroizing::new([7u8; 32]);
+            for p in &providers {
+                assert_eq!(p.current_kek(), "k1", "round {round}");
+                let wrapped = p.wrap("o", 1, &key).unwrap();
+                assert_eq!(*now.unwrap("o", 1, &wrapped).unwrap(), *key, "round {round}");
+            }
+        }
     }
 }
