@@ -10,9 +10,20 @@
 //!
 //! Contract (arguments → reply), always for the invocation's installation
 //! (never one the worker names):
-//! - `queue.push {queue, events: [{body: object, delayInSeconds?: 0..=900,
-//!   concurrency?: {key, limit}}]}` → `{jobId}`. The queue must be one a
-//!   consumer module of the installed version listens on.
+//! - `queue.push {queue, events: [...], delayInSeconds?}`. The queue must be
+//!   one a consumer module of the installed version listens on, and that
+//!   module's form says which `@forge/events` push API the app uses
+//!   (`@forge/events` in the worker serves both and cannot tell):
+//!   - a `function` consumer is the 2.x+ form: each event is `{body:
+//!     object, delayInSeconds?: 0..=900, concurrency?: {key, limit}}` (other
+//!     keys are ignored, and so is a top-level `delayInSeconds`: 2.x+ has no
+//!     push settings) → `{jobId}`;
+//!   - a `resolver` consumer is the 0.x/1.x form (Forge's upgrade guide to
+//!     2.0: "Forge resolvers are no longer used", the consumer requires a
+//!     function): each event is a payload, any JSON value, stored as the
+//!     body the resolver gets as its `payload`; the top-level
+//!     `delayInSeconds` (1.x's push settings, 0..=900) delays them all →
+//!     `{jobId, form: "1.x"}`.
 //! - `queue.job.stats {queue, jobId}` → `{success, inProgress, failed}`
 //! - `queue.job.cancel {queue, jobId}` → `null` (events not yet started are
 //!   cancelled; running ones finish)
@@ -36,6 +47,7 @@
 
 use kiln_ipc::HostReply;
 use kiln_kvs::Kvs;
+use kiln_manifest::ConsumerTarget;
 use kiln_store::{InstallationRecord, JobKind, JobRow, Millis, NewJob, Store, StoreError};
 use serde_json::{Value, json};
 
@@ -320,7 +332,9 @@ async fn push(
         .and_then(|f| manifest.function(f.as_str()))
         .and_then(|f| f.timeout_seconds)
         .is_some_and(|t| t > LONG_RUNNING_AFTER_SECONDS);
-    let parsed = match parse_push(args, long_running) {
+    let legacy = matches!(consumer.target, ConsumerTarget::Resolver { .. });
+    let parsed = if legacy { parse_legacy_push(args, long_running) } else { parse_push(args, long_running) };
+    let parsed = match parsed {
         Ok(p) => p,
         Err(reply) => return reply,
     };
@@ -348,15 +362,16 @@ async fn push(
     )
     .await
     {
+        Ok(_) if legacy => HostReply::Ok { value: json!({ "jobId": job_id, "form": "1.x" }) },
         Ok(_) => HostReply::Ok { value: json!({ "jobId": job_id }) },
         Err(JobsError::RateLimited) => refuse("RateLimitError", "Too many requests."),
         Err(e) => refuse("InternalServerError", e.to_string()),
     }
 }
 
-/// Check a push as `@forge/events` does, and again here: the worker may
-/// send anything.
-fn parse_push(args: &Value, long_running: bool) -> Result<Vec<PushedEvent>, HostReply> {
+/// The pushed list, with the checks both push APIs make alike: at least
+/// one event and at most [`MAX_EVENTS_PER_PUSH`].
+fn pushed_list(args: &Value) -> Result<&Vec<Value>, HostReply> {
     let events = match args.get("events") {
         Some(Value::Array(events)) => events,
         _ => return Err(err(BAD_CALL, "'events' must be a list")),
@@ -370,6 +385,71 @@ fn parse_push(args: &Value, long_running: bool) -> Result<Vec<PushedEvent>, Host
             format!("This push contains more than the {MAX_EVENTS_PER_PUSH} events allowed."),
         ));
     }
+    Ok(events)
+}
+
+/// A push of more than [`MAX_PUSH_BYTES`] of JSON is refused.
+fn check_push_size(events: &[Value]) -> Result<(), HostReply> {
+    let size = serde_json::to_vec(events).map_or(usize::MAX, |b| b.len());
+    if size > MAX_PUSH_BYTES {
+        return Err(refuse(
+            "PayloadTooBigError",
+            format!("The maximum payload size is {}KB.", MAX_PUSH_BYTES / 1024),
+        ));
+    }
+    Ok(())
+}
+
+/// An event of more than [`MAX_LONG_RUNNING_EVENT_BYTES`] of JSON (`size`)
+/// is refused for a consumer that runs longer than
+/// [`LONG_RUNNING_AFTER_SECONDS`].
+fn check_long_running_event(size: usize) -> Result<(), HostReply> {
+    if size > MAX_LONG_RUNNING_EVENT_BYTES {
+        return Err(refuse(
+            "PayloadTooBigError",
+            format!(
+                "The maximum size of one event is {}KB for a consumer whose function runs longer than \
+                 {LONG_RUNNING_AFTER_SECONDS} seconds.",
+                MAX_LONG_RUNNING_EVENT_BYTES / 1024
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `delayInSeconds`, absent or a number from 0 to 900.
+fn delay(value: Option<&Value>) -> Result<f64, HostReply> {
+    match value {
+        None | Some(Value::Null) => Ok(0.0),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(d) if (0.0..=MAX_DELAY_SECONDS).contains(&d) => Ok(d),
+            _ => Err(bad_delay()),
+        },
+        Some(_) => Err(bad_delay()),
+    }
+}
+
+/// Check a 0.x/1.x push (`push(payload | payload[], settings?)`) as that
+/// `@forge/events` does: any JSON payloads, at most 200 KB together, and
+/// the settings' delay for all of them.
+fn parse_legacy_push(args: &Value, long_running: bool) -> Result<Vec<PushedEvent>, HostReply> {
+    let payloads = pushed_list(args)?;
+    check_push_size(payloads)?;
+    let delay_seconds = delay(args.get("delayInSeconds"))?;
+    let mut out = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        if long_running {
+            check_long_running_event(serde_json::to_vec(payload).map_or(usize::MAX, |b| b.len()))?;
+        }
+        out.push(PushedEvent { body: payload.clone(), delay_seconds, concurrency: None });
+    }
+    Ok(out)
+}
+
+/// Check a 2.x+ push as `@forge/events` does, and again here: the worker
+/// may send anything.
+fn parse_push(args: &Value, long_running: bool) -> Result<Vec<PushedEvent>, HostReply> {
+    let events = pushed_list(args)?;
     let mut out = Vec::with_capacity(events.len());
     for event in events {
         let Value::Object(event) = event else {
@@ -379,40 +459,17 @@ fn parse_push(args: &Value, long_running: bool) -> Result<Vec<PushedEvent>, Host
             Some(body @ Value::Object(_)) => body.clone(),
             _ => return Err(refuse("InvalidPayloadError", "Event body must be an object.")),
         };
-        let delay = match event.get("delayInSeconds") {
-            None | Some(Value::Null) => 0.0,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(d) if (0.0..=MAX_DELAY_SECONDS).contains(&d) => d,
-                _ => return Err(bad_delay()),
-            },
-            Some(_) => return Err(bad_delay()),
-        };
+        let delay_seconds = delay(event.get("delayInSeconds"))?;
         let concurrency = match event.get("concurrency") {
             None | Some(Value::Null) => None,
             Some(c) => Some(concurrency(c)?),
         };
         if long_running {
-            let size = serde_json::to_vec(event).map_or(usize::MAX, |b| b.len());
-            if size > MAX_LONG_RUNNING_EVENT_BYTES {
-                return Err(refuse(
-                    "PayloadTooBigError",
-                    format!(
-                        "The maximum size of one event is {}KB for a consumer whose function runs longer than \
-                         {LONG_RUNNING_AFTER_SECONDS} seconds.",
-                        MAX_LONG_RUNNING_EVENT_BYTES / 1024
-                    ),
-                ));
-            }
+            check_long_running_event(serde_json::to_vec(event).map_or(usize::MAX, |b| b.len()))?;
         }
-        out.push(PushedEvent { body, delay_seconds: delay, concurrency });
+        out.push(PushedEvent { body, delay_seconds, concurrency });
     }
-    let size = serde_json::to_vec(events).map_or(usize::MAX, |b| b.len());
-    if size > MAX_PUSH_BYTES {
-        return Err(refuse(
-            "PayloadTooBigError",
-            format!("The maximum payload size is {}KB.", MAX_PUSH_BYTES / 1024),
-        ));
-    }
+    check_push_size(events)?;
     Ok(out)
 }
 

@@ -3,9 +3,10 @@
 //! every limit `@forge/events` checks is checked again here): pushes become
 //! sealed job rows of the invocation's installation, Forge's limits and
 //! error classes, the queue must have a consumer, the per-minute limit,
-//! stats and cancel, and one installation never reaching another's jobs.
-//! One test runs app code in a jailed worker, so `@forge/events` and the
-//! host are checked together.
+//! stats and cancel, one installation never reaching another's jobs, and
+//! the 0.x/1.x push API for queues whose consumer is a `resolver`. Two tests
+//! run app code in a jailed worker, so `@forge/events` and the host are
+//! checked together.
 
 #![allow(
     clippy::unwrap_used,
@@ -471,5 +472,160 @@ fn an_app_in_the_sandbox_pushes_reads_stats_and_cancels() {
             rt.block_on(async { t.store.begin_read().await.unwrap().jobs_of(a.id, job_id).await.unwrap() });
         assert_eq!(rows.len(), 2, "{}", t.name);
         assert!(rows.iter().all(|r| r.state == JobState::Cancelled && r.body.is_empty()));
+    }
+}
+
+/// An app of the @forge/events 0.x/1.x days: its consumer is a `resolver`
+/// (the form 2.x replaced with a function), and it pushes payloads.
+const LEGACY_MANIFEST: &str = "app:
+  id: ari:cloud:ecosystem::app/2d9e8f7a-6b5c-4d3e-8f1a-0b9c8d7e6f5a
+  runtime:
+    name: nodejs22.x
+modules:
+  webtrigger:
+    - key: hook
+      function: main
+  consumer:
+    - key: alerts-consumer
+      queue: alerts-queue
+      resolver:
+        function: queue-fn
+        method: event-listener
+    - key: work
+      queue: work-queue
+      function: main
+  function:
+    - key: main
+      handler: index.main
+    - key: queue-fn
+      handler: index.handler
+permissions:
+  scopes: []
+";
+
+/// A queue whose consumer is a `resolver` takes 1.x pushes: each payload
+/// (any JSON value, a `{body}` object kept whole) is stored as the body the
+/// resolver gets as `payload`, 1.x's settings delay them all, and the reply
+/// says `form: "1.x"`. A `function` consumer's queue of the same app keeps
+/// the 2.x+ rules and ignores a settings delay. Both keep Forge's limits.
+/// (Wizard2, test-storage-failure-repro and the todo-with-analytics sample
+/// push `{pageData, cloudId}`, `{key: 1}` and `[{type: 'identify', ...}]`
+/// this way, and failed with InvalidPayloadError before.)
+#[test]
+fn a_resolver_consumers_queue_takes_version_1_payloads() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for t in rt.block_on(kiln_store::testing::each_backend()).unwrap() {
+        let (a, _) = rt.block_on(installations_of(&t.store, LEGACY_MANIFEST));
+        let kvs = kvs(&t.store);
+        let host = Host::new(
+            rt.handle().clone(),
+            t.store.clone(),
+            kiln_audit::testing::AUDITOR.clone(),
+            egress(),
+            None,
+            Some(kvs.clone()),
+        );
+        let g = grants(Some(&a));
+        let push = |queue: &str, args: Value| {
+            let mut args = args;
+            args["queue"] = json!(queue);
+            call(&host, &g, "queue.push", args)
+        };
+        let payloads = json!([{"pageData": "p", "cloudId": "c"}, "text", 7, {"body": {"kept": "whole"}}]);
+        let before = kiln_store::now_millis();
+        let pushed = push("alerts-queue", json!({"events": payloads, "delayInSeconds": 60})).unwrap();
+        assert_eq!(pushed["form"], "1.x", "{}: {pushed}", t.name);
+        let job_id = pushed["jobId"].as_str().unwrap().to_owned();
+        let rows =
+            rt.block_on(async { t.store.begin_read().await.unwrap().jobs_of(a.id, &job_id).await.unwrap() });
+        assert_eq!(rows.len(), 4, "{}", t.name);
+        let mut bodies = Vec::new();
+        for row in &rows {
+            assert_eq!((row.kind, row.target.as_str()), (JobKind::Consumer, "alerts-queue"));
+            assert!(row.run_at >= before + 60_000, "{}: the settings' delay", t.name);
+            bodies.push(rt.block_on(queue::open_body(&kvs, &a, row)).unwrap());
+        }
+        bodies.sort_by_key(Value::to_string);
+        let mut expected = payloads.as_array().unwrap().clone();
+        expected.sort_by_key(Value::to_string);
+        assert_eq!(bodies, expected, "{}: each payload as it was pushed", t.name);
+        let stats = call(&host, &g, "queue.job.stats", json!({"queue": "alerts-queue", "jobId": job_id}));
+        assert_eq!(stats.unwrap(), json!({"success": 0, "inProgress": 4, "failed": 0}));
+
+        // 1.x's own refusals.
+        let many: Vec<Value> = (0..=MAX_EVENTS_PER_PUSH).map(|i| json!(i)).collect();
+        assert_eq!(code_of(push("alerts-queue", json!({"events": many}))), "TooManyEventsError");
+        assert_eq!(code_of(push("alerts-queue", json!({"events": []}))), "NoEventsToPushError");
+        let big = "x".repeat(queue::MAX_PUSH_BYTES);
+        assert_eq!(code_of(push("alerts-queue", json!({"events": [big]}))), "PayloadTooBigError");
+        for delay in [json!(901), json!(-1), json!("5")] {
+            let refused = push("alerts-queue", json!({"events": [{"a": 1}], "delayInSeconds": delay}));
+            assert_eq!(code_of(refused), "InvalidPushSettingsError", "{}", t.name);
+        }
+
+        // The function consumer's queue: 2.x+ events only; a settings delay
+        // is not a 2.x+ argument and changes nothing.
+        assert_eq!(
+            code_of(push("work-queue", json!({"events": [{"pageData": "p"}]}))),
+            "InvalidPayloadError",
+            "{}",
+            t.name
+        );
+        let v2 =
+            push("work-queue", json!({"events": [{"body": {"n": 1}}], "delayInSeconds": "ignored"})).unwrap();
+        assert!(v2.get("form").is_none(), "{}: {v2}", t.name);
+        let rows = rt.block_on(async {
+            t.store.begin_read().await.unwrap().jobs_of(a.id, v2["jobId"].as_str().unwrap()).await.unwrap()
+        });
+        assert_eq!(rt.block_on(queue::open_body(&kvs, &a, &rows[0])).unwrap(), json!({"n": 1}));
+    }
+}
+
+const LEGACY_APP: &str = r"
+import { Queue } from '@forge/events';
+export async function main() {
+  const queue = new Queue({ key: 'alerts-queue' });
+  const id = await queue.push({ pageData: 'transcript', cloudId: 'site' });
+  const response = await queue.getJob(id).getStats();
+  return { id, stats: await response.json() };
+}
+export const handler = async () => ({});
+";
+
+/// A 1.x app in a jailed worker pushes a payload to its resolver
+/// consumer's queue through the real host, gets the 1.x job id back, and
+/// reads the job's stats the 1.x way.
+#[test]
+fn a_version_1_app_in_the_sandbox_pushes_payloads_to_its_resolver_consumer() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let sandbox = common::sandbox();
+    let (_dir, _manifest, built) = common::app(LEGACY_MANIFEST, LEGACY_APP);
+    for t in rt.block_on(kiln_store::testing::each_backend()).unwrap() {
+        let (a, _) = rt.block_on(installations_of(&t.store, LEGACY_MANIFEST));
+        let kvs = common::kvs(&t.store, Arc::new(kiln_store::now_millis));
+        let host = Host::new(
+            rt.handle().clone(),
+            t.store.clone(),
+            kiln_audit::testing::AUDITOR.clone(),
+            egress(),
+            None,
+            Some(kvs.clone()),
+        );
+        let g = grants(Some(&a));
+        let mut handler = host.invocation(&g).unwrap();
+        let request = common::web_trigger(json!({}));
+        let result = sandbox.invoke(APP, &built.hash, &built.bundle, &request, &mut handler).unwrap();
+        let v: Value = match result.outcome {
+            kiln_ipc::Outcome::Ok { result } => serde_json::from_str(&result).unwrap(),
+            kiln_ipc::Outcome::Err(e) => panic!("{}: {e:?}", t.name),
+        };
+        let id = v["id"].as_str().unwrap();
+        let job_id = id.strip_prefix("alerts-queue#").unwrap_or_else(|| panic!("{}: {v}", t.name));
+        assert_eq!(v["stats"], json!({"success": 0, "inProgress": 1, "failed": 0}), "{}: {v}", t.name);
+        let rows =
+            rt.block_on(async { t.store.begin_read().await.unwrap().jobs_of(a.id, job_id).await.unwrap() });
+        assert_eq!(rows.len(), 1, "{}", t.name);
+        let body = rt.block_on(queue::open_body(&kvs, &a, &rows[0])).unwrap();
+        assert_eq!(body, json!({"pageData": "transcript", "cloudId": "site"}));
     }
 }

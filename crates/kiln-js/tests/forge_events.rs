@@ -1,7 +1,9 @@
 //! `@forge/events` queues against a fake host that records every host call:
-//! the exact `queue.*` arguments each form sends, Forge's client-side limits
-//! and error classes (refused before anything is sent), and each refusal
-//! the server answers with arriving as the class Forge throws.
+//! the exact `queue.*` arguments each form sends, the limits every version
+//! of `@forge/events` checks alike (refused before anything is sent), what
+//! the server decides by the queue's consumer form (2.x+ events or 0.x/1.x
+//! payloads), and each refusal the server answers with arriving as the
+//! class Forge throws.
 
 #![allow(
     clippy::unwrap_used,
@@ -57,7 +59,7 @@ export const run = async () => {{
     {{ body: {{ when: new Date(0), skip: undefined, f() {{}} }}, delayInSeconds: 30 }},
     {{ body: {{}}, delayInSeconds: 0, concurrency: {{ key: 'sync', limit: 2 }} }},
   ]));
-  results.push(await queue.push({{ body: {{ last: true }}, delayInSeconds: 900, extra: 'dropped' }}));
+  results.push(await queue.push({{ body: {{ last: true }}, delayInSeconds: 900, extra: 'sent as it is' }}));
   const job = queue.getJob('job-7');
   results.push(await job.getStats());
   results.push(await outcome(job.cancel()));
@@ -81,7 +83,9 @@ export const run = async () => {{
         ),
         (
             "queue.push",
-            json!({"queue": "work-queue", "events": [{"body": {"last": true}, "delayInSeconds": 900}]}),
+            json!({"queue": "work-queue", "events": [
+                {"body": {"last": true}, "delayInSeconds": 900, "extra": "sent as it is"},
+            ]}),
         ),
         ("queue.job.stats", json!({"queue": "work-queue", "jobId": "job-7"})),
         ("queue.job.cancel", json!({"queue": "work-queue", "jobId": "job-7"})),
@@ -92,15 +96,85 @@ export const run = async () => {{
     assert_eq!(got, expected);
 }
 
-/// Forge's limits, checked before anything is sent: at most 50 events, at
-/// least one, an object event with an object body (1.x's `push(payload,
-/// { delayInSeconds })` is refused, as @forge/events 3 refuses it), a delay
-/// of 0 to 900 seconds, and at most 200 KB of JSON (UTF-8 bytes) per push.
+/// Apps that install @forge/events 0.x or 1.x push payloads, not `{ body }`
+/// events: `push(payload | payload[], { delayInSeconds }?)`, answered with
+/// `'<queue>#<jobId>'`, whose `getJob(...).getStats()` and `.cancel()`
+/// answer a response read with `.json()`. The payloads and the settings'
+/// delay are sent as they are; the server, which knows the queue's consumer
+/// is a `resolver` (the 1.x form), says so with `form: "1.x"`. (Wizard2 and
+/// the todo-with-analytics sample failed on `push({ pageData, cloudId })`
+/// with InvalidPayloadError before.)
+#[test]
+fn a_version_1_push_sends_its_payloads_and_answers_a_1x_job_id() {
+    let code = format!(
+        r"import {{ Queue }} from '@forge/events';
+{OUTCOME}
+export const run = async () => {{
+  const queue = new Queue({{ key: 'alerts-queue' }});
+  const one = await queue.push({{ pageData: 'p', cloudId: 'c' }});
+  const many = await queue.push([{{ type: 'identify' }}, 'text', 7, {{ body: {{ kept: 'whole' }} }}], {{ delayInSeconds: 60 }});
+  const job = queue.getJob(one);
+  const stats = await job.getStats();
+  const cancelled = await job.cancel();
+  const viaQueue = await (await queue.getStats(many)).json();
+  return {{
+    one, many,
+    stats: [stats.ok, stats.status, await stats.json()],
+    cancelled: [cancelled.ok, cancelled.status],
+    viaQueue,
+    empty: await outcome(queue.getJob('alerts-queue#').getStats()),
+    badQueue: await outcome(queue.getJob('has space#job-1').getStats()),
+  }};
+}};"
+    );
+    let respond = |capability: &str, _args: &Value| -> HostReply {
+        let value = match capability {
+            "queue.push" => json!({"jobId": "3f1e0c52-5a7b-4f4e-9d2e-0a1b2c3d4e5f", "form": "1.x"}),
+            "queue.job.stats" => json!({"success": 1, "inProgress": 0, "failed": 0}),
+            _ => Value::Null,
+        };
+        HostReply::Ok { value }
+    };
+    let (v, calls) = run_ok(&code, Box::new(respond));
+    let id = "alerts-queue#3f1e0c52-5a7b-4f4e-9d2e-0a1b2c3d4e5f";
+    let stats = json!({"success": 1, "inProgress": 0, "failed": 0});
+    assert_eq!(
+        v,
+        json!({
+            "one": id, "many": id,
+            "stats": [true, 200, stats],
+            "cancelled": [true, 204],
+            "viaQueue": stats,
+            "empty": {"error": "JobDoesNotExistError", "message": "jobId cannot be empty.", "isError": true, "errorCode": null},
+            "badQueue": {"error": "InvalidQueueNameError", "isError": true, "errorCode": null,
+                "message": "Queue names can only contain alphanumeric characters, dashes and underscores."},
+        })
+    );
+    let job = json!({"queue": "alerts-queue", "jobId": "3f1e0c52-5a7b-4f4e-9d2e-0a1b2c3d4e5f"});
+    let got: Vec<(&str, Value)> = calls.iter().map(|(c, a)| (c.as_str(), a.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("queue.push", json!({"queue": "alerts-queue", "events": [{"pageData": "p", "cloudId": "c"}]})),
+            (
+                "queue.push",
+                json!({"queue": "alerts-queue", "delayInSeconds": 60,
+                       "events": [{"type": "identify"}, "text", 7, {"body": {"kept": "whole"}}]}),
+            ),
+            ("queue.job.stats", job.clone()),
+            ("queue.job.cancel", job.clone()),
+            ("queue.job.stats", job),
+        ]
+    );
+}
+
+/// The limits every version of @forge/events checks alike, before anything
+/// is sent: at least one event, at most 50, and at most 200 KB of JSON
+/// (UTF-8 bytes) per push.
 #[test]
 fn pushes_over_forges_limits_are_refused_with_forges_errors_before_any_host_call() {
     let code = format!(
-        r"import {{ Queue, TooManyEventsError, NoEventsToPushError, PayloadTooBigError,
-  InvalidPushSettingsError }} from '@forge/events';
+        r"import {{ Queue, TooManyEventsError, NoEventsToPushError, PayloadTooBigError }} from '@forge/events';
 {OUTCOME}
 export const run = async () => {{
   const queue = new Queue({{ key: 'work-queue' }});
@@ -111,21 +185,14 @@ export const run = async () => {{
   const refused = {{
     tooMany: await outcome(queue.push(many)),
     none: await outcome(queue.push([])),
-    notAnObject: await outcome(queue.push('hello world')),
-    version1Form: await outcome(queue.push({{ hello: 'world' }}, {{ delayInSeconds: 5 }})),
-    arrayBody: await outcome(queue.push({{ body: [1, 2] }})),
-    nullBody: await outcome(queue.push({{ body: null }})),
-    nullEvent: await outcome(queue.push([{{ body: {{}} }}, null])),
-    tooLate: await outcome(queue.push({{ body: {{}}, delayInSeconds: 901 }})),
-    negative: await outcome(queue.push({{ body: {{}}, delayInSeconds: -1 }})),
     tooBig: await outcome(queue.push(sized('x'.repeat(limit + 1)))),
     tooBigInUtf8: await outcome(queue.push(sized('\u00e9'.repeat(Math.floor(limit / 2) + 1)))),
+    tooBigVersion1: await outcome(queue.push('x'.repeat(300 * 1024), {{ delayInSeconds: 5 }})),
   }};
   const classes = {{
     tooMany: (await queue.push(many).catch((e) => e)) instanceof TooManyEventsError,
     none: (await queue.push([]).catch((e) => e)) instanceof NoEventsToPushError,
     tooBig: (await queue.push(sized('x'.repeat(limit + 1))).catch((e) => e)) instanceof PayloadTooBigError,
-    tooLate: (await queue.push({{ body: {{}}, delayInSeconds: 901 }}).catch((e) => e)) instanceof InvalidPushSettingsError,
   }};
   return {{ refused, classes }};
 }};"
@@ -133,23 +200,67 @@ export const run = async () => {{
     let (v, calls) = run_ok(&code, Box::new(server));
     assert!(calls.is_empty(), "nothing may be sent: {calls:?}");
     let refusal = |class: &str, message: &str| json!({"error": class, "message": message, "isError": true, "errorCode": null});
+    let too_big = refusal("PayloadTooBigError", "The maximum payload size is 200KB.");
     assert_eq!(
         v["refused"],
         json!({
             "tooMany": refusal("TooManyEventsError", "This push contains more than the 50 events allowed."),
             "none": refusal("NoEventsToPushError", "No events pushed."),
-            "notAnObject": refusal("InvalidPayloadError", "Event must be an object."),
-            "version1Form": refusal("InvalidPayloadError", "Event body must be an object."),
-            "arrayBody": refusal("InvalidPayloadError", "Event body must be an object."),
-            "nullBody": refusal("InvalidPayloadError", "Event body must be an object."),
-            "nullEvent": refusal("InvalidPayloadError", "Event must be an object."),
-            "tooLate": refusal("InvalidPushSettingsError", "The delayInSeconds setting must be between 0 and 900."),
-            "negative": refusal("InvalidPushSettingsError", "The delayInSeconds setting must be between 0 and 900."),
-            "tooBig": refusal("PayloadTooBigError", "The maximum payload size is 200KB."),
-            "tooBigInUtf8": refusal("PayloadTooBigError", "The maximum payload size is 200KB."),
+            "tooBig": too_big,
+            "tooBigInUtf8": too_big,
+            "tooBigVersion1": too_big,
         })
     );
-    assert_eq!(v["classes"], json!({"tooMany": true, "none": true, "tooBig": true, "tooLate": true}));
+    assert_eq!(v["classes"], json!({"tooMany": true, "none": true, "tooBig": true}));
+}
+
+/// What only one version refuses (2.x+ wants `{ body: object }` events and
+/// a delay of 0 to 900 s on each; 1.x takes any payload) is sent as it is:
+/// the server knows the queue's consumer form, and its refusal arrives as
+/// the class @forge/events 2.x+ throws for a `function` consumer's queue.
+#[test]
+fn what_one_version_refuses_is_decided_by_the_server_and_arrives_as_its_class() {
+    let code = format!(
+        r"import {{ Queue, InvalidPushSettingsError }} from '@forge/events';
+{OUTCOME}
+export const run = async () => {{
+  const queue = new Queue({{ key: 'work-queue' }});
+  return {{
+    notAnObject: await outcome(queue.push('hello world')),
+    version1Form: await outcome(queue.push({{ hello: 'world' }}, {{ delayInSeconds: 5 }})),
+    tooLate: await outcome(queue.push({{ body: {{}}, delayInSeconds: 901 }})),
+    tooLateClass: (await queue.push({{ body: {{}}, delayInSeconds: 901 }}).catch((e) => e)) instanceof InvalidPushSettingsError,
+  }};
+}};"
+    );
+    // A server whose queue has a `function` consumer (the 2.x+ form).
+    let respond = |_capability: &str, args: &Value| -> HostReply {
+        let event = &args["events"][0];
+        let (code, message) = if !event.is_object() {
+            ("InvalidPayloadError", "Event must be an object.")
+        } else if !event["body"].is_object() {
+            ("InvalidPayloadError", "Event body must be an object.")
+        } else {
+            ("InvalidPushSettingsError", "The delayInSeconds setting must be between 0 and 900.")
+        };
+        HostReply::Err { code: code.into(), message: message.into() }
+    };
+    let (v, calls) = run_ok(&code, Box::new(respond));
+    let refusal = |class: &str, message: &str| json!({"error": class, "message": message, "isError": true, "errorCode": null});
+    assert_eq!(
+        v,
+        json!({
+            "notAnObject": refusal("InvalidPayloadError", "Event must be an object."),
+            "version1Form": refusal("InvalidPayloadError", "Event body must be an object."),
+            "tooLate": refusal("InvalidPushSettingsError", "The delayInSeconds setting must be between 0 and 900."),
+            "tooLateClass": true,
+        })
+    );
+    assert_eq!(calls[0].1, json!({"queue": "work-queue", "events": ["hello world"]}));
+    assert_eq!(
+        calls[1].1,
+        json!({"queue": "work-queue", "events": [{"hello": "world"}], "delayInSeconds": 5})
+    );
 }
 
 /// The largest push Forge allows (50 events, exactly 200 KB) goes through.

@@ -1,21 +1,28 @@
-// @forge/events in Kiln: every name @forge/events 3 exports, with Forge's
+// @forge/events in Kiln: every name @forge/events exports, with Forge's
 // shapes, checks and errors, so that apps link, build their queues at the
 // top level, tell Forge's errors apart and answer an event with
 // `InvocationError` or `QueueResponse`.
 //
-// Supported, over the server's `queue.*` host calls: `Queue.push(event |
-// event[])` (an event is `{ body, delayInSeconds?, concurrency? }`; checked
-// here as @forge/events 3 checks it — at most 50 events, 200 KB together,
-// an object body, a delay of 0 to 900 s — and again by the server, which
-// also decides which installation the events belong to), `Queue.getJob`,
-// `Queue.getStats`, `Queue.cancel`, `JobProgress.getStats` and
-// `JobProgress.cancel`. The server's refusals arrive as the error class
+// Supported, over the server's `queue.*` host calls: `Queue.push`,
+// `Queue.getJob`, `Queue.getStats`, `Queue.cancel`, `JobProgress.getStats`
+// and `JobProgress.cancel`. The server's refusals arrive as the error class
 // Forge throws for them (its code names the class); anything else is an
 // `InternalServerError` carrying the code as `errorCode`.
 //
-// @forge/events 3 has no `push(payload, { delayInSeconds })` form (that
-// was 1.x): as in Forge, a payload that is not `{ body: {...} }` is
-// refused with InvalidPayloadError.
+// One module serves both push APIs Forge has had, because apps install
+// either and Kiln maps every version to this module. Which one a push
+// means is decided by the queue's consumer module, which only the server
+// knows: a `function` consumer is the @forge/events 2+ form, whose
+// `push(event | event[])` takes `{ body, delayInSeconds?, concurrency? }`
+// (an object body, a delay of 0 to 900 s) and answers `{ jobId }`; a
+// `resolver` consumer is the 0.x/1.x form (Forge's 2.0 upgrade guide: "Forge
+// resolvers are no longer used" by 2.x consumers), whose `push(payload |
+// payload[], { delayInSeconds }?)` takes any JSON payloads, hands each to the
+// resolver as its `payload`, and answers `'<queue>#<jobId>'`, the id 1.x's
+// `getJob` takes and whose `getStats()`/`cancel()` answer a response to
+// read with `.json()`. So the checks both forms make alike (at least one
+// event, at most 50, at most 200 KB of JSON) are made here before anything
+// is sent, and the rest by the server, which knows the form.
 //
 // Throwing NotSupportedError until Kiln's server has app events:
 // `appEvents.publish`.
@@ -115,13 +122,9 @@ export class InvocationError extends Response {
 const QUEUE_KEY = /^[a-zA-Z0-9-_]+$/;
 const MAXIMUM_EVENTS = 50;
 const MAXIMUM_PAYLOAD_SIZE_KB = 200;
-const MAXIMUM_DELAY_SECONDS = 900;
 
 const TEXT = {
   invalidQueueName: 'Queue names can only contain alphanumeric characters, dashes and underscores.',
-  invalidEvent: 'Event must be an object.',
-  invalidEventBody: 'Event body must be an object.',
-  invalidDelayInSecondsSetting: 'The delayInSeconds setting must be between 0 and 900.',
   maxEventsAllowed: (n) => `This push contains more than the ${n} events allowed.`,
   maxPayloadAllowed: (kb) => `The maximum payload size is ${kb}KB.`,
   noEventsPushed: 'No events pushed.',
@@ -156,14 +159,6 @@ function validateQueueKey(key) {
   if (!key || !QUEUE_KEY.test(key)) throw new InvalidQueueNameError(TEXT.invalidQueueName);
 }
 
-// Forge's check: a delay that is set and outside 0..900 is refused.
-function validatePushSettings(event) {
-  const delay = event.delayInSeconds;
-  if ((delay && delay > MAXIMUM_DELAY_SECONDS) || (delay && delay < 0)) {
-    throw new InvalidPushSettingsError(TEXT.invalidDelayInSecondsSetting);
-  }
-}
-
 // UTF-8 length of a string, as Buffer.byteLength counts it (a lone
 // surrogate is the three bytes of U+FFFD).
 function utf8Length(text) {
@@ -183,58 +178,63 @@ function utf8Length(text) {
   return n;
 }
 
+// The checks every version of @forge/events makes alike; the server makes
+// the rest (see the top of this file). A push over 200 KB is refused here
+// whatever else is wrong with it, so it is never sent.
 function validatePushEvents(arg) {
   const events = Array.isArray(arg) ? arg : [arg];
   if (events.length === 0) throw new NoEventsToPushError(TEXT.noEventsPushed);
   if (events.length > MAXIMUM_EVENTS) throw new TooManyEventsError(TEXT.maxEventsAllowed(MAXIMUM_EVENTS));
-  for (const event of events) {
-    if (typeof event !== 'object' || Array.isArray(event) || event === null) {
-      throw new InvalidPayloadError(TEXT.invalidEvent);
-    }
-    if (typeof event.body !== 'object' || Array.isArray(event.body) || event.body === null) {
-      throw new InvalidPayloadError(TEXT.invalidEventBody);
-    }
-    validatePushSettings(event);
-  }
-  if (utf8Length(JSON.stringify(events)) / 1024 > MAXIMUM_PAYLOAD_SIZE_KB) {
+  const json = JSON.stringify(events);
+  if (utf8Length(json) / 1024 > MAXIMUM_PAYLOAD_SIZE_KB) {
     throw new PayloadTooBigError(TEXT.maxPayloadAllowed(MAXIMUM_PAYLOAD_SIZE_KB));
   }
-  return events;
+  // What the server gets: the events' JSON form, as Forge's client sends
+  // it (dates as strings, functions and undefined dropped).
+  return JSON.parse(json);
 }
 
-// What the server gets of an event: its JSON form, as Forge's client
-// sends it (dates as strings, functions and undefined dropped).
-function wire(event) {
-  const json = JSON.parse(JSON.stringify(event));
-  const out = { body: json.body };
-  if (json.delayInSeconds !== undefined) out.delayInSeconds = json.delayInSeconds;
-  if (json.concurrency !== undefined) out.concurrency = json.concurrency;
-  return out;
+// 1.x's `getStats()` and `cancel()` answer the HTTP response itself.
+function legacyResponse(status, value) {
+  const text = value === undefined ? '' : JSON.stringify(value);
+  return {
+    ok: true,
+    status,
+    statusText: status === 200 ? 'OK' : 'No Content',
+    json: async () => JSON.parse(text),
+    text: async () => text,
+  };
 }
 
 export class JobProgress {
-  constructor(queueParams, id) {
+  // `legacy`: a 1.x job, whose id is '<queue>#<jobId>'.
+  constructor(queueParams, id, legacy = false) {
     this.queueParams = queueParams;
     this.id = id;
+    this.legacy = legacy;
   }
 
   async getStats() {
-    const queue = this.#checked();
-    const { success, inProgress, failed } = await call('queue.job.stats', { queue, jobId: this.id });
-    return { success, inProgress, failed };
+    const [queue, jobId] = this.#checked();
+    const { success, inProgress, failed } = await call('queue.job.stats', { queue, jobId });
+    const stats = { success, inProgress, failed };
+    return this.legacy ? legacyResponse(200, stats) : stats;
   }
 
   async cancel() {
-    const queue = this.#checked();
-    await call('queue.job.cancel', { queue, jobId: this.id });
+    const [queue, jobId] = this.#checked();
+    await call('queue.job.cancel', { queue, jobId });
+    if (this.legacy) return legacyResponse(204);
   }
 
   // Forge checks the job id, then the queue's name, before asking.
   #checked() {
-    if (!this.id) throw new JobDoesNotExistError(TEXT.jobIdEmpty);
-    const queue = this.queueParams && this.queueParams.key;
+    const [queue, jobId] = this.legacy
+      ? String(this.id).split('#')
+      : [this.queueParams && this.queueParams.key, this.id];
+    if (!jobId) throw new JobDoesNotExistError(TEXT.jobIdEmpty);
     validateQueueKey(queue);
-    return queue;
+    return [queue, jobId];
   }
 }
 
@@ -244,14 +244,21 @@ export class Queue {
     validateQueueKey(queueParams && queueParams.key);
   }
 
-  async push(events) {
-    const valid = validatePushEvents(events);
-    const { jobId } = await call('queue.push', { queue: this.queueParams.key, events: valid.map(wire) });
-    return { jobId };
+  // `settings` is 1.x's `{ delayInSeconds }`; 2+ has no second argument
+  // and the server ignores it for them.
+  async push(events, settings) {
+    const queue = this.queueParams.key;
+    const args = { queue, events: validatePushEvents(events) };
+    if (settings && settings.delayInSeconds !== undefined) args.delayInSeconds = settings.delayInSeconds;
+    const { jobId, form } = await call('queue.push', args);
+    return form === '1.x' ? `${queue}#${jobId}` : { jobId };
   }
 
+  // A 1.x job id ('<queue>#<jobId>', what 1.x's push answers) names its
+  // queue; a 2+ job id (a UUID) never has a '#'.
   getJob(jobId) {
-    return new JobProgress(this.queueParams, jobId);
+    const legacy = typeof jobId === 'string' && jobId.includes('#');
+    return new JobProgress(this.queueParams, jobId, legacy);
   }
 
   async cancel(jobId) {
