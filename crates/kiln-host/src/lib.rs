@@ -27,6 +27,9 @@
 //!   queues of the invocation's installation, stored as durable jobs (see
 //!   [`queue`] for the contract). Not audited either: the events are the
 //!   app's own data, delivered only to the app's own consumers.
+//! - `webtrigger.getUrl`, `webtrigger.queryUrls`, `webtrigger.deleteUrl`
+//!   → the invocation's installation's web trigger URLs (see
+//!   [`webtrigger`] for the contract and Forge's limits).
 //!
 //! Host calls are answered one at a time, in the order the worker sends
 //! them; `Promise.all` over several fetches runs them one after another.
@@ -62,6 +65,8 @@ pub struct Host {
     public_url: Option<String>,
     kvs: Option<Arc<kiln_kvs::Kvs>>,
     decisions: DecisionCounts,
+    /// Forge's per-minute limits on `webTrigger` calls, on this node.
+    webtrigger_limits: webtrigger::UrlLimits,
 }
 
 /// How many egress and product decisions this host made, by outcome, for
@@ -123,7 +128,8 @@ impl Host {
         kvs: Option<Arc<kiln_kvs::Kvs>>,
     ) -> Self {
         let decisions = DecisionCounts::default();
-        Host { runtime, store, auditor, egress, product, kvs, public_url: None, decisions }
+        let webtrigger_limits = webtrigger::UrlLimits::default();
+        Host { runtime, store, auditor, egress, product, kvs, public_url: None, decisions, webtrigger_limits }
     }
 
     /// Where the server is reached (`https://host[:port]`), so app code can
@@ -138,6 +144,13 @@ impl Host {
         &self.decisions
     }
 
+    /// The product gateway, when this Kiln has a product site: the server's
+    /// consent routes complete users' OAuth consent through the same
+    /// gateway, so the tokens land where `asUser()` looks for them.
+    pub fn product(&self) -> Option<&Arc<ProductGateway>> {
+        self.product.as_ref()
+    }
+
     /// A handler for one invocation; refused for a production
     /// installation while the egress gateway may reach loopback (a test
     /// setting).
@@ -150,6 +163,7 @@ impl Host {
             grants,
             budget: Budget::new(self.egress.config()),
             ctx: Context { actor: Actor::App(grants.app.clone()), source: None },
+            needs_user_consent: false,
         })
     }
 }
@@ -245,6 +259,7 @@ pub struct InvocationHost<'a> {
     grants: &'a InvocationGrants,
     budget: Budget,
     ctx: Context,
+    needs_user_consent: bool,
 }
 
 impl std::fmt::Debug for InvocationHost<'_> {
@@ -312,6 +327,15 @@ fn message(args: &Value) -> Result<Message, HostReply> {
 }
 
 impl InvocationHost<'_> {
+    /// Whether an `asUser()` call for the user in session was refused
+    /// because that user has not consented (or their consent ended). The
+    /// server decides this from its own gateway's answer, not from anything
+    /// the app says, so a resolver that then fails can send the user to
+    /// consent without showing them the app's error.
+    pub fn needs_user_consent(&self) -> bool {
+        self.needs_user_consent
+    }
+
     fn fetch(&mut self, args: &Value) -> HostReply {
         let url = match string(args, "url") {
             Ok(u) => u.to_owned(),
@@ -431,9 +455,13 @@ impl InvocationHost<'_> {
             Ok(m) => m,
             Err(reply) => return reply,
         };
+        let for_session_user = matches!(acting, Acting::User(_));
         let request =
             ProductRequest { product, acting, method: m.method, path, headers: m.headers, body: m.body };
         let (result, record) = self.host.runtime.block_on(gateway.request(&self.grants.product, request));
+        if for_session_user && matches!(result, Err(kiln_product::ProductError::NeedsAuthentication(_))) {
+            self.needs_user_consent = true;
+        }
         self.host.decisions.product_decided(record.refused.is_none());
         if let Err(reply) = self.record(vec![self.product_event(&record)]) {
             return reply;
@@ -457,40 +485,6 @@ impl InvocationHost<'_> {
             refused: r.refused.as_deref(),
         };
         Event::product(&self.grants.app, &self.grants.installation, &call)
-    }
-
-    /// `webTrigger.getUrl(moduleKey)`: the installation's URL for one of
-    /// its web trigger modules, made on first ask.
-    fn webtrigger_url(&self, args: &Value) -> HostReply {
-        let module = match string(args, "moduleKey") {
-            Ok(m) => m.to_owned(),
-            Err(reply) => return reply,
-        };
-        let unavailable = |why: &str| err("WEBTRIGGER_URL_UNAVAILABLE", why);
-        let (Some(public), Some(row), Some(kvs)) =
-            (&self.host.public_url, self.grants.installation_row, &self.host.kvs)
-        else {
-            return unavailable(
-                "web trigger URLs exist for installations served by kiln serve; this invocation has none",
-            );
-        };
-        let host = self.host;
-        let made = host.runtime.block_on(async {
-            let installation = host
-                .store
-                .begin_read()
-                .await
-                .map_err(|e| e.to_string())?
-                .installation_by_id(row)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the installation is gone")?;
-            webtrigger::token(&host.store, kvs, &installation, &module).await.map_err(|e| e.to_string())
-        });
-        match made {
-            Ok(token) => HostReply::Ok { value: Value::String(format!("{public}/x1/{token}")) },
-            Err(message) => unavailable(&message),
-        }
     }
 
     /// Write `events` in one transaction; if they cannot be written, the
@@ -519,7 +513,7 @@ impl HostHandler for InvocationHost<'_> {
         match capability {
             "fetch" => self.fetch(&args),
             "product.request" => self.product(&args),
-            "webtrigger.getUrl" => self.webtrigger_url(&args),
+            webtrigger if webtrigger.starts_with("webtrigger.") => self.webtrigger(webtrigger, &args),
             kvs if kvs.starts_with("kvs.") => self.kvs(kvs, &args),
             queue if queue.starts_with("queue.") => self.queue(queue, &args),
             other => err("CAPABILITY_NOT_AVAILABLE", format!("the host offers no '{other}' capability")),

@@ -7,6 +7,9 @@
 //!   installation's token namespace so the URL can be shown again. A URL
 //!   opens the module of the installation it was made for, whatever version
 //!   that installation runs; a module a later version dropped answers 404.
+//!   An installation may have several URLs for a module: the app makes and
+//!   deletes its own (`webTrigger.getUrl` with forceCreate, `deleteUrl`,
+//!   through `kiln-host`), and a deleted one answers 404.
 //! - **Request.** `{method, path, headers: {name: [values]}, queryParameters:
 //!   {name: [values]}, body}` (header names lower-case, the body as text, at
 //!   most [`MAX_BODY`] bytes), and the platform's context as the second
@@ -31,8 +34,6 @@
 //!   (see [`Signed`]); the key is made by `kiln webtrigger MODULE
 //!   --signing-secret` and kept sealed beside the URL's secret. Forge's own
 //!   scheme for this option is not documented; this one is Kiln's.
-//!
-//! Not built yet (#8): dynamic URLs made and deleted by the app.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -411,8 +412,11 @@ const MAX_REMEMBERED_SIGNATURES: usize = 100_000;
 /// the window (on this node) is refused with 401 before the function runs.
 #[derive(Debug, Default)]
 struct Signed {
-    seen: Mutex<(std::collections::VecDeque<(i64, [u8; 32])>, std::collections::HashSet<[u8; 32]>)>,
+    seen: Mutex<SeenSignatures>,
 }
+
+/// Signatures seen, in arrival order (with when) and as a set.
+type SeenSignatures = (std::collections::VecDeque<(i64, [u8; 32])>, std::collections::HashSet<[u8; 32]>);
 
 impl Signed {
     fn check(

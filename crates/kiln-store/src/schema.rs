@@ -342,4 +342,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
              SELECT 'lifecycle', COALESCE(MAX(id), 0) FROM installation_events",
         ],
     },
+    Migration {
+        version: 9,
+        name: "several web trigger URLs per installation and module",
+        statements: &[
+            // Apps make and delete URLs of their own (`webTrigger.getUrl`
+            // with forceCreate, `deleteUrl`), so an installation and module
+            // may have several; the oldest is the one `getUrl` without
+            // forceCreate and `kiln webtrigger` show. The index stays for
+            // the lookups by installation and module.
+            "DROP INDEX webtriggers_by_module",
+            "CREATE INDEX webtriggers_by_module ON webtriggers (installation_id, module_key, id)",
+            // Who made the URL: 'platform' (the one Kiln makes on first
+            // ask) or 'app' (forceCreate). For operators; it decides nothing.
+            "ALTER TABLE webtriggers ADD COLUMN created_by TEXT NOT NULL DEFAULT 'platform'",
+            // The name the URL's secret is sealed under in the
+            // installation's token namespace. URLs made before this
+            // migration used one name per module; newer ones each have
+            // their own, so deleting one URL erases only its secret.
+            "ALTER TABLE webtriggers ADD COLUMN secret_name TEXT NOT NULL DEFAULT ''",
+            "UPDATE webtriggers SET secret_name = 'webtrigger:' || module_key",
+        ],
+    },
 ];

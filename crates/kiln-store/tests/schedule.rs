@@ -224,6 +224,12 @@ async fn the_lifecycle_cursor_starts_after_events_recorded_before_the_migration(
             .await
             .unwrap();
     for sql in [
+        // Undo v9 (web trigger URLs) first, so that v8 and v9 run again.
+        "DROP INDEX webtriggers_by_module",
+        "ALTER TABLE webtriggers DROP COLUMN created_by",
+        "ALTER TABLE webtriggers DROP COLUMN secret_name",
+        "CREATE UNIQUE INDEX webtriggers_by_module ON webtriggers (installation_id, module_key)",
+        "DELETE FROM kiln_schema WHERE version = 9",
         "DROP TABLE trigger_cursors",
         "DROP TABLE scheduled_runs",
         "DELETE FROM kiln_schema WHERE version = 8",

@@ -13,13 +13,14 @@
 // invocation the server sends (no `installation` contexts, `license` null);
 // `authorize()` (Jira issues and projects, Confluence content, as the user in
 // session, through the permission APIs); `bindInvocationContext` (identity:
-// a Kiln runtime serves one invocation); `webTrigger.getUrl` (the
-// installation's URL, from the server).
+// a Kiln runtime serves one invocation); `webTrigger.getUrl` (with
+// `forceCreate`), `queryUrls` and `deleteUrl` (the installation's URLs,
+// from the server; `secretKeyConfig` rejects with NotSupportedError).
 //
 // Still throwing NotSupportedError: `requestBitbucket`, `requestGraph`,
 // `requestAtlassian`, `requestConnectedData`, `requestTeamworkGraph`,
 // `withProvider`, `withContext`, `invokeRemote`, `invokeService`,
-// `webTrigger.queryUrls`/`deleteUrl` (dynamic URLs), `privacy`, `i18n`, `__requestAtlassianAsApp`,
+// `privacy`, `i18n`, `__requestAtlassianAsApp`,
 // `__requestAtlassianAsUser`, `__fetchProduct`, `__getRuntime`, and from
 // @forge/api 2 `getRuntime` and `properties`/`store`; `storage.entity` and
 // legacy query conditions other than `startsWith` on 'key'. Every name
@@ -337,16 +338,59 @@ export const authorize = () => {
     }),
   };
 };
+// Forge's client finds a URL's ID after `/x1/` or `/public/`.
+const WEBTRIGGER_URL_ID = /\/(?:x1|public)\/([^/?#]+)/;
+
+// A web trigger host call; a refusal becomes the Error Forge's client
+// throws ("Internal error occurred: Failed to ...: <why>"), with the
+// server's code kept as `code`.
+async function webTriggerCall(capability, args, failure) {
+  try {
+    return await hostCall(capability, args);
+  } catch (e) {
+    const error = new Error(`Internal error occurred: Failed to ${failure}: ${e?.message}`);
+    if (e?.code !== undefined) error.code = e.code;
+    throw error;
+  }
+}
+
+// Over the server's `webtrigger.*` host calls, which always act for the
+// invocation's own installation. Arguments are read as Forge's client
+// reads them; the server checks them again.
 export const webTrigger = {
-  // The installation's URL for one of its web trigger modules, from the
-  // server (made on first ask). Dynamic URLs are not built yet.
-  getUrl: async (moduleKey, forceCreate) => {
-    if (typeof moduleKey !== 'string' || moduleKey === '') throw new TypeError('webTrigger.getUrl takes a module key');
-    if (forceCreate) throw new NotSupportedError('@forge/api webTrigger.getUrl with forceCreate (dynamic web trigger URLs)');
-    return hostCall('webtrigger.getUrl', { moduleKey });
+  // The module's URL (the installation's oldest, made on first ask), or
+  // with `forceCreate` (`true`, or `{ forceCreate: true }`) a new one.
+  getUrl: async (moduleKey, optionsOrForceCreate) => {
+    const forceCreate = typeof optionsOrForceCreate === 'boolean'
+      ? optionsOrForceCreate
+      : optionsOrForceCreate?.forceCreate ?? false;
+    const secretKeyConfig = typeof optionsOrForceCreate === 'object' && optionsOrForceCreate !== null
+      ? optionsOrForceCreate.secretKeyConfig
+      : undefined;
+    // Forge's meaning for it is not documented; Kiln signs requests to
+    // hmacSharedSecret web triggers its own way, so refuse rather than
+    // hand back a URL that does not do what the app asked.
+    if (secretKeyConfig !== undefined) {
+      throw new NotSupportedError(
+        '@forge/api webTrigger.getUrl with secretKeyConfig (Kiln signs requests to hmacSharedSecret web triggers '
+          + "with its own per-installation key: 'kiln webtrigger MODULE --signing-secret')",
+      );
+    }
+    return webTriggerCall('webtrigger.getUrl', { moduleKey, forceCreate }, 'get web trigger URL');
   },
-  queryUrls: unsupported('@forge/api webTrigger.queryUrls'),
-  deleteUrl: unsupported('@forge/api webTrigger.deleteUrl'),
+  // `[{ moduleKey, url }]`: every module's URLs, or with a key (Forge
+  // filters on a truthy one, by strict equality) that module's.
+  queryUrls: async (moduleKey) => {
+    const filter = typeof moduleKey === 'string' && moduleKey !== '' ? moduleKey : null;
+    const urls = await webTriggerCall('webtrigger.queryUrls', { moduleKey: filter }, 'get web trigger URLs');
+    return moduleKey && filter === null ? [] : urls;
+  },
+  // Delete one of the installation's URLs; it answers 404 from then on.
+  deleteUrl: async (webTriggerUrl) => {
+    const matches = webTriggerUrl.match(WEBTRIGGER_URL_ID);
+    if (!matches || matches.length < 2) throw new Error('Internal error occurred: Failed to parse web trigger URL for ID');
+    await webTriggerCall('webtrigger.deleteUrl', { id: matches[1] }, 'delete web trigger URL');
+  },
 };
 // `host` against one declared entry: `*`, `*.domain` (subdomains only), a
 // bare host or an https URL (its host), as the egress gateway matches them.
