@@ -195,7 +195,14 @@ impl JobSettings {
 /// per_installation = 4          # one installation's events at once, all nodes
 /// backoff_base_seconds = 30     # first retry after a failure; doubles each time
 /// retention_hours = 24
+/// lease_seconds = 60            # how long a claim holds an event; renewed every third of it
+/// poll_interval_ms = 1000       # how often the node looks for due events
 /// ```
+///
+/// A short lease lets another node redeliver the events of a node that
+/// died sooner, at the cost of a renewal write per event in flight every
+/// third of it. Leases are renewed between polls, so the poll interval
+/// may be at most a third of the lease.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsSection {
@@ -205,6 +212,8 @@ pub struct JobsSection {
     pub per_installation: Option<u32>,
     pub backoff_base_seconds: Option<u64>,
     pub retention_hours: Option<u64>,
+    pub lease_seconds: Option<u64>,
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// What `[jobs]` decides.
@@ -263,6 +272,26 @@ impl JobsConfig {
                 return Err("jobs.retention_hours must be between 1 and 720".into());
             }
             settings.retention = Duration::from_secs(hours * 3600);
+        }
+        if let Some(secs) = s.lease_seconds {
+            if !(2..=3600).contains(&secs) {
+                return Err("jobs.lease_seconds must be between 2 and 3600".into());
+            }
+            settings.lease = Duration::from_secs(secs);
+        }
+        if let Some(ms) = s.poll_interval_ms {
+            if !(10..=60_000).contains(&ms) {
+                return Err("jobs.poll_interval_ms must be between 10 and 60000".into());
+            }
+            settings.poll_interval = Duration::from_millis(ms);
+        }
+        if settings.poll_interval.saturating_mul(3) > settings.lease {
+            return Err(format!(
+                "jobs.poll_interval_ms ({} ms) must be at most a third of the lease ({} s): leases are renewed \
+                 between polls",
+                settings.poll_interval.as_millis(),
+                settings.lease.as_secs()
+            ));
         }
         Ok(JobsConfig { enabled: s.enabled.unwrap_or(true), settings })
     }
@@ -843,5 +872,31 @@ mod config_tests {
         );
         assert!(!JobsConfig::parse("[jobs]\nenabled = false\n").unwrap().enabled);
         assert!(JobsConfig::parse("").unwrap().enabled);
+    }
+
+    #[test]
+    fn the_lease_and_poll_interval_are_bounded_and_the_poll_fits_inside_the_lease() {
+        let c = JobsConfig::parse("").unwrap();
+        assert_eq!(c.settings.lease, Duration::from_secs(60));
+        assert_eq!(c.settings.poll_interval, Duration::from_secs(1));
+        let c = JobsConfig::parse("[jobs]\nlease_seconds = 3\npoll_interval_ms = 100\n").unwrap();
+        assert_eq!(c.settings.lease, Duration::from_secs(3));
+        assert_eq!(c.settings.poll_interval, Duration::from_millis(100));
+        let c = JobsConfig::parse("[jobs]\nlease_seconds = 3600\npoll_interval_ms = 60000\n").unwrap();
+        assert_eq!(c.settings.lease, Duration::from_secs(3600));
+        for (text, says) in [
+            ("lease_seconds = 1", "between 2 and 3600"),
+            ("lease_seconds = 3601", "between 2 and 3600"),
+            ("poll_interval_ms = 9", "between 10 and 60000"),
+            ("poll_interval_ms = 60001", "between 10 and 60000"),
+            // The default poll (1 s) does not fit three times in 2 s.
+            ("lease_seconds = 2", "at most a third of the lease"),
+            ("lease_seconds = 30\npoll_interval_ms = 10001", "at most a third of the lease"),
+            ("lease_seconds = -1", "invalid value"),
+        ] {
+            let e = JobsConfig::parse(&format!("[jobs]\n{text}\n")).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        assert!(JobsConfig::parse("[jobs]\nlease_seconds = 2\npoll_interval_ms = 500\n").is_ok());
     }
 }

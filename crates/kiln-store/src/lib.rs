@@ -25,7 +25,7 @@ pub use jobs::{Claim, JobKind, JobRow, JobState, JobStats, MAX_CLAIM_SCAN, MAX_J
 pub use kv::{DataKeyRow, KvPut, KvRow};
 pub use operators::{NewOperator, OperatorRow, SessionRow, TokenRow};
 pub use schedule::{MAX_OUTCOME_LEN, RunClaim, RunSlot};
-pub use webtriggers::WebtriggerRow;
+pub use webtriggers::{NewWebtrigger, WebtriggerCreator, WebtriggerRow};
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -137,10 +137,17 @@ impl Store {
                     "schema name {schema:?} is not a plain identifier"
                 )));
             }
+            // `IF NOT EXISTS` does not make concurrent creations safe on
+            // PostgreSQL: nodes starting at once on a new schema would fail
+            // on pg_namespace's unique index. The migrations' lock makes
+            // them take turns; the later ones find the schema there.
             let setup = sqlx::PgPool::connect_with(options.clone()).await?;
+            let mut tx = setup.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-                .execute(&setup)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
             setup.close().await;
             options = options.options([("search_path", schema)]);
         }
@@ -211,7 +218,8 @@ impl Store {
         };
         let mut tx = self.begin().await?;
         if dialect == Dialect::Postgres {
-            on_conn!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock(7311975)")
+            on_conn!(tx, |c| sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
                 .execute(c)
                 .await
                 .map(drop))?;
@@ -246,6 +254,10 @@ impl Store {
         tx.commit().await
     }
 }
+
+/// The PostgreSQL advisory lock (transaction-scoped) under which a schema
+/// is created and migrated, so that nodes starting at once take turns.
+const MIGRATION_LOCK: i64 = 7_311_975;
 
 fn prepare_data_dir(dir: &Path) -> Result<(), StoreError> {
     let err = |source| StoreError::DataDir { path: dir.to_path_buf(), source };

@@ -76,30 +76,47 @@ pub async fn each_backend() -> Result<Vec<TestStore>, StoreError> {
     let sqlite = Store::open_data_dir(&data).await?;
     let locator = format!("sqlite:{}", data.display());
     let mut out = vec![TestStore { name: "sqlite", store: sqlite, locator, _dir: Some(dir) }];
+    if let Some(url) = postgres_url("PostgreSQL backend")? {
+        let schema = fresh_schema(&url).await?;
+        let store = Store::open_postgres(&url, Some(&schema)).await?;
+        let locator = format!("postgres:{schema}:{url}");
+        out.push(TestStore { name: "postgres", store, locator, _dir: None });
+    }
+    Ok(out)
+}
+
+/// The PostgreSQL server named by `KILN_TEST_POSTGRES_URL`. Unset: `None`,
+/// with a note that `what` was skipped — or an error when
+/// `KILN_REQUIRE_POSTGRES=1` says a missing database is a failure.
+pub fn postgres_url(what: &str) -> Result<Option<String>, StoreError> {
     match std::env::var(POSTGRES_URL_VAR) {
-        Ok(url) if !url.is_empty() => {
-            let now = crate::now_millis() / 1000;
-            drop_stale_schemas(&url, now).await?;
-            let schema = format!("kiln_test_{now}_{}", uuid::Uuid::new_v4().simple());
-            let store = Store::open_postgres(&url, Some(&schema)).await?;
-            let locator = format!("postgres:{schema}:{url}");
-            out.push(TestStore { name: "postgres", store, locator, _dir: None });
-        }
+        Ok(url) if !url.is_empty() => Ok(Some(url)),
         _ if std::env::var(REQUIRE_POSTGRES_VAR).is_ok_and(|v| v == "1") => {
-            return Err(StoreError::Conflict(format!(
+            Err(StoreError::Conflict(format!(
                 "{REQUIRE_POSTGRES_VAR}=1 but {POSTGRES_URL_VAR} is not set: the PostgreSQL tests cannot run"
-            )));
+            )))
         }
         _ => {
             #[expect(clippy::print_stderr, reason = "the skip must be visible in test output")]
             {
                 eprintln!(
-                    "note: PostgreSQL backend skipped; set {POSTGRES_URL_VAR}=postgres://postgres@127.0.0.1:5432/test to run it"
+                    "note: {what} skipped; set {POSTGRES_URL_VAR}=postgres://postgres@127.0.0.1:5432/test to run it"
                 );
             }
+            Ok(None)
         }
     }
-    Ok(out)
+}
+
+/// A new schema name for one test on the server at `url` (not created
+/// yet: [`Store::open_postgres`] does that): lowercase, random, and
+/// carrying its creation time, so that schemas earlier runs left behind
+/// (dropped here once they are an hour old) are told apart from live ones.
+/// Drop it with [`Store::drop_postgres_schema`] when done.
+pub async fn fresh_schema(url: &str) -> Result<String, StoreError> {
+    let now = crate::now_millis() / 1000;
+    drop_stale_schemas(url, now).await?;
+    Ok(format!("kiln_test_{now}_{}", uuid::Uuid::new_v4().simple()))
 }
 
 /// Schemas older than this were left by earlier test runs and are dropped.

@@ -60,3 +60,32 @@ async fn a_database_from_a_newer_kiln_is_refused() {
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
 }
+
+/// Several nodes starting at once on a new PostgreSQL schema all open it:
+/// `CREATE SCHEMA IF NOT EXISTS` alone lets the losers of the race fail on
+/// pg_namespace's unique index, so a node could not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_starting_at_once_on_a_new_postgres_schema_all_open_it() {
+    let Some(url) = kiln_store::testing::postgres_url("concurrent opening of a new schema").unwrap() else {
+        return;
+    };
+    for _ in 0..5 {
+        let schema = kiln_store::testing::fresh_schema(&url).await.unwrap();
+        let opening: Vec<_> = (0..6)
+            .map(|_| {
+                let (url, schema) = (url.clone(), schema.clone());
+                tokio::spawn(
+                    async move { Store::open_postgres(&url, Some(&schema)).await.map(|s| s.backend()) },
+                )
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for opened in opening {
+            if let Err(e) = opened.await.unwrap() {
+                failures.push(e.to_string());
+            }
+        }
+        Store::drop_postgres_schema(&url, &schema).await.unwrap();
+        assert!(failures.is_empty(), "nodes that could not open the new schema: {failures:#?}");
+    }
+}

@@ -15,11 +15,20 @@ pub(crate) fn repo() -> PathBuf {
 /// The `kiln` binary with a data directory of its own, removed when dropped.
 pub(crate) struct Kiln {
     pub(crate) data: tempfile::TempDir,
+    /// Set for every command run ([`Kiln::with_env`]).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Kiln {
     pub(crate) fn new() -> Self {
-        Self { data: tempfile::tempdir().unwrap() }
+        Self { data: tempfile::tempdir().unwrap(), env: Vec::new() }
+    }
+
+    /// Every command also gets `name=value` in its environment (e.g.
+    /// `KILN_DATABASE_URL`, so that it uses PostgreSQL).
+    pub(crate) fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     pub(crate) fn data_dir(&self) -> PathBuf {
@@ -49,6 +58,7 @@ impl Kiln {
             .env_remove("KILN_AUDIT_KEY")
             .env_remove("KILN_AUDIT_CHECKPOINT_FILE")
             .env("USER", "tester")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap()
     }
