@@ -36,10 +36,11 @@ pub enum Action {
     AuditExport,
     AuditVerify,
     AdminRequest,
+    UserConsent,
 }
 
 impl Action {
-    pub const ALL: [Action; 27] = [
+    pub const ALL: [Action; 28] = [
         Action::OperatorCreated,
         Action::OperatorDisabled,
         Action::PasswordChanged,
@@ -67,6 +68,7 @@ impl Action {
         Action::AuditExport,
         Action::AuditVerify,
         Action::AdminRequest,
+        Action::UserConsent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +100,7 @@ impl Action {
             Action::AuditExport => "audit.export",
             Action::AuditVerify => "audit.verify",
             Action::AdminRequest => "admin.request",
+            Action::UserConsent => "user.consent",
         }
     }
 
@@ -172,6 +175,9 @@ pub enum Actor {
     /// An app's code, through the host calls it makes (egress, product
     /// requests); by app id.
     App(String),
+    /// A person of the product site, by account id, whom the site vouched
+    /// for (a verified context token): a user's own OAuth consent.
+    User(String),
 }
 
 impl fmt::Display for Actor {
@@ -181,6 +187,7 @@ impl fmt::Display for Actor {
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::System => f.write_str("system"),
             Actor::App(id) => write!(f, "app:{id}"),
+            Actor::User(account) => write!(f, "user:{account}"),
         }
     }
 }
@@ -491,6 +498,17 @@ impl Event {
             Some(reason) => event.denied(reason),
             None => event,
         }
+    }
+
+    /// A user let an installation act for them (`asUser()`): their OAuth
+    /// consent came back, for their own account, and the tokens are kept.
+    /// The account and the scopes granted; never a code or a token.
+    pub fn user_consent(app: &str, installation: &str, account_id: &str, scopes: &[String]) -> Self {
+        Event::new(
+            Action::UserConsent,
+            format!("installation:{installation}"),
+            json!({ "app": app, "accountId": account_id, "scopes": scopes }),
+        )
     }
 
     pub fn audit_export(format: &str, after: i64, records: u64) -> Self {

@@ -53,6 +53,7 @@ fn ocsf(row: &AuditRow, details: Value) -> Value {
         "app.upgrade"
         | "app.rollback"
         | "app.consent"
+        | "user.consent"
         | "variable.set"
         | "keys.rotate"
         | "config.changed"

@@ -184,6 +184,14 @@ pub enum ProductError {
     Impersonation { method: String, template: String, alternatives: Vec<String> },
     #[error("{0}")]
     NeedsAuthentication(String),
+    /// A consent flow started for one account came back signed in as
+    /// another; nothing was kept. (No account id: the message may be shown
+    /// to whoever is at the browser.)
+    #[error(
+        "the consent was given by another account than the one that asked for it; \
+         sign in to the site as the person using the app and start again"
+    )]
+    ConsentByAnotherAccount,
     #[error("{0}")]
     ProductNotAvailable(String),
     #[error("{0}")]
@@ -204,7 +212,9 @@ impl ProductError {
             ProductError::Scope(_)
             | ProductError::WrongProduct { .. }
             | ProductError::Impersonation { .. } => "ProductEndpointNotAllowedError",
-            ProductError::NeedsAuthentication(_) => "NeedsAuthenticationError",
+            ProductError::NeedsAuthentication(_) | ProductError::ConsentByAnotherAccount => {
+                "NeedsAuthenticationError"
+            }
             ProductError::ProductNotAvailable(_) => "RequestProductNotAllowedError",
             ProductError::BadRequest(_) | ProductError::Credentials(_) | ProductError::Upstream { .. } => {
                 "ProxyRequestError"

@@ -342,10 +342,45 @@ impl Tokens {
         Ok(format!("{}?{query}", cloud.auth.url("/authorize")))
     }
 
+    /// The redirect URI this client gives the authorization server (Cloud
+    /// only): where the user's browser comes back with the code.
+    pub fn redirect_uri(&self) -> Option<&str> {
+        match &self.site {
+            Site::Cloud(cloud) => Some(&cloud.client.redirect_uri),
+            Site::DataCenter(_) => None,
+        }
+    }
+
     /// Exchange the code the user came back with for their tokens, find
     /// who they are and check that the consent covers this site; keep the
     /// tokens sealed under `owner`.
     pub async fn complete_authorization(&self, owner: &str, code: &str) -> Result<Authorized, ProductError> {
+        self.complete(owner, code, None).await
+    }
+
+    /// [`Tokens::complete_authorization`] for a consent that `account`
+    /// started: if the person who signed in at the authorization server is
+    /// someone else, nothing is kept and the consent is refused
+    /// ([`ProductError::ConsentByAnotherAccount`]). A server that starts the
+    /// flow for a user the product vouched for uses this, so a code from
+    /// another person's consent (an injected or swapped code) never lands
+    /// under the account that asked.
+    pub async fn complete_authorization_as(
+        &self,
+        owner: &str,
+        code: &str,
+        account: &str,
+    ) -> Result<Authorized, ProductError> {
+        check_account(account)?;
+        self.complete(owner, code, Some(account)).await
+    }
+
+    async fn complete(
+        &self,
+        owner: &str,
+        code: &str,
+        expected: Option<&str>,
+    ) -> Result<Authorized, ProductError> {
         let cloud = self.cloud()?;
         let body = Zeroizing::new(format!(
             r#"{{"grant_type":"authorization_code","client_id":{},"client_secret":{},"code":{},"redirect_uri":{}}}"#,
@@ -400,6 +435,9 @@ impl Tokens {
             .ok_or_else(|| ProductError::Credentials("/me named no account".into()))?
             .to_owned();
         check_account(&account_id)?;
+        if expected.is_some_and(|e| e != account_id) {
+            return Err(ProductError::ConsentByAnotherAccount);
+        }
         let Some(refresh) = &granted.refresh else {
             return Err(ProductError::Credentials(
                 "the authorization server granted no refresh token (offline_access missing)".into(),

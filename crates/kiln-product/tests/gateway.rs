@@ -76,6 +76,18 @@ impl Fixture {
         ProductGateway::new(Config::default(), site, self.kvs.clone())
     }
 
+    /// Follow the consent URL as `user` would; the code the site sends back.
+    async fn code(&self, gateway: &ProductGateway, user: &str, scopes: &[&str]) -> String {
+        let url = gateway.tokens().authorization_url(scopes, "state-2").unwrap();
+        let path = url.strip_prefix(self.site.base_url()).unwrap();
+        let roots = kiln_crypto::tls::client_config(&self.cert.cert_pem).unwrap();
+        let browser = HttpsClient::new(&self.site.addr().to_string(), "127.0.0.1", roots);
+        let reply = browser.send(Method::GET, &format!("{path}&login_as={user}"), &[], None).await.unwrap();
+        let location = reply.headers["location"].to_str().unwrap().to_owned();
+        let back = url::Url::parse(&location).unwrap();
+        back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
+    }
+
     /// Follow the consent URL as `user` would, and hand the code back.
     async fn consent(&self, gateway: &ProductGateway, user: &str, scopes: &[&str]) -> Authorized {
         let url = gateway.tokens().authorization_url(scopes, "state-1").unwrap();
@@ -286,6 +298,42 @@ async fn users_consent_refresh_tokens_rotate_and_impersonation_needs_its_mark() 
         assert!(!e.to_string().contains(&refresh_after));
         assert_eq!(f.kvs.get_token(OWNER, &format!("oauth:user:{BOB}:refresh")).await.unwrap(), None);
     }
+}
+
+#[tokio::test]
+async fn a_consent_started_for_one_account_keeps_nothing_when_another_signs_in() {
+    let t = each_backend().await.unwrap().into_iter().next().unwrap();
+    let (site, cert) = devsite().await;
+    let f = Fixture { site, cert, kvs: kvs(&t.store) };
+    let gateway = f.cloud(Config::default());
+    assert_eq!(
+        gateway.tokens().redirect_uri(),
+        Some(Seed::example().oauth_clients[0].redirect_uris[0].as_str())
+    );
+    let stored = |account: &str| {
+        let kvs = f.kvs.clone();
+        let name = format!("oauth:user:{account}:refresh");
+        async move { kvs.get_token(OWNER, &name).await.unwrap() }
+    };
+
+    // Alice asked, Bob signed in: refused, and neither has tokens.
+    let code = f.code(&gateway, BOB, &["read:jira-work"]).await;
+    let e = gateway.tokens().complete_authorization_as(OWNER, &code, ALICE).await.unwrap_err();
+    assert_eq!(e, ProductError::ConsentByAnotherAccount);
+    assert_eq!(e.code(), "NeedsAuthenticationError");
+    assert!(!e.to_string().contains(BOB) && !e.to_string().contains(ALICE), "{e}");
+    assert_eq!(stored(BOB).await, None);
+    assert_eq!(stored(ALICE).await, None);
+
+    // Alice asked and Alice signed in: kept under Alice.
+    let code = f.code(&gateway, ALICE, &["read:jira-work"]).await;
+    let done = gateway.tokens().complete_authorization_as(OWNER, &code, ALICE).await.unwrap();
+    assert_eq!(done.account_id, ALICE);
+    assert!(stored(ALICE).await.is_some());
+    assert_eq!(stored(BOB).await, None);
+
+    // The Data Center gateway has no consent flow.
+    assert_eq!(f.data_center().tokens().redirect_uri(), None);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alerting;
+pub mod consent;
 pub mod events;
 pub mod health;
 pub mod jobs;

@@ -11,7 +11,7 @@
 //! cloud_id = "4f3c2a1b-..."
 //! client_id = "..."
 //! client_secret_env = "KILN_OAUTH_CLIENT_SECRET"
-//! redirect_uri = "https://kiln.example.com/oauth/callback"
+//! redirect_uri = "https://kiln.example.com/oauth/callback"   # this server's /oauth/callback (users' consent)
 //! ca_file = "/etc/kiln/site-ca.pem"    # optional: roots instead of the system's
 //!
 //! # or

@@ -50,7 +50,15 @@
 //!
 //! **Answers:** the function's result as JSON (200); an app exception or
 //! a sandbox fault is a 500 that shows nothing of it (a fault is in the
-//! audit trail); a fault that could not be recorded is a 503.
+//! audit trail); a fault that could not be recorded is a 503. A function
+//! that threw after an `asUser()` call for the token's user was refused
+//! because that user has not consented (Kiln's own gateway saw the
+//! refusal; the app's error is not read) is a 403
+//! `{"message", "error": "NEEDS_USER_CONSENT", "consentUrl"}`: the link
+//! starts the user's OAuth consent ([`crate::consent`]) for that user
+//! only (`consentUrl` is null when the product site has no consent flow,
+//! as on Data Center). `POST /resolver/v1/{installation}/consent`, with the
+//! same token and no body, answers `{"consentUrl"}` up front.
 //!
 //! **Settings** (`[resolvers]` in `kiln serve --config`; unknown keys are
 //! errors):
@@ -96,7 +104,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::alerting::ConfigError;
-use crate::runner::{AUDIT_FAILED, Call, Execute};
+use crate::consent::Consent;
+use crate::runner::{AUDIT_FAILED, Call, Execute, NEEDS_USER_CONSENT};
 
 /// Largest request body a resolver call takes (the payload a UI sends).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -350,6 +359,9 @@ pub struct Resolvers {
     store: Store,
     runner: Arc<dyn Execute>,
     tokens: Option<TokenVerifier>,
+    /// The user consent flow, when the product site has one: where a call
+    /// that needs the user's consent sends them.
+    consent: Option<Arc<Consent>>,
 }
 
 impl std::fmt::Debug for Resolvers {
@@ -362,20 +374,28 @@ impl Resolvers {
     /// `tokens` is `None` when the settings have no `[resolvers]`: every
     /// call then answers 503.
     pub fn new(store: Store, runner: Arc<dyn Execute>, tokens: Option<TokenVerifier>) -> Self {
-        Resolvers { store, runner, tokens }
+        Resolvers { store, runner, tokens, consent: None }
+    }
+
+    /// Answer calls that need the user's consent with a link to give it.
+    pub fn with_consent(mut self, consent: Option<Arc<Consent>>) -> Self {
+        self.consent = consent;
+        self
     }
 }
 
-/// `POST /resolver/v1/{installation}`.
+/// `POST /resolver/v1/{installation}`, and
+/// `POST /resolver/v1/{installation}/consent` (the token's user's consent link).
 pub fn router(state: Arc<Resolvers>) -> Router {
     Router::new()
         .route("/resolver/v1/{installation}", axum::routing::post(call))
+        .route("/resolver/v1/{installation}/consent", axum::routing::post(consent_link))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
 /// A refusal: a fixed status and public message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Refusal {
     NotConfigured,
     Unauthenticated,
@@ -387,11 +407,34 @@ enum Refusal {
     Unavailable,
     Failed,
     NotRecorded,
+    /// The function failed after an `asUser()` call that the user's
+    /// missing consent refused; where they can give it, when this server
+    /// has a consent flow.
+    NeedsConsent(Option<String>),
+    /// A consent link was asked for and this server has no consent flow.
+    NoConsentFlow,
 }
+
+/// The `error` a needs-consent answer carries, for a UI to branch on.
+pub const NEEDS_CONSENT_ERROR: &str = "NEEDS_USER_CONSENT";
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let (status, message) = match self {
+            Refusal::NeedsConsent(url) => {
+                // A fixed message and a link this server made: nothing of
+                // the app's error. 403, not 401: the caller's token is good,
+                // and a 401 would send a UI to fetch a new one.
+                let body = json!({
+                    "message": "the user has not allowed this app to act for them; send them to consentUrl",
+                    "error": NEEDS_CONSENT_ERROR,
+                    "consentUrl": url,
+                });
+                return (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+            }
+            Refusal::NoConsentFlow => {
+                (StatusCode::NOT_FOUND, "this server's product site has no user consent flow")
+            }
             Refusal::NotConfigured => {
                 (StatusCode::SERVICE_UNAVAILABLE, "resolver calls are not configured on this server")
             }
@@ -456,12 +499,34 @@ async fn call(
     }
 }
 
-async fn serve(
+/// `POST /resolver/v1/{installation}/consent`: `{"consentUrl": ...}` for
+/// the token's user, so a UI can offer consent before a call needs it.
+async fn consent_link(
+    State(state): State<Arc<Resolvers>>,
+    UrlPath(installation): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = async {
+        let (context, installation, _) = authenticate(&state, &installation, &headers).await?;
+        let consent = state.consent.as_ref().ok_or(Refusal::NoConsentFlow)?;
+        consent.link(installation.public_id.as_str(), &context.account_id).await.map_err(|e| {
+            tracing::warn!(error = %e, "no consent link could be made");
+            Refusal::Unavailable
+        })
+    };
+    match answer.await {
+        Ok(url) => (StatusCode::OK, axum::Json(json!({ "consentUrl": url }))).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Checks 1 and 2 of the module doc but the resolver function: a token
+/// that verifies, for this installation, on its site.
+async fn authenticate(
     state: &Resolvers,
     installation: &str,
     headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Value, Refusal> {
+) -> Result<(ContextToken, InstallationRecord, VersionRecord), Refusal> {
     let Some(tokens) = &state.tokens else { return Err(Refusal::NotConfigured) };
     let token = bearer(headers).ok_or(Refusal::Unauthenticated)?;
     let context = tokens.verify(token).map_err(|e| {
@@ -484,6 +549,16 @@ async fn serve(
         tracing::info!(installation = %public_id, "resolver call refused: the token is for another site");
         return Err(Refusal::WrongInstallation);
     }
+    Ok((context, installation, version))
+}
+
+async fn serve(
+    state: &Resolvers,
+    installation: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, Refusal> {
+    let (context, installation, version) = authenticate(state, installation, headers).await?;
     let function = resolver_function(&version, &context.module_key)?;
     let body: Body = serde_json::from_slice(body).map_err(|_| Refusal::BadRequest)?;
     let key = body.call.function_key;
@@ -508,6 +583,7 @@ async fn serve(
     });
     let mut platform = Map::new();
     platform.insert("principal".into(), json!({ "accountId": context.account_id }));
+    let public_id = installation.public_id.to_string();
     let call = Call {
         installation,
         version,
@@ -522,6 +598,19 @@ async fn serve(
     match state.runner.execute(call).await {
         Ok(result) => Ok(result),
         Err(f) if f.code == AUDIT_FAILED => Err(Refusal::NotRecorded),
+        Err(f) if f.code == NEEDS_USER_CONSENT => {
+            let url = match &state.consent {
+                Some(consent) => match consent.link(&public_id, &context.account_id).await {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no consent link could be made");
+                        None
+                    }
+                },
+                None => None,
+            };
+            Err(Refusal::NeedsConsent(url))
+        }
         // The UI is told only that the function failed; a sandbox fault is
         // in the audit trail (the runner recorded it).
         Err(_) => Err(Refusal::Failed),
@@ -923,6 +1012,98 @@ mod tests {
         *f.recorder.answer.lock().unwrap() =
             Some(Err(Failure { code: AUDIT_FAILED.into(), message: "x".into() }));
         assert_eq!(f.post(&f.installation, Some(&token), &body()).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// A Cloud gateway whose site is never reached (minting a consent link
+    /// only seals a ticket), and the key-value store it seals with.
+    fn consent_for(store: &Store) -> (Arc<Consent>, Arc<kiln_kvs::Kvs>) {
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+        let provider = kiln_crypto::keys::EnvKeyProvider::from_value(&format!("k1:{key}")).unwrap();
+        let kvs = Arc::new(kiln_kvs::Kvs::new(store.clone(), Arc::new(provider)));
+        let identity = kiln_crypto::tls::self_signed(&["127.0.0.1"]).unwrap();
+        let endpoint =
+            || kiln_product::Endpoint::new("https://127.0.0.1:1", &identity.cert_pem, 1024).unwrap();
+        let site = kiln_product::Site::Cloud(kiln_product::CloudSite {
+            auth: endpoint(),
+            api: endpoint(),
+            cloud_id: "cloud-1".into(),
+            client: kiln_product::OAuthClient {
+                client_id: "client".into(),
+                client_secret: String::from("secret").into(),
+                redirect_uri: "https://kiln.example/oauth/callback".into(),
+            },
+        });
+        let gateway = Arc::new(kiln_product::ProductGateway::new(Default::default(), site, kvs.clone()));
+        let auditor = kiln_audit::testing::AUDITOR.clone();
+        let consent =
+            Consent::new(store.clone(), kvs.clone(), Some(&gateway), auditor, "https://kiln.example/");
+        (Arc::new(consent.unwrap()), kvs)
+    }
+
+    #[tokio::test]
+    async fn a_call_that_needs_the_users_consent_answers_a_link_for_that_user_and_nothing_of_the_app() {
+        let store = Store::open_in_memory().await.unwrap();
+        let installation = installed(&store).await;
+        let signer = Ed25519Signer::generate().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        *recorder.answer.lock().unwrap() = Some(Err(Failure {
+            code: NEEDS_USER_CONSENT.into(),
+            message: "NeedsAuthenticationError: secret detail".into(),
+        }));
+        let runner: Arc<dyn Execute> = recorder.clone();
+        let verifier = || TokenVerifier::new(ISSUER, vec![signer.public_key()]);
+        let (consent, kvs) = consent_for(&store);
+        let now = now_secs();
+        let token = sign(&signer, &claims(&installation, "alice", now, now + 120));
+        let auth = format!("Bearer {token}");
+        let path = format!("/resolver/v1/{installation}");
+        let body = body().to_string();
+
+        // With a consent flow: 403, the error code and a link on this server.
+        let resolvers = Resolvers::new(store.clone(), runner.clone(), Some(verifier()))
+            .with_consent(Some(consent.clone()));
+        let (client, _stop) = start(resolvers).await;
+        let reply = client
+            .send(Method::POST, &path, &[("authorization", &auth)], Some(body.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+        let answer = reply.json();
+        assert_eq!(answer["error"], NEEDS_CONSENT_ERROR);
+        let url = answer["consentUrl"].as_str().unwrap();
+        assert!(url.starts_with("https://kiln.example/oauth/consent?ticket="), "{url}");
+        assert!(!answer.to_string().contains("secret detail"), "{answer}");
+        assert!(reply.headers.get(header::WWW_AUTHENTICATE).is_none(), "the token was good");
+        // The link is for the token's user on this installation.
+        let ticket = url.rsplit('=').next().unwrap();
+        let opened = crate::consent::tests_support::open_ticket(&kvs, ticket).await.unwrap();
+        assert_eq!(opened, (installation.clone(), "alice".to_owned()));
+
+        // Asked up front, with the same token; refused without one.
+        let asked = client
+            .send(Method::POST, &format!("{path}/consent"), &[("authorization", &auth)], None)
+            .await
+            .unwrap();
+        assert_eq!(asked.status, StatusCode::OK);
+        assert!(asked.json()["consentUrl"].as_str().unwrap().contains("/oauth/consent?ticket="));
+        let anonymous = client.send(Method::POST, &format!("{path}/consent"), &[], None).await.unwrap();
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+        // Without one (a Data Center site): the same answer, with no link.
+        let (client, _stop) = start(Resolvers::new(store.clone(), runner, Some(verifier()))).await;
+        let reply = client
+            .send(Method::POST, &path, &[("authorization", &auth)], Some(body.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+        assert_eq!(reply.json()["error"], NEEDS_CONSENT_ERROR);
+        assert!(reply.json()["consentUrl"].is_null());
+        let asked = client
+            .send(Method::POST, &format!("{path}/consent"), &[("authorization", &auth)], None)
+            .await
+            .unwrap();
+        assert_eq!(asked.status, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

@@ -68,7 +68,7 @@ impl Failure {
 
     /// The app's own exception, as opposed to a fault of the platform.
     pub fn is_app_error(&self) -> bool {
-        self.code == "FUNCTION_ERROR"
+        self.code == "FUNCTION_ERROR" || self.code == NEEDS_USER_CONSENT
     }
 }
 
@@ -80,6 +80,14 @@ impl std::fmt::Display for Failure {
 
 /// The code of a failure whose sandbox fault could not be recorded.
 pub const AUDIT_FAILED: &str = "AUDIT_FAILED";
+
+/// The code of a user call whose function threw after an `asUser()` call
+/// for the user in session was refused for want of that user's consent
+/// (`NeedsAuthenticationError`). Kiln's gateway saw the refusal, so this
+/// is known without reading the app's error; the resolver route answers
+/// it with a consent link. Like `FUNCTION_ERROR`, it is the app's outcome,
+/// not a sandbox fault.
+pub const NEEDS_USER_CONSENT: &str = "NEEDS_USER_CONSENT";
 
 /// A boxed future, so [`Execute`] can be a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -264,6 +272,7 @@ impl Runner {
                 .sandbox
                 .invoke(&grants.app, &hash, &bundle, &invoke, &mut handler)
                 .map_err(|e| Failure::platform(e.to_string()))?;
+            let needs_user_consent = handler.needs_user_consent();
             if let Some(sink) = &this.logs {
                 // The developer sees a failure with the app's own message
                 // (development only: the sink is `kiln dev`'s terminal).
@@ -281,6 +290,13 @@ impl Runner {
             match result.outcome {
                 kiln_ipc::Outcome::Ok { result } => {
                     serde_json::from_str(&result).map_err(|e| Failure::platform(e.to_string()))
+                }
+                // Only the app's own throw becomes a consent request: a
+                // time-out or a crash stays the fault it is.
+                kiln_ipc::Outcome::Err(e)
+                    if needs_user_consent && e.code == kiln_ipc::ErrorCode::FunctionError =>
+                {
+                    Err(Failure { code: NEEDS_USER_CONSENT.to_owned(), message: e.message })
                 }
                 kiln_ipc::Outcome::Err(e) => {
                     Err(Failure { code: e.code.as_str().to_owned(), message: e.message })

@@ -112,7 +112,7 @@ pub(crate) async fn webtrigger(
     };
     let app_dir = app.display().to_string();
     kiln(&["deploy", &app_dir])?;
-    kiln(&["install", "--site", "bench.atlassian.net", "--app", &app_dir])?;
+    kiln(&["install", "--site", "bench.atlassian.net", "--product", "jira", "--app", &app_dir])?;
     let kiln_port = free_port()?;
     let base = format!("https://127.0.0.1:{kiln_port}");
     let url = kiln(&[

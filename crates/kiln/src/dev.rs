@@ -247,7 +247,15 @@ pub(crate) async fn run(options: DevOptions) -> Result<(), Failure> {
     let devsite_listener = tokio::net::TcpListener::bind(options.devsite_listen)
         .await
         .map_err(|e| fail(format!("the dev site cannot listen on {}: {e}", options.devsite_listen)))?;
-    let seed = kiln_devsite::Seed::example();
+    // The server's consent callback, registered with the dev site's client
+    // as a developer registers theirs with Atlassian: the dev site keeps
+    // matching redirect URIs exactly, and only this kiln dev's own server
+    // (on this port) is added.
+    let callback = format!("https://{listen}/oauth/callback");
+    let mut seed = kiln_devsite::Seed::example();
+    if let Some(client) = seed.oauth_clients.first_mut() {
+        client.redirect_uris.push(callback.clone());
+    }
     let app_account = seed.oauth_clients.first().and_then(|c| c.service_account_id.clone());
     let site = kiln_devsite::start(
         devsite_listener,
@@ -270,7 +278,8 @@ pub(crate) async fn run(options: DevOptions) -> Result<(), Failure> {
     eprint!("{said}");
     let provider = crate::key_provider(&data_dir, &store).await?;
     let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store.clone(), provider));
-    let product = crate::devsite_gateway(&data_dir, site.base_url(), None, kvs.clone()).await?;
+    let product =
+        crate::devsite_gateway(&data_dir, site.base_url(), None, kvs.clone(), Some(&callback)).await?;
     let source = kiln_server::events::EventSource::new(
         "devsite",
         site_url.clone(),
@@ -406,6 +415,11 @@ async fn describe(
         "  resolvers:     POST https://{bound}/resolver/v1/{} with a token from POST {}/kiln/context-token",
         installation.public_id,
         site.base_url()
+    );
+    let _ = writeln!(
+        s,
+        "  user consent:  asUser() without it answers 403 NEEDS_USER_CONSENT and a consentUrl \
+         (https://{bound}/oauth/consent?ticket=...)"
     );
     let _ = writeln!(s, "  certificate:   {}", data_dir.join("tls/cert.pem").display());
     let _ = writeln!(s, "Watching {} for changes.", app_dir.display());

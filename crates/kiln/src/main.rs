@@ -555,7 +555,15 @@ fn main() -> ExitCode {
         return kiln_sandbox::worker::worker_main();
     }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The servers use every core (TLS, the store and request handling run
+    // on the runtime; sandbox calls on its blocking threads); one-shot
+    // commands need one thread.
+    let mut builder = if matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -917,7 +925,7 @@ async fn invoke_host(
     let product = match &args.devsite {
         None => None,
         Some(url) => Some(std::sync::Arc::new(
-            devsite_gateway(data_dir, url, args.devsite_ca.as_deref(), kvs.clone()).await?,
+            devsite_gateway(data_dir, url, args.devsite_ca.as_deref(), kvs.clone(), None).await?,
         )),
     };
     let grants = kiln_manifest::Grants::of(manifest);
@@ -958,7 +966,7 @@ async fn consent(data_dir: &Path, args: ConsentArgs) -> Result<(), Failure> {
     let store = open(data_dir).await?;
     let provider = key_provider(data_dir, &store).await?;
     let kvs = std::sync::Arc::new(kiln_kvs::Kvs::new(store, provider));
-    let gateway = devsite_gateway(data_dir, &args.devsite, args.devsite_ca.as_deref(), kvs).await?;
+    let gateway = devsite_gateway(data_dir, &args.devsite, args.devsite_ca.as_deref(), kvs, None).await?;
     let scopes: Vec<&str> = manifest
         .permissions
         .scopes
@@ -1067,6 +1075,7 @@ pub(crate) async fn devsite_gateway(
     url: &str,
     ca: Option<&Path>,
     kvs: std::sync::Arc<kiln_kvs::Kvs>,
+    redirect_uri: Option<&str>,
 ) -> Result<kiln_product::ProductGateway, Failure> {
     let roots = devsite_roots(data_dir, ca)?;
     let endpoint =
@@ -1119,7 +1128,10 @@ pub(crate) async fn devsite_gateway(
             client: kiln_product::OAuthClient {
                 client_id: client.client_id.clone(),
                 client_secret: client.client_secret.clone().into(),
-                redirect_uri: client.redirect_uris.first().cloned().unwrap_or_default(),
+                redirect_uri: match redirect_uri {
+                    Some(uri) => uri.to_owned(),
+                    None => client.redirect_uris.first().cloned().unwrap_or_default(),
+                },
             },
         }),
         kvs,
@@ -1443,6 +1455,16 @@ pub(crate) fn self_signed_identity(data_dir: &Path) -> Result<kiln_crypto::tls::
     let dir = data_dir.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let fail = |e: std::io::Error| Failure { code: 1, message: format!("{}: {e}", dir.display()) };
+    // Nodes starting together on one data directory make one certificate:
+    // the check and the writes happen under an exclusive lock.
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".lock"))
+        .map_err(fail)?;
+    lock.lock().map_err(fail)?;
     if cert.exists() && key.exists() {
         return Ok(kiln_crypto::tls::Identity {
             cert_pem: std::fs::read_to_string(&cert).map_err(fail)?,

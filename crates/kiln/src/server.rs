@@ -161,7 +161,20 @@ pub(crate) async fn run(data_dir: &Path, mut options: Options) -> Result<(), Fai
         tracing::info!("resolver calls are off: the settings file has no [resolvers] section");
     }
     let executor: Arc<dyn kiln_server::runner::Execute> = Arc::new(runner.clone());
-    let resolvers = Arc::new(kiln_server::resolver::Resolvers::new(store.clone(), executor.clone(), tokens));
+    // Users' own OAuth consent for asUser(), through the product gateway the
+    // runner's host calls use, so the tokens land where asUser() reads them.
+    let consent = kiln_server::consent::Consent::new(
+        store.clone(),
+        kvs.clone(),
+        runner.host.product(),
+        trail.auditor().clone(),
+        &public_url,
+    )
+    .map(Arc::new);
+    let resolvers = Arc::new(
+        kiln_server::resolver::Resolvers::new(store.clone(), executor.clone(), tokens)
+            .with_consent(consent.clone()),
+    );
     // Durable work: queued events (consumers, trigger deliveries), the
     // scheduler and the lifecycle events, each stopping with the server.
     if jobs.enabled {
@@ -252,6 +265,10 @@ pub(crate) async fn run(data_dir: &Path, mut options: Options) -> Result<(), Fai
     if let Some(events) = events_router {
         tracing::info!("Product events on https://{bound}/events/<source>");
         router = router.merge(events);
+    }
+    if let Some(consent) = consent {
+        tracing::info!("User consent for asUser() on https://{bound}/oauth/consent and /oauth/callback");
+        router = router.merge(kiln_server::consent::router(consent));
     }
     if let Some(clock) = &scheduler.insecure_test_clock {
         router = router.merge(kiln_server::scheduler::insecure_test_clock_router(Some(clock.clone())));

@@ -403,8 +403,11 @@ fn kiln_dev_drives_the_example_app_through_every_module_type() {
     // new permission shown.
     let manifest = dev.app.join("manifest.yml");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("    - storage:app\n", "    - storage:app\n    - read:jira-user\n"))
-        .unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("    - storage:app\n", "    - storage:app\n    - read:jira-user\n"),
+    )
+    .unwrap();
     dev.out.wait_for("Deployed version 2.0.0", long);
     dev.out.wait_for("Upgraded the dev site from 1.2.0 to 2.0.0", long);
     assert!(dev.out.all().contains("read:jira-user"), "the new permission is shown:\n{}", dev.out.all());
