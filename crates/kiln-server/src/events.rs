@@ -16,6 +16,11 @@
 //!   this node's clock is refused, so a captured request is useless after
 //!   five minutes. Refusals are counted ([`EventStats`]) and logged with
 //!   the source and peer; the audit trail has no event for them.
+//! - **Formats.** A source says which of two it speaks (`format`): `kiln`
+//!   (the default, above) or `atlassian-webhook`, a Jira Cloud admin
+//!   webhook registered with the source's key as its secret, signed and
+//!   translated into Forge's event shape (`events/atlassian.rs`). Either
+//!   way the event then takes the same replay check and routing below.
 //! - **Replays.** Each event gets an id: the body's `deliveryId` when the
 //!   source sends one, else the digest of the signed bytes (timestamp and
 //!   body). A second request with an id this node saw within the window
@@ -72,6 +77,8 @@ use crate::alerting::ConfigError;
 use crate::runner::BoxFuture;
 use crate::scheduler::Clock;
 
+mod atlassian;
+
 /// How far an event's timestamp may be from this node's clock.
 pub const MAX_SKEW: Duration = Duration::from_secs(300);
 
@@ -102,6 +109,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// secret_env = "KILN_EVENTS_SECRET"     # the variable holding the HMAC key
 /// cloud_id = "..."                      # optional: the body's context.cloudId must match
 /// app_account_id = "557058:kiln-app"    # optional: who "self" is for ignoreSelf
+/// format = "kiln"                       # or "atlassian-webhook" (Jira Cloud's own webhooks)
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +126,23 @@ pub struct SourceSection {
     pub secret_env: String,
     pub cloud_id: Option<String>,
     pub app_account_id: Option<String>,
+    /// Absent means `kiln`, so settings files written before there was a
+    /// choice keep meaning what they meant.
+    #[serde(default)]
+    pub format: EventFormat,
+}
+
+/// How a source signs and shapes its events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventFormat {
+    /// Forge-shaped events signed with `X-Kiln-Signature` over timestamp
+    /// and body, as `kiln devsite` sends them.
+    #[default]
+    Kiln,
+    /// Jira Cloud webhooks (`webhookEvent`, `X-Hub-Signature` over the
+    /// body), translated into Forge's events (`events/atlassian.rs`).
+    AtlassianWebhook,
 }
 
 /// The sources, checked, with their keys read from the environment.
@@ -134,6 +159,7 @@ pub struct EventSource {
     pub cloud_id: Option<String>,
     /// The account Kiln's apps act as on this site, for `ignoreSelf`.
     pub app_account_id: Option<String>,
+    pub format: EventFormat,
     secret: Arc<Vec<u8>>,
 }
 
@@ -144,6 +170,7 @@ impl std::fmt::Debug for EventSource {
             .field("site", &self.site)
             .field("cloud_id", &self.cloud_id)
             .field("app_account_id", &self.app_account_id)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +205,16 @@ impl EventSource {
             site,
             cloud_id,
             app_account_id,
+            format: EventFormat::Kiln,
             secret: Arc::new(secret.to_vec()),
         })
+    }
+
+    /// The same source speaking `format` (a new source speaks `kiln`).
+    #[must_use]
+    pub fn with_format(mut self, format: EventFormat) -> EventSource {
+        self.format = format;
+        self
     }
 }
 
@@ -210,7 +245,8 @@ impl EventsConfig {
             let secret = env(&s.secret_env).ok_or_else(|| {
                 format!("events.sources.{name}.secret_env names {}, which is not set", s.secret_env)
             })?;
-            sources.push(EventSource::new(&name, site, secret.as_bytes(), s.cloud_id, s.app_account_id)?);
+            let source = EventSource::new(&name, site, secret.as_bytes(), s.cloud_id, s.app_account_id)?;
+            sources.push(source.with_format(s.format));
         }
         Ok(Some(EventsConfig::new(sources)))
     }
@@ -319,6 +355,9 @@ pub struct EventStats {
     pub ignored_self: AtomicU64,
     /// Requests answered 503 (the store or the queue failed).
     pub failed: AtomicU64,
+    /// Authentic Atlassian webhooks of a kind Kiln has no Forge event for:
+    /// answered 202 (so Jira does not retry them), nothing queued.
+    pub untranslated: AtomicU64,
 }
 
 impl EventStats {
@@ -339,6 +378,7 @@ impl EventStats {
             ("unsupported", get(&self.unsupported)),
             ("ignored_self", get(&self.ignored_self)),
             ("failed", get(&self.failed)),
+            ("untranslated", get(&self.untranslated)),
         ]
     }
 
@@ -431,9 +471,24 @@ async fn receive(
         return refuse(StatusCode::NOT_FOUND, "no such event source");
     };
     let now = state.clock.now();
-    let verified = match verify(source, &headers, &body, now) {
-        Ok(v) => v,
-        Err(refusal) => {
+    let accepted = match source.format {
+        EventFormat::Kiln => accept_kiln(source, &headers, &body, now),
+        EventFormat::AtlassianWebhook => atlassian::accept(source, &headers, &body, now),
+    };
+    let (event, event_id, also_seen) = match accepted {
+        Ok(Accepted::Event { event, event_id, also_seen }) => (event, event_id, also_seen),
+        Ok(Accepted::Untranslated { webhook_event }) => {
+            // 202, not an error: Jira retries what it sees fail, and a kind
+            // Kiln cannot name is not going to become deliverable.
+            bump(&stats.untranslated);
+            tracing::warn!(
+                source = %source.name,
+                webhook_event,
+                "Atlassian webhook not delivered: Kiln has no Forge event for its kind"
+            );
+            return reply(StatusCode::ACCEPTED, json!({ "queued": 0, "duplicates": 0, "skipped": 0 }));
+        }
+        Err(Rejected::Refused(refusal)) => {
             bump(match refusal {
                 Refusal::Stale => &stats.stale,
                 Refusal::Signature => &stats.bad_signature,
@@ -441,20 +496,17 @@ async fn receive(
             tracing::warn!(source = %source.name, peer = %peer, reason = refusal.as_str(), "product event refused");
             return refuse(StatusCode::UNAUTHORIZED, "the event's signature or timestamp is not valid");
         }
-    };
-    let event = match ProductEvent::parse(&verified, &body, source) {
-        Ok(e) => e,
-        Err(detail) => {
+        Err(Rejected::Malformed(detail)) => {
             bump(&stats.malformed);
             tracing::warn!(source = %source.name, detail, "product event malformed");
             return refuse(StatusCode::BAD_REQUEST, "the event is not a product event Kiln can read");
         }
     };
-    let event_id = match &event.delivery_id {
-        Some(id) => format!("delivery:{id}"),
-        None => format!("sig:{}", verified.digest.hex()),
+    let replayed = {
+        let mut seen = lock(&state.seen);
+        seen.contains(&event_id, now) || also_seen.as_deref().is_some_and(|id| seen.contains(id, now))
     };
-    if lock(&state.seen).contains(&event_id, now) {
+    if replayed {
         bump(&stats.replayed);
         tracing::warn!(source = %source.name, peer = %peer, "product event replayed within the window; refused");
         return refuse(StatusCode::CONFLICT, "this event was already received");
@@ -462,7 +514,12 @@ async fn receive(
     bump(&stats.accepted);
     match route(&state, source, &event, &event_id, now).await {
         Ok(outcome) => {
-            lock(&state.seen).insert(event_id, now);
+            let mut seen = lock(&state.seen);
+            seen.insert(event_id, now);
+            if let Some(id) = also_seen {
+                seen.insert(id, now);
+            }
+            drop(seen);
             reply(
                 StatusCode::ACCEPTED,
                 json!({ "queued": outcome.queued, "duplicates": outcome.duplicates, "skipped": outcome.skipped }),
@@ -474,6 +531,39 @@ async fn receive(
             refuse(StatusCode::SERVICE_UNAVAILABLE, "the event could not be queued; send it again")
         }
     }
+}
+
+/// A request that passed its format's checks.
+#[derive(Debug)]
+enum Accepted {
+    /// An event to route, queued under `event_id`; `also_seen` is one more
+    /// id that marks a replay (an Atlassian webhook's identifier).
+    Event { event: ProductEvent, event_id: String, also_seen: Option<String> },
+    /// An authentic webhook of a kind that has no Forge event.
+    Untranslated { webhook_event: String },
+}
+
+/// Why a request is not taken: 401 or 400.
+#[derive(Debug)]
+enum Rejected {
+    Refused(Refusal),
+    Malformed(String),
+}
+
+/// Kiln's own format: check, then read the body as a Forge event.
+fn accept_kiln(
+    source: &EventSource,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: Millis,
+) -> Result<Accepted, Rejected> {
+    let verified = verify(source, headers, body, now).map_err(Rejected::Refused)?;
+    let event = ProductEvent::parse(&verified, body, source).map_err(Rejected::Malformed)?;
+    let event_id = match &event.delivery_id {
+        Some(id) => format!("delivery:{id}"),
+        None => format!("sig:{}", verified.digest.hex()),
+    };
+    Ok(Accepted::Event { event, event_id, also_seen: None })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -491,10 +581,11 @@ impl Refusal {
     }
 }
 
-/// Proof that a request's signature and timestamp checked out; only
-/// [`verify`] makes one.
+/// Proof that a request's signature checked out; only [`verify`] and
+/// `atlassian::verify` make one.
 struct Verified {
-    /// SHA-256 of the signed bytes (timestamp "." body).
+    /// SHA-256 of the signed bytes (Kiln's: timestamp "." body;
+    /// Atlassian's: the body).
     digest: Sha256,
 }
 
@@ -588,10 +679,20 @@ struct ProductEvent {
 impl ProductEvent {
     /// Read only once [`verify`] passed: an unauthenticated body is never
     /// parsed (the JSON parser is not exposed to anyone without the key).
-    fn parse(_verified: &Verified, bytes: &[u8], source: &EventSource) -> Result<ProductEvent, String> {
+    fn parse(verified: &Verified, bytes: &[u8], source: &EventSource) -> Result<ProductEvent, String> {
         let Value::Object(body) = serde_json::from_slice::<Value>(bytes).map_err(|e| e.to_string())? else {
             return Err("the body is not a JSON object".into());
         };
+        ProductEvent::from_body(verified, body, source)
+    }
+
+    /// The checks on a Forge-shaped body, whichever format it came in:
+    /// a translated Atlassian webhook passes the same ones.
+    fn from_body(
+        _verified: &Verified,
+        body: serde_json::Map<String, Value>,
+        source: &EventSource,
+    ) -> Result<ProductEvent, String> {
         let event_type = body.get("eventType").and_then(Value::as_str).ok_or("no eventType")?.to_owned();
         let well_formed = !event_type.is_empty()
             && event_type.len() <= MAX_EVENT_TYPE_LEN

@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use kiln_crypto::Sha256;
 use kiln_manifest::{Grants, NoVariables};
-use kiln_server::events::{Enqueue, EventRouter, EventSource, EventsConfig, TriggerDelivery};
+use kiln_server::events::{Enqueue, EventFormat, EventRouter, EventSource, EventsConfig, TriggerDelivery};
 use kiln_server::lifecycle::{LifecyclePoller, Settings as LifecycleSettings};
 use kiln_server::runner::{BoxFuture, Call, Execute, Failure};
 use kiln_server::scheduler::{self, Clock, Scheduler, Settings, SystemClock, TestClock};
@@ -802,6 +802,239 @@ async fn the_other_loaders_of_the_settings_file_accept_the_events_and_scheduler_
     let store = Store::open_in_memory().await.unwrap();
     assert!(kiln_server::product_config::load(&path, kvs(&store)).unwrap().is_none());
     assert_eq!(scheduler::SchedulerConfig::load(&path).unwrap().settings.tick, Duration::from_secs(1));
+}
+
+// ------------------------------------------------------------ Atlassian webhooks
+
+/// Two sources for one site: `acme` speaks Kiln's format, `jira` Jira
+/// Cloud's webhooks.
+async fn webhook_events(t: &TestStore) -> Events {
+    let site = || SiteUrl::parse(SITE).unwrap();
+    let kiln = EventSource::new("acme", site(), SECRET, Some(CLOUD_ID.to_owned()), None).unwrap();
+    let jira =
+        EventSource::new("jira", site(), SECRET, Some(CLOUD_ID.to_owned()), Some(APP_ACCOUNT.to_owned()))
+            .unwrap()
+            .with_format(EventFormat::AtlassianWebhook);
+    let queue = Arc::new(Queue::default());
+    let q: Arc<dyn Enqueue> = queue.clone();
+    let state = Arc::new(EventRouter::new(
+        t.store.clone(),
+        EventsConfig::new([kiln, jira]),
+        q,
+        Arc::new(SystemClock),
+    ));
+    let (client, stop) = serve(kiln_server::events::router(state.clone())).await;
+    Events { client, queue, state, _stop: stop }
+}
+
+/// A body as Jira Cloud sends one for `webhook_event` at `millis`.
+fn webhook(webhook_event: &str, actor: &str, key: &str, millis: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "timestamp": millis,
+        "webhookEvent": webhook_event,
+        "issue_event_type_name": "issue_created",
+        "user": { "accountId": actor, "displayName": "Someone" },
+        "issue": {
+            "id": "10001",
+            "self": format!("{SITE}/rest/api/2/10001"),
+            "key": key,
+            "fields": { "summary": "It broke", "issuetype": { "name": "Task" } },
+        },
+    }))
+    .unwrap()
+}
+
+/// `X-Hub-Signature` as Jira Cloud computes it: HMAC-SHA256 of the body.
+fn hub_signature(secret: &[u8], body: &[u8]) -> String {
+    let tag = kiln_crypto::hmac_sha256(secret, body);
+    format!("sha256={}", tag.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+async fn post_webhook(
+    client: &HttpsClient,
+    source: &str,
+    body: &[u8],
+    secret: &[u8],
+    id: Option<&str>,
+) -> Reply {
+    let signature = hub_signature(secret, body);
+    let mut headers = vec![("content-type", "application/json"), ("x-hub-signature", signature.as_str())];
+    if let Some(id) = id {
+        headers.push(("x-atlassian-webhook-identifier", id));
+    }
+    client.send(Method::POST, &format!("/events/{source}"), &headers, Some(body)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_atlassian_issue_created_webhook_is_queued_as_forges_created_issue() {
+    for t in each_backend().await.unwrap() {
+        let a = install(
+            &t.store,
+            "00000000-0000-4000-8000-00000000f001",
+            SITE,
+            &["read:jira-work"],
+            &["read:jira-work"],
+        )
+        .await;
+        let e = webhook_events(&t).await;
+        let body =
+            webhook("jira:issue_created", "5b10ac8d82e05b22cc7d4ef5", "KAN-20", kiln_store::now_millis());
+        let r = post_webhook(&e.client, "jira", &body, SECRET, Some("wh-1")).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}: {}", t.name, r.text());
+        // on-issue and not-mine (not the app's account); bugs-only is unsupported.
+        assert_eq!(answer(&r)["queued"], 2, "{}: {}", t.name, r.text());
+        let got: BTreeSet<(i64, String)> = e.queue.modules().into_iter().collect();
+        assert_eq!(got, [(a.id, "on-issue".to_owned()), (a.id, "not-mine".to_owned())].into(), "{}", t.name);
+        let (_, module, event_id, delivered) = e.queue.deliveries.lock().unwrap()[0].clone();
+        assert!(event_id.starts_with("hub:"), "the signed body names the event: {event_id}");
+        assert_eq!(
+            delivered,
+            json!({
+                "eventType": "avi:jira:created:issue",
+                "issue": {
+                    "id": "10001",
+                    "key": "KAN-20",
+                    "fields": { "summary": "It broke", "issuetype": { "name": "Task" } },
+                },
+                "atlassianId": "5b10ac8d82e05b22cc7d4ef5",
+                "selfGenerated": false,
+                "context": { "cloudId": CLOUD_ID, "moduleKey": module },
+            }),
+            "{}",
+            t.name
+        );
+
+        // The same webhook again, or Jira's retry of it (same identifier), is a replay.
+        assert_eq!(
+            post_webhook(&e.client, "jira", &body, SECRET, Some("wh-1")).await.status,
+            StatusCode::CONFLICT
+        );
+        let retry =
+            webhook("jira:issue_created", "5b10ac8d82e05b22cc7d4ef5", "KAN-20", kiln_store::now_millis() + 1);
+        assert_eq!(
+            post_webhook(&e.client, "jira", &retry, SECRET, Some("wh-1")).await.status,
+            StatusCode::CONFLICT
+        );
+
+        // An update carries its changelog; the app's own change is selfGenerated
+        // (and not-mine, which has ignoreSelf, does not subscribe to updates anyway).
+        let mut updated: Value = serde_json::from_slice(&webhook(
+            "jira:issue_updated",
+            APP_ACCOUNT,
+            "KAN-20",
+            kiln_store::now_millis(),
+        ))
+        .unwrap();
+        let changelog = json!({ "id": "10100", "items": [{ "field": "summary", "fromString": "It broke", "toString": "It works" }] });
+        updated["changelog"] = changelog.clone();
+        let updated = serde_json::to_vec(&updated).unwrap();
+        let r = post_webhook(&e.client, "jira", &updated, SECRET, None).await;
+        assert_eq!(answer(&r)["queued"], 1, "{}: {}", t.name, r.text());
+        let last = e.queue.deliveries.lock().unwrap().last().unwrap().3.clone();
+        assert_eq!(last["eventType"], "avi:jira:updated:issue");
+        assert_eq!(last["changelog"], changelog);
+        assert_eq!(last["selfGenerated"], true);
+    }
+}
+
+#[tokio::test]
+async fn forged_stale_and_unknown_atlassian_webhooks_queue_nothing() {
+    for t in each_backend().await.unwrap() {
+        install(
+            &t.store,
+            "00000000-0000-4000-8000-00000000f002",
+            SITE,
+            &["read:jira-work"],
+            &["read:jira-work"],
+        )
+        .await;
+        let e = webhook_events(&t).await;
+        let now = kiln_store::now_millis();
+        let body = webhook("jira:issue_created", "someone", "KAN-21", now);
+        let wrong_key = post_webhook(&e.client, "jira", &body, b"not the key, but as long as it", None).await;
+        assert_eq!(wrong_key.status, StatusCode::UNAUTHORIZED, "{}", t.name);
+        // Signed for one body, sent with another.
+        let sig = hub_signature(SECRET, &body);
+        let other = webhook("jira:issue_created", "someone", "KAN-22", now);
+        let headers = [("x-hub-signature", sig.as_str())];
+        let r = e.client.send(Method::POST, "/events/jira", &headers, Some(&other)).await.unwrap();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = e.client.send(Method::POST, "/events/jira", &[], Some(&body)).await.unwrap();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "unsigned");
+        // Correctly signed, but from outside the window (or with no time at all).
+        for at in [now - 301_000, now + 301_000] {
+            let stale = webhook("jira:issue_created", "someone", "KAN-23", at);
+            assert_eq!(
+                post_webhook(&e.client, "jira", &stale, SECRET, None).await.status,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        let mut timeless: Value = serde_json::from_slice(&body).unwrap();
+        timeless.as_object_mut().unwrap().remove("timestamp");
+        let timeless = serde_json::to_vec(&timeless).unwrap();
+        assert_eq!(
+            post_webhook(&e.client, "jira", &timeless, SECRET, None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        let stats: std::collections::BTreeMap<_, _> = e.state.stats.snapshot().into_iter().collect();
+        assert_eq!((stats["bad_signature"], stats["stale"]), (3, 3), "{}", t.name);
+
+        // Authentic, but of a kind Forge has no event for: 202 (Jira must
+        // not retry it), nothing queued, counted.
+        for kind in ["worklog_created", "comment_updated", "jira:something_new"] {
+            let hook = webhook(kind, "someone", "KAN-24", now);
+            let r = post_webhook(&e.client, "jira", &hook, SECRET, None).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}: {kind}: {}", t.name, r.text());
+            assert_eq!(answer(&r), json!({ "queued": 0, "duplicates": 0, "skipped": 0 }));
+        }
+        assert!(e.queue.modules().is_empty(), "{}: nothing refused or unknown was queued", t.name);
+        let stats: std::collections::BTreeMap<_, _> = e.state.stats.snapshot().into_iter().collect();
+        assert_eq!(stats["untranslated"], 3, "{}", t.name);
+    }
+}
+
+#[tokio::test]
+async fn a_source_takes_only_its_own_format() {
+    let t = each_backend().await.unwrap().into_iter().next().unwrap();
+    install(&t.store, "00000000-0000-4000-8000-00000000f003", SITE, &["read:jira-work"], &["read:jira-work"])
+        .await;
+    let e = webhook_events(&t).await;
+    // Jira's webhook, signed the Atlassian way with the right key, sent to
+    // the Kiln-format source.
+    let hook = webhook("jira:issue_created", "someone", "KAN-25", kiln_store::now_millis());
+    assert_eq!(post_webhook(&e.client, "acme", &hook, SECRET, None).await.status, StatusCode::UNAUTHORIZED);
+    // A Kiln-format event, signed Kiln's way, sent to the Atlassian source.
+    let event = issue_event("avi:jira:created:issue", "someone", "KAN-26");
+    assert_eq!(post(&e.client, "jira", &event, now_secs(), SECRET).await.status, StatusCode::UNAUTHORIZED);
+    assert!(e.queue.modules().is_empty());
+    // Each in its own format goes through.
+    assert_eq!(post(&e.client, "acme", &event, now_secs(), SECRET).await.status, StatusCode::ACCEPTED);
+    assert_eq!(post_webhook(&e.client, "jira", &hook, SECRET, None).await.status, StatusCode::ACCEPTED);
+}
+
+#[test]
+fn the_events_section_reads_the_source_format() {
+    let env = |name: &str| (name == "EV_KEY").then(|| "0123456789abcdef0123".to_owned());
+    let source = |format: &str| {
+        format!(
+            "[events.sources.jira]\nsite = \"https://acme.atlassian.net\"\nsecret_env = \"EV_KEY\"\n{format}"
+        )
+    };
+    let default = EventsConfig::parse(&source(""), &env).unwrap().unwrap();
+    assert_eq!(
+        default.source("jira").unwrap().format,
+        EventFormat::Kiln,
+        "existing settings keep their meaning"
+    );
+    let kiln = EventsConfig::parse(&source("format = \"kiln\"\n"), &env).unwrap().unwrap();
+    assert_eq!(kiln.source("jira").unwrap().format, EventFormat::Kiln);
+    let hooks = EventsConfig::parse(&source("format = \"atlassian-webhook\"\n"), &env).unwrap().unwrap();
+    assert_eq!(hooks.source("jira").unwrap().format, EventFormat::AtlassianWebhook);
+    for bad in
+        ["format = \"github\"\n", "format = \"Atlassian-Webhook\"\n", "format = 1\n", "formats = \"kiln\"\n"]
+    {
+        assert!(EventsConfig::parse(&source(bad), &env).is_err(), "{bad}");
+    }
 }
 
 // ------------------------------------------------------------ lifecycle events
