@@ -35,32 +35,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, repo};
+use common::{KillOnDrop, copy_app, free_port, repo};
 use kiln_http::{HttpsClient, Method, Reply};
 use serde_json::{Value, json};
 
 const ALICE: &str = "557058:alice";
 const BOB: &str = "557058:bob";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == ".kiln" || name == "node_modules" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The first line of `kiln dev`'s stderr holding `needle`, waited for.
 fn wait_for(lines: &Mutex<Vec<String>>, needle: &str, timeout: Duration) -> String {
@@ -93,7 +73,7 @@ struct Dev {
 impl Dev {
     fn start(work: &Path) -> Dev {
         let app = work.join("issue-triage");
-        copy_dir(&repo().join("examples/issue-triage"), &app);
+        copy_app(&repo().join("examples/issue-triage"), &app);
         let (server_port, devsite_port) = (free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(&app)

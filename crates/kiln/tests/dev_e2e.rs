@@ -39,32 +39,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, repo};
+use common::{KillOnDrop, copy_app, free_port, repo};
 use kiln_http::{HttpsClient, Method, Reply};
 use serde_json::{Value, json};
 
 const ALICE: &str = "557058:alice";
 const TOKEN: &str = "e2e-webhook-token";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == ".kiln" || name == "node_modules" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// `kiln dev`'s stderr, read on a thread: every line, in order.
 struct Output {
@@ -223,7 +203,7 @@ fn reporting_service(rt: &tokio::runtime::Runtime, dir: &Path) -> (u16, PathBuf,
 
 fn start(work: &Path) -> (Dev, Arc<Mutex<Vec<Value>>>) {
     let app = work.join("issue-triage");
-    copy_dir(&repo().join("examples/issue-triage"), &app);
+    copy_app(&repo().join("examples/issue-triage"), &app);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (report_port, report_ca, reports) = reporting_service(&rt, work);
     let (server_port, devsite_port) = (free_port(), free_port());

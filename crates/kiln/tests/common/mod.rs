@@ -120,3 +120,25 @@ pub(crate) fn listening(
     std::thread::spawn(move || for _ in lines {});
     (address, printed, child)
 }
+
+/// Copy an app directory, leaving out its Kiln state and dependencies.
+pub(crate) fn copy_app(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == ".kiln" || name == "node_modules" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_app(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// A loopback port free now (for a process the test starts next).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
