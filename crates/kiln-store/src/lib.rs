@@ -715,17 +715,31 @@ impl Tx {
         app: &AppId,
         env: &Environment,
     ) -> Result<Vec<InstallationRecord>, StoreError> {
+        self.installations_where(
+            "WHERE a.app_ari = $1 AND i.environment = $2 ORDER BY i.site, i.product",
+            &[app.as_str(), env.as_str()],
+        )
+        .await
+    }
+
+    /// Installations with their app and version, selected and ordered by
+    /// `tail` (a fixed `WHERE ... ORDER BY` of this crate's, never input)
+    /// with `binds` as its text parameters.
+    pub(crate) async fn installations_where(
+        &mut self,
+        tail: &'static str,
+        binds: &[&str],
+    ) -> Result<Vec<InstallationRecord>, StoreError> {
         let sql = format!(
             "SELECT {INSTALLATION_COLUMNS} FROM installations i
-             JOIN apps a ON a.id = i.app_id JOIN versions v ON v.id = i.version_id
-             WHERE a.app_ari = $1 AND i.environment = $2 ORDER BY i.site, i.product"
+             JOIN apps a ON a.id = i.app_id JOIN versions v ON v.id = i.version_id {tail}"
         );
         let raws = on_conn!(self, |c| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(app.as_str())
-                .bind(env.as_str())
-                .fetch_all(c)
-                .await?;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for value in binds {
+                query = query.bind(*value);
+            }
+            let rows = query.fetch_all(c).await?;
             rows.iter().map(RawInstallation::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
         })?;
         raws.into_iter().map(RawInstallation::into_record).collect()

@@ -10,9 +10,7 @@
 //! bounded number of times. When and whether to run is the server's to
 //! decide; this module only makes the claim atomic on both backends.
 
-use crate::{
-    EventKind, EventRecord, InstallationRecord, Millis, RawInstallation, StoreError, Tx, TxInner, on_conn,
-};
+use crate::{EventKind, EventRecord, InstallationRecord, Millis, StoreError, Tx, TxInner, on_conn};
 use kiln_types::{Product, SiteUrl};
 
 /// What a claim found.
@@ -199,17 +197,7 @@ impl Tx {
 
     /// Every installation of every app, by row id.
     pub async fn all_installations(&mut self) -> Result<Vec<InstallationRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM installations i
-             JOIN apps a ON a.id = i.app_id JOIN versions v ON v.id = i.version_id
-             ORDER BY i.id",
-            crate::INSTALLATION_COLUMNS
-        );
-        let raws = on_conn!(self, |c| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(c).await?;
-            rows.iter().map(RawInstallation::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
-        })?;
-        raws.into_iter().map(RawInstallation::into_record).collect()
+        self.installations_where("ORDER BY i.id", &[]).await
     }
 
     /// The installations of any app in `product` on `site`, by row id.
@@ -218,21 +206,11 @@ impl Tx {
         site: &SiteUrl,
         product: Product,
     ) -> Result<Vec<InstallationRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM installations i
-             JOIN apps a ON a.id = i.app_id JOIN versions v ON v.id = i.version_id
-             WHERE i.site = $1 AND i.product = $2 ORDER BY i.id",
-            crate::INSTALLATION_COLUMNS
-        );
-        let raws = on_conn!(self, |c| {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(site.as_str())
-                .bind(product.as_str())
-                .fetch_all(c)
-                .await?;
-            rows.iter().map(RawInstallation::from_row).collect::<Result<Vec<_>, sqlx::Error>>()
-        })?;
-        raws.into_iter().map(RawInstallation::into_record).collect()
+        self.installations_where(
+            "WHERE i.site = $1 AND i.product = $2 ORDER BY i.id",
+            &[site.as_str(), product.as_str()],
+        )
+        .await
     }
 
     /// Installation events of every installation with an id above
