@@ -14,8 +14,11 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{sealed_kvs as kvs, unused_egress as egress};
 use kiln_crypto::Sha256;
 use kiln_host::webtrigger::{
     MAX_CREATES_PER_MINUTE, MAX_DELETES_PER_MINUTE, MAX_QUERIES_PER_MINUTE, MAX_URLS_PER_INSTALLATION,
@@ -23,11 +26,8 @@ use kiln_host::webtrigger::{
 use kiln_host::{Host, InvocationGrants};
 use kiln_ipc::HostReply;
 use kiln_kvs::Kvs;
-use kiln_manifest::{Grants, NoVariables};
-use kiln_product::Installation;
 use kiln_sandbox::HostHandler;
-use kiln_store::{InstallationRecord, NewVersion, NewWebtrigger, Store, VersionOrigin, WebtriggerCreator};
-use kiln_types::{AppId, Environment, Product, SiteUrl, Version};
+use kiln_store::{InstallationRecord, NewWebtrigger, Store, WebtriggerCreator};
 use serde_json::{Value, json};
 
 const APP: &str = "ari:cloud:ecosystem::app/2d9e8f7a-6b5c-4d3e-8f1a-0b9c8d7e6fb0";
@@ -56,67 +56,11 @@ permissions:
 
 /// Two installations of the app, stored as `kiln install` stores them.
 async fn installations(store: &Store) -> (InstallationRecord, InstallationRecord) {
-    let source = manifest();
-    let manifest = kiln_manifest::parse_str("manifest.yml", &source, &NoVariables).unwrap().manifest;
-    let grants = Grants::of(&manifest);
-    let env = Environment::development();
-    let app = AppId::parse(APP).unwrap();
-    let mut tx = store.begin().await.unwrap();
-    let app_row = tx.ensure_app(&app).await.unwrap();
-    let hash = Sha256::of(b"bundle");
-    tx.put_bundle(&hash, b"bundle").await.unwrap();
-    let version = tx
-        .insert_version(NewVersion {
-            app_id: app_row,
-            environment: &env,
-            version: Version::FIRST,
-            manifest_source: &source,
-            manifest: &manifest,
-            grants: &grants,
-            origin: &VersionOrigin::Initial,
-            bundle: hash,
-        })
-        .await
-        .unwrap();
-    for site in ["https://a.atlassian.net", "https://b.atlassian.net"] {
-        let site = SiteUrl::parse(site).unwrap();
-        tx.insert_installation(app_row, &env, &site, Product::Jira, version, &grants).await.unwrap();
-    }
-    let mut all = tx.installations(&app, &env).await.unwrap();
-    tx.commit().await.unwrap();
-    let b = all.pop().unwrap();
-    (all.pop().unwrap(), b)
+    common::two_installations(store, &manifest()).await
 }
 
 fn grants(installation: Option<&InstallationRecord>) -> InvocationGrants {
-    let owner = installation.map_or_else(|| "installation:none".to_owned(), kiln_host::webtrigger::owner);
-    InvocationGrants {
-        app: APP.to_owned(),
-        installation: installation.map_or_else(String::new, |i| i.public_id.to_string()),
-        installation_row: installation.map(|i| i.id),
-        environment: Environment::development(),
-        egress: Vec::new(),
-        product: Installation { owner, scopes: Default::default(), impersonable: Default::default() },
-        user: None,
-    }
-}
-
-fn egress() -> Arc<kiln_egress::Gateway> {
-    let cert = kiln_crypto::tls::self_signed(&["127.0.0.1"]).unwrap();
-    let config = kiln_egress::Config::new(cert.cert_pem);
-    let gateway = kiln_egress::Gateway::new(
-        config,
-        Arc::new(kiln_egress::SystemResolver),
-        Arc::new(kiln_egress::SystemDialer),
-    );
-    Arc::new(gateway.unwrap())
-}
-
-fn kvs(store: &Store) -> Arc<Kvs> {
-    use base64::Engine;
-    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
-    let provider = kiln_crypto::keys::EnvKeyProvider::from_value(&format!("k1:{key}")).unwrap();
-    Arc::new(Kvs::new(store.clone(), Arc::new(provider)))
+    common::grants_for(APP, installation)
 }
 
 fn host(rt: &tokio::runtime::Runtime, store: &Store, kvs: &Arc<Kvs>) -> Host {
