@@ -33,6 +33,12 @@ use kiln_ipc::JailReport;
 /// The worker finds its IPC channel here.
 pub const IPC_FD: RawFd = 3;
 
+/// A forked worker's children hand the channel on through a pipe at these
+/// descriptors (see [`turn_pipe`]); the allow-list lets them read the one
+/// and write the other, and nothing else.
+pub const TURN_READ_FD: RawFd = 4;
+pub const TURN_WRITE_FD: RawFd = 5;
+
 /// Open files a worker may hold. It needs the channel and the standard
 /// streams; the bound stops descriptor exhaustion if seccomp were bypassed.
 pub const MAX_OPEN_FILES: u64 = 16;
@@ -203,10 +209,10 @@ fn child_before_exec(worker_fd: RawFd, limits: ProcessLimits, namespaces: Namesp
     set_limit(libc::RLIMIT_AS, limits.address_space_bytes)?;
     set_limit(libc::RLIMIT_CPU, limits.cpu_seconds)?;
     set_limit(libc::RLIMIT_NOFILE, MAX_OPEN_FILES)?;
-    // The worker and one forked invocation process (counted per user
-    // namespace on current kernels; root is exempt from this limit, which is
-    // one reason not to run Kiln as root).
-    set_limit(libc::RLIMIT_NPROC, 2)?;
+    // The worker and two forked invocation processes, the one serving and
+    // the standby (counted per user namespace on current kernels; root is
+    // exempt from this limit, which is one reason not to run Kiln as root).
+    set_limit(libc::RLIMIT_NPROC, 3)?;
     set_limit(libc::RLIMIT_FSIZE, 0)?;
     set_limit(libc::RLIMIT_CORE, 0)?;
     // 5. No privilege gain through exec (setuid binaries, file capabilities).
@@ -244,6 +250,41 @@ pub fn inherited_channel() -> Result<UnixStream, JailError> {
     // ownership cannot double-close or alias it.
     let owned = unsafe { OwnedFd::from_raw_fd(IPC_FD) };
     Ok(UnixStream::from(owned))
+}
+
+/// The pipe a template's children pass the turn to read the channel
+/// through, placed at [`TURN_READ_FD`] and [`TURN_WRITE_FD`] (the only
+/// descriptors besides the channel the allow-list lets a worker use). Call
+/// before lockdown: afterwards creating it is a forbidden call. A child that
+/// abuses the pipe can only confuse its own worker's protocol, which the
+/// server answers by killing the worker.
+pub fn turn_pipe() -> Result<(std::fs::File, std::fs::File), JailError> {
+    let err = |e: io::Error| JailError::Spawn(e);
+    for fd in [TURN_READ_FD, TURN_WRITE_FD] {
+        // SAFETY: fcntl(F_GETFD) only queries whether the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            return Err(err(io::Error::other(format!("descriptor {fd} is already in use"))));
+        }
+    }
+    let mut ends = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array, which lives on
+    // this stack frame.
+    check(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(err)?;
+    // SAFETY: pipe2 just returned these descriptors; this function is their
+    // only owner, so wrapping them cannot alias or double-close.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    let place = |owned: OwnedFd, at: RawFd| -> Result<std::fs::File, JailError> {
+        if owned.as_raw_fd() == at {
+            return Ok(std::fs::File::from(owned));
+        }
+        // SAFETY: dup3 onto a descriptor checked free above; O_CLOEXEC keeps
+        // it out of anything exec'd (nothing is, after lockdown).
+        check(unsafe { libc::dup3(owned.as_raw_fd(), at, libc::O_CLOEXEC) }).map_err(err)?;
+        drop(owned);
+        // SAFETY: dup3 made `at` a new descriptor owned by nothing else.
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(at) }))
+    };
+    Ok((place(read, TURN_READ_FD)?, place(write, TURN_WRITE_FD)?))
 }
 
 /// Lock this process down: undumpable, Landlock with no rights, then the
@@ -341,24 +382,34 @@ impl ChildExit {
 
 /// Wait for the invocation process `pid` to end.
 pub fn wait_child(pid: i32) -> io::Result<ChildExit> {
+    wait_for(pid).map(|(_, exit)| exit)
+}
+
+/// Wait for any child of this process to end; returns its pid and how.
+pub fn wait_any_child() -> io::Result<(i32, ChildExit)> {
+    wait_for(-1)
+}
+
+fn wait_for(pid: i32) -> io::Result<(i32, ChildExit)> {
     let mut status: libc::c_int = 0;
-    loop {
+    let ended = loop {
         // SAFETY: waitpid writes one int through the pointer, which lives
         // on this stack frame.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
+        if r > 0 {
+            break r;
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
-    }
-    Ok(if libc::WIFSIGNALED(status) {
+    };
+    let exit = if libc::WIFSIGNALED(status) {
         ChildExit { code: None, signal: Some(libc::WTERMSIG(status)) }
     } else {
         ChildExit { code: Some(libc::WEXITSTATUS(status)), signal: None }
-    })
+    };
+    Ok((ended, exit))
 }
 
 /// End this process at once: no destructors, no buffered output, no atexit

@@ -16,7 +16,7 @@ use seccompiler::{
     TargetArch,
 };
 
-use crate::{IPC_FD, JailError};
+use crate::{IPC_FD, JailError, TURN_READ_FD, TURN_WRITE_FD};
 
 /// How a listed call may be used.
 enum Use {
@@ -68,9 +68,17 @@ pub enum Profile {
 #[cfg(target_arch = "x86_64")]
 const ALLOWED: &[(libc::c_long, Use, &str)] = &[
     // The IPC channel: frames in and out, and stderr for a last message.
-    (libc::SYS_read, Use::OnFds(&[IPC_FD as u64]), "read frames from the server"),
+    (
+        libc::SYS_read,
+        Use::OnFds(&[IPC_FD as u64, TURN_READ_FD as u64]),
+        "read frames from the server; a forked child waits for its turn",
+    ),
     (libc::SYS_recvfrom, Use::OnFds(&[IPC_FD as u64]), "std reads sockets with recv"),
-    (libc::SYS_write, Use::OnFds(&[IPC_FD as u64, 2]), "write frames; stderr for a fatal message"),
+    (
+        libc::SYS_write,
+        Use::OnFds(&[IPC_FD as u64, 2, TURN_WRITE_FD as u64]),
+        "write frames; stderr for a fatal message; a forked child passes the turn on",
+    ),
     (libc::SYS_sendto, Use::OnFds(&[IPC_FD as u64]), "std may write sockets with send"),
     (libc::SYS_poll, Use::Any, "wait for a host reply with a timeout"),
     (libc::SYS_ppoll, Use::Any, "as poll, on newer libc"),

@@ -10,17 +10,19 @@
 //! two modes, chosen by the server:
 //!
 //! - forked: it keeps one prepared runtime (the prelude loaded, the entry
-//!   modules calls use evaluated) and never runs an invocation itself. A
-//!   standby child, forked while the worker is idle, installs the invocation
-//!   allow-list (no fork, no wait), waits on the channel, serves one request
-//!   and exits; then the next is forked. Every invocation starts from the
-//!   same prepared state, nothing it does survives it, and a large bundle's
-//!   bytecode is read and its top level run once per worker, not per call.
+//!   modules calls use evaluated) and never runs an invocation itself. Each
+//!   child installs the invocation allow-list (no fork, no wait), waits for
+//!   its turn, serves one request from the channel, passes the turn on and
+//!   exits. A standby is forked while the current child serves, so forks
+//!   and exits happen beside calls, not between them. Every invocation
+//!   starts from the same prepared state, nothing it does survives it, and
+//!   a large bundle's bytecode is read and its top level run once per
+//!   worker, not per call.
 //! - in place: it gives up forking for good, then runs each invocation in a
 //!   fresh runtime prepared ahead (cheaper than a fork for small programs).
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -47,6 +49,9 @@ const FAILED: i32 = 1;
 const SHUTDOWN: i32 = 2;
 const FIRST_MODULE: i32 = 3;
 
+/// The byte that hands the channel from one forked child to the next.
+const TURN: u8 = b'T';
+
 /// Entry point of `kiln __worker`. Never returns to app code on error: any
 /// protocol or I/O failure ends the process, and the server replaces it.
 pub fn worker_main() -> ExitCode {
@@ -59,6 +64,10 @@ pub fn worker_main() -> ExitCode {
     // Initialise the engine's process-wide state before the filter is in
     // place: the first runtime does one-time setup.
     kiln_js::warm_up();
+    // Made before lockdown: a locked-down process cannot create pipes.
+    let Ok(turn) = kiln_jail::turn_pipe() else {
+        return ExitCode::from(2);
+    };
     let jail = match kiln_jail::lockdown_template() {
         Ok(report) => report,
         Err(e) => {
@@ -68,6 +77,7 @@ pub fn worker_main() -> ExitCode {
     };
     let mut worker = Worker {
         channel,
+        turn: Some(turn),
         program: None,
         fork: false,
         template: None,
@@ -85,6 +95,8 @@ pub fn worker_main() -> ExitCode {
 
 struct Worker {
     channel: UnixStream,
+    /// Forked mode: which child may read the channel (see `serve_forked`).
+    turn: Option<(std::fs::File, std::fs::File)>,
     program: Option<&'static kiln_js::Program>,
     /// Whether invocations fork from `template` (else `template` is the
     /// fresh runtime the next invocation uses, in this process).
@@ -166,22 +178,36 @@ impl Worker {
         }
     }
 
-    /// Serve a loaded program by forking: a standby child, forked while the
-    /// worker is idle, waits on the channel for the next request, serves it
-    /// and exits; then the next one is forked. The template itself only
+    /// Serve a loaded program by forking. Two children live at a time: the
+    /// one whose turn it is serves the next request, and a standby forked
+    /// while it works waits for the turn. A child passes the turn on (a byte
+    /// on `turn`) as soon as it has answered, so forking, setting up the
+    /// child's filter and tearing the previous child down all happen beside
+    /// a call instead of between two. The template itself only forks,
     /// waits, and keeps the modules calls use evaluated.
     fn serve_forked(&mut self) -> Result<(), ()> {
         let program = self.program.ok_or(())?;
         let modules = program.module_ids();
+        let turn = self.turn.take().ok_or(())?;
+        // The first child takes the turn from the template.
+        (&turn.1).write_all(&[TURN]).map_err(drop)?;
+        let mut children = 0;
         loop {
-            let pid = match kiln_jail::fork_invocation() {
-                Ok(Forked::Child) => self.standby(&modules),
-                Ok(Forked::Parent(pid)) => pid,
-                Err(_) => return Err(()),
-            };
-            let exit = kiln_jail::wait_child(pid).map_err(drop)?;
+            while children < 2 {
+                match kiln_jail::fork_invocation() {
+                    Ok(Forked::Child) => self.standby(&modules, &turn),
+                    Ok(Forked::Parent(_)) => children += 1,
+                    // No room for a standby (a process limit): serve with
+                    // one child at a time.
+                    Err(_) if children > 0 => break,
+                    Err(_) => return Err(()),
+                }
+            }
+            let (_, exit) = kiln_jail::wait_any_child().map_err(drop)?;
+            children -= 1;
             match exit.code {
                 Some(SERVED) => {}
+                // The standby dies with the template (its parent-death signal).
                 Some(SHUTDOWN) => return Ok(()),
                 Some(code) if code >= FIRST_MODULE => {
                     let index = usize::try_from(code - FIRST_MODULE).unwrap_or(usize::MAX);
@@ -189,6 +215,8 @@ impl Worker {
                         self.preload(program, module.clone());
                     }
                 }
+                // The turn was not passed on: the standby never serves, and
+                // the worker ends after saying why.
                 _ => {
                     let _ = self.send(&FromWorker::InvocationDied { code: exit.code, signal: exit.signal });
                     return Err(());
@@ -197,10 +225,15 @@ impl Worker {
         }
     }
 
-    /// The standby child: serve the next request from the template's
-    /// prepared runtime, then end, telling the template through the exit
-    /// status whether the call used a module it should keep evaluated.
-    fn standby(&mut self, modules: &[String]) -> ! {
+    /// A forked child: wait for the turn, serve the next request from the
+    /// template's prepared runtime, pass the turn on, then end, telling the
+    /// template through the exit status whether the call used a module it
+    /// should keep evaluated.
+    fn standby(&mut self, modules: &[String], turn: &(std::fs::File, std::fs::File)) -> ! {
+        let mut byte = [0u8; 1];
+        if (&turn.0).read_exact(&mut byte).is_err() || byte[0] != TURN {
+            kiln_jail::exit_now(FAILED);
+        }
         // Back-to-back requests are served from the template's state at
         // once. After a gap, the child prepares a runtime of its own while
         // it waits: the call then writes to pages it already owns instead
@@ -226,6 +259,11 @@ impl Worker {
                     // only cost time.
                     std::mem::forget(spent);
                     if host.broken || self.send(&FromWorker::Done { outcome }).is_err() {
+                        kiln_jail::exit_now(FAILED);
+                    }
+                    // The next child may read the channel from now on; this
+                    // one never does again.
+                    if (&turn.1).write_all(&[TURN]).is_err() {
                         kiln_jail::exit_now(FAILED);
                     }
                     let module = &invocation.module;

@@ -69,3 +69,52 @@ fn a_crash_inside_an_invocation_is_reported_and_the_app_keeps_serving() {
         assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"));
     }
 }
+
+/// Processes named `kiln-worker` and their parents, from /proc.
+fn worker_processes() -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // "pid (comm) state ppid ..."; comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if comm == "kiln-worker" {
+            found.push((pid, ppid));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_workers_children_end_with_it() {
+    let sandbox = sandbox();
+    let app = app("export function run() { return 1; }\n");
+    for _ in 0..3 {
+        assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!(1));
+    }
+    // The worker now has a child waiting for the next call (the standby).
+    let ours = std::process::id();
+    let is_worker_tree =
+        |procs: &[(u32, u32)], ppid: u32| ppid == ours || procs.iter().any(|(p, _)| *p == ppid);
+    let before = worker_processes();
+    assert!(
+        before.iter().any(|(_, ppid)| *ppid != ours && is_worker_tree(&before, *ppid)),
+        "a forked worker keeps a standby child: {before:?}"
+    );
+    drop(sandbox);
+    // Every process left must still belong to a live worker of this test
+    // binary (other tests run beside this one); an orphaned standby would
+    // have been handed to another parent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = worker_processes();
+        let orphans: Vec<_> = now.iter().filter(|(_, ppid)| !is_worker_tree(&now, *ppid)).collect();
+        if orphans.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "children outlived their worker: {orphans:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
