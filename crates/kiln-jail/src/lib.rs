@@ -382,34 +382,33 @@ impl ChildExit {
 
 /// Wait for the invocation process `pid` to end.
 pub fn wait_child(pid: i32) -> io::Result<ChildExit> {
-    wait_for(pid).map(|(_, exit)| exit)
+    wait_for(pid)
 }
 
-/// Wait for any child of this process to end; returns its pid and how.
-pub fn wait_any_child() -> io::Result<(i32, ChildExit)> {
+/// Wait for any child of this process to end.
+pub fn wait_any_child() -> io::Result<ChildExit> {
     wait_for(-1)
 }
 
-fn wait_for(pid: i32) -> io::Result<(i32, ChildExit)> {
+fn wait_for(pid: i32) -> io::Result<ChildExit> {
     let mut status: libc::c_int = 0;
-    let ended = loop {
+    loop {
         // SAFETY: waitpid writes one int through the pointer, which lives
         // on this stack frame.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
         if r > 0 {
-            break r;
+            break;
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
-    };
-    let exit = if libc::WIFSIGNALED(status) {
+    }
+    Ok(if libc::WIFSIGNALED(status) {
         ChildExit { code: None, signal: Some(libc::WTERMSIG(status)) }
     } else {
         ChildExit { code: Some(libc::WEXITSTATUS(status)), signal: None }
-    };
-    Ok((ended, exit))
+    })
 }
 
 /// End this process at once: no destructors, no buffered output, no atexit

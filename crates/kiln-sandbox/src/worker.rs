@@ -203,7 +203,7 @@ impl Worker {
                     Err(_) => return Err(()),
                 }
             }
-            let (_, exit) = kiln_jail::wait_any_child().map_err(drop)?;
+            let exit = kiln_jail::wait_any_child().map_err(drop)?;
             children -= 1;
             match exit.code {
                 Some(SERVED) => {}
