@@ -221,6 +221,16 @@ fn child_before_exec(worker_fd: RawFd, limits: ProcessLimits, namespaces: Namesp
     // 6. Die with the server.
     // SAFETY: prctl with integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+    // 7. Scheduled as batch work: a worker woken by a request does not
+    //    preempt the server thread that sent it. Otherwise the server
+    //    thread waits, runnable but off the CPU, while the worker answers
+    //    and then goes on to free and prepare runtimes, and the answer sits
+    //    unread in the meantime. Inherited by every process the worker
+    //    forks; no privilege is needed to take a weaker policy.
+    let batch = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the struct we pass by reference and
+    // keeps no pointer.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &batch) })?;
     Ok(())
 }
 

@@ -90,6 +90,8 @@ fn a_spawned_worker_is_in_new_namespaces_with_nothing_inherited() {
     assert_eq!(field("fsize"), "0");
     assert_eq!(field("core"), "0");
     assert_eq!(field("no_new_privs"), "1");
+    // Batch scheduling: a woken worker does not preempt the server.
+    assert_eq!(field("policy"), libc::SCHED_BATCH.to_string());
     drop(leaked);
 }
 

@@ -18,8 +18,14 @@
 //!   starts from the same prepared state, nothing it does survives it, and
 //!   a large bundle's bytecode is read and its top level run once per
 //!   worker, not per call.
-//! - in place: it gives up forking for good, then runs each invocation in a
-//!   fresh runtime prepared ahead (cheaper than a fork for small programs).
+//! - in place: each invocation runs in a fresh runtime prepared ahead
+//!   (cheaper than a fork for small programs). The template forks two
+//!   children that take turns on the channel the same way: while one
+//!   serves a call, the other has its runtime ready, and a child frees its
+//!   used runtime and prepares the next after passing the turn on. A
+//!   child lives for many calls but never reuses a runtime. If it cannot
+//!   fork, the template gives up forking for good and serves in place
+//!   itself.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -95,7 +101,8 @@ pub fn worker_main() -> ExitCode {
 
 struct Worker {
     channel: UnixStream,
-    /// Forked mode: which child may read the channel (see `serve_forked`).
+    /// Which child may read the channel (see `serve_forked` and
+    /// `serve_in_place_children`).
     turn: Option<(std::fs::File, std::fs::File)>,
     program: Option<&'static kiln_js::Program>,
     /// Whether invocations fork from `template` (else `template` is the
@@ -129,17 +136,22 @@ impl Worker {
                         // One program per worker, for its whole life.
                         return Err(());
                     }
-                    if !fork {
-                        // Invocations run here: give up forking first.
-                        kiln_jail::restrict_to_invocation().map_err(drop)?;
-                    }
-                    self.fork = fork;
                     let program = kiln_js::Program::load_with_env(program, &env).map_err(|_| ())?;
                     self.program = Some(program);
-                    self.template = Some(kiln_js::Prepared::new(program, None));
                     self.send(&FromWorker::Loaded {})?;
+                    if fork {
+                        self.fork = true;
+                        self.template = Some(kiln_js::Prepared::new(program, None));
+                    } else if !self.serve_in_place_children()? {
+                        // No child could be forked: invocations run in this
+                        // process, which gives up forking first.
+                        kiln_jail::restrict_to_invocation().map_err(drop)?;
+                        self.template = Some(kiln_js::Prepared::new(program, None));
+                    } else {
+                        return Ok(());
+                    }
                 }
-                ToWorker::Invoke { invocation } => self.invoke_in_place(invocation)?,
+                ToWorker::Invoke { invocation } => self.invoke_in_place(invocation, None)?,
                 ToWorker::Shutdown {} => return Ok(()),
                 // A reply to a call of an invocation that has already ended
                 // (it finished while calls were in flight): nothing awaits it.
@@ -283,6 +295,72 @@ impl Worker {
         }
     }
 
+    /// Serve a loaded program in place from two children that take turns
+    /// on the channel (see the module's notes). Returns `Ok(false)` when not
+    /// even one child could be forked (the caller serves in place itself);
+    /// otherwise returns when the worker's life is over.
+    fn serve_in_place_children(&mut self) -> Result<bool, ()> {
+        let turn = self.turn.take().ok_or(())?;
+        let mut children = 0;
+        while children < 2 {
+            match kiln_jail::fork_invocation() {
+                Ok(Forked::Child) => self.serve_turns(&turn),
+                Ok(Forked::Parent(_)) => children += 1,
+                // No room for a second process (a process limit): one child
+                // serves, passing the turn to itself.
+                Err(_) if children > 0 => break,
+                Err(_) => {
+                    self.turn = Some(turn);
+                    return Ok(false);
+                }
+            }
+        }
+        // The first child to read it takes the channel.
+        (&turn.1).write_all(&[TURN]).map_err(drop)?;
+        // The children serve until the server shuts the worker down or one
+        // of them dies; either way the worker ends (the other child with it,
+        // by its parent-death signal) and the server replaces it.
+        let exit = kiln_jail::wait_any_child().map_err(drop)?;
+        if exit.code == Some(SHUTDOWN) {
+            return Ok(true);
+        }
+        let _ = self.send(&FromWorker::InvocationDied { code: exit.code, signal: exit.signal });
+        Err(())
+    }
+
+    /// An in-place child: prepare a runtime, wait for the turn, serve one
+    /// request in it, pass the turn on, then free the used runtime and
+    /// prepare the next while the other child serves. Never returns.
+    fn serve_turns(&mut self, turn: &(std::fs::File, std::fs::File)) -> ! {
+        let Some(program) = self.program else { kiln_jail::exit_now(FAILED) };
+        self.template = Some(kiln_js::Prepared::new(program, None));
+        loop {
+            let mut byte = [0u8; 1];
+            if (&turn.0).read_exact(&mut byte).is_err() || byte[0] != TURN {
+                kiln_jail::exit_now(FAILED);
+            }
+            loop {
+                let Ok(message) = read_frame::<_, ToWorker>(&mut self.channel, MAX_PROGRAM_FRAME_BYTES)
+                else {
+                    kiln_jail::exit_now(FAILED)
+                };
+                match message {
+                    ToWorker::Invoke { invocation } => {
+                        if self.invoke_in_place(invocation, Some(&turn.1)).is_err() {
+                            kiln_jail::exit_now(FAILED);
+                        }
+                        break;
+                    }
+                    // The turn stays here: the template ends, and the other
+                    // child with it.
+                    ToWorker::Shutdown {} => kiln_jail::exit_now(SHUTDOWN),
+                    ToWorker::HostReply { .. } => {}
+                    ToWorker::Compile { .. } | ToWorker::Load { .. } => kiln_jail::exit_now(FAILED),
+                }
+            }
+        }
+    }
+
     /// Rebuild the template with `module` evaluated too, unless it holds
     /// enough already.
     fn preload(&mut self, program: &'static kiln_js::Program, module: String) {
@@ -301,8 +379,13 @@ impl Worker {
 
     /// Run an invocation in this process, in the runtime prepared for it,
     /// then prepare the next one (with the module just used evaluated, as
-    /// the next call most likely needs it) while the server is busy.
-    fn invoke_in_place(&mut self, invocation: kiln_ipc::Invocation) -> Result<(), ()> {
+    /// the next call most likely needs it) while the server is busy. With
+    /// `turn`, the channel is handed on as soon as the answer is sent.
+    fn invoke_in_place(
+        &mut self,
+        invocation: kiln_ipc::Invocation,
+        turn: Option<&std::fs::File>,
+    ) -> Result<(), ()> {
         let program = self.program.ok_or(())?;
         // A runtime made ahead for another module is used as is: the entry
         // module then loads inside the invocation.
@@ -313,6 +396,13 @@ impl Worker {
             return Err(());
         }
         self.send(&FromWorker::Done { outcome })?;
+        if let Some(mut turn) = turn {
+            turn.write_all(&[TURN]).map_err(drop)?;
+            // The server thread woken by the answer may be queued on this
+            // CPU: let it read the answer before freeing and preparing
+            // runtimes, which nobody waits for.
+            std::thread::yield_now();
+        }
         drop(spent);
         let module = invocation.module;
         let preload = (!self.no_preload.contains(&module)).then_some(module.as_str());

@@ -18,7 +18,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_ipc::{ErrorCode, Outcome};
-use kiln_sandbox::{Caller, InvokeRequest, NoCapabilities, Sandbox, SandboxConfig};
+use kiln_sandbox::{Caller, InvokeRequest, NoCapabilities, Sandbox};
+
+mod common;
+
+// Every test runs in both execution modes: invocations forked from a
+// prepared template, and fresh runtimes in the two processes a worker
+// forks to serve in place.
+use common::{MODES, sandbox_with};
 
 const CANARY: &str = r#"
 export function __canary() {
@@ -37,24 +44,6 @@ export function __canary() {
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Every test runs in both execution modes: invocations forked from a
-/// prepared template, and fresh runtimes in the worker itself.
-const MODES: [(&str, usize); 2] = [("forked", 0), ("in place", usize::MAX)];
-
-fn sandbox_with(fork_above_bytes: usize) -> Sandbox {
-    Sandbox::new(SandboxConfig {
-        worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
-        worker_args: Vec::new(),
-        namespaces: kiln_sandbox::Namespaces::Require,
-        max_memory_mb: 64,
-        pool_size: 1,
-        recycle_after: 1_000,
-        inherit_stderr: false,
-        fork_above_bytes,
-    })
-    .expect("jailed workers must start on this machine")
 }
 
 /// An app: `src/index.js` holding `code` (`main` → `run`) and the canary

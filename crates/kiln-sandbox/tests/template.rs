@@ -1,6 +1,8 @@
-//! Invocations fork from one prepared runtime per worker (the template):
-//! they must still start from the same state every time and share nothing,
-//! not even the sequence of Math.random.
+//! Invocations fork from one prepared runtime per worker (the template), or
+//! run in place in two processes the template forks that take turns: either
+//! way they must start from the same state every time and share nothing,
+//! not even the sequence of Math.random, and a worker's processes end with
+//! it.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,12 +14,17 @@
 
 mod common;
 
-use common::{app, app_id, invoke, ok, sandbox};
+use common::{MODES, app, app_id, invoke, ok, sandbox_with};
 use serde_json::json;
 
 #[test]
 fn every_invocation_draws_its_own_random_numbers() {
-    let sandbox = sandbox();
+    for (mode, fork_above_bytes) in MODES {
+        random_numbers_differ(mode, &sandbox_with(fork_above_bytes));
+    }
+}
+
+fn random_numbers_differ(mode: &str, sandbox: &kiln_sandbox::Sandbox) {
     let app = app(
         "export function run() { return { r: [Math.random(), Math.random()], uuid: crypto.randomUUID() }; }\n",
     );
@@ -25,48 +32,56 @@ fn every_invocation_draws_its_own_random_numbers() {
     for n in 0..20 {
         // Some calls back to back, some after a gap (see the next test).
         std::thread::sleep(std::time::Duration::from_millis(if n % 3 == 0 { 5 } else { 0 }));
-        let out = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+        let out = ok(invoke(sandbox, &app_id(1), &app, json!({})).unwrap());
         for r in out["r"].as_array().unwrap() {
             let r = r.as_f64().unwrap();
             assert!((0.0..1.0).contains(&r), "{r}");
-            assert!(numbers.insert(r.to_bits()), "Math.random repeated {r} across invocations");
+            assert!(numbers.insert(r.to_bits()), "{mode}: Math.random repeated {r} across invocations");
         }
         let uuid = out["uuid"].as_str().unwrap().to_owned();
-        assert!(uuids.insert(uuid.clone()), "randomUUID repeated {uuid} across invocations");
+        assert!(uuids.insert(uuid.clone()), "{mode}: randomUUID repeated {uuid} across invocations");
     }
     let named = common::app("export function run() { return [Math.random.name, typeof Math.random()]; }\n");
-    assert_eq!(ok(invoke(&sandbox, &app_id(2), &named, json!({})).unwrap()), json!(["random", "number"]));
+    assert_eq!(ok(invoke(sandbox, &app_id(2), &named, json!({})).unwrap()), json!(["random", "number"]));
 }
 
 #[test]
 fn module_state_and_globals_start_fresh_in_every_invocation() {
-    let sandbox = sandbox();
+    for (mode, fork_above_bytes) in MODES {
+        state_starts_fresh(mode, &sandbox_with(fork_above_bytes));
+    }
+}
+
+fn state_starts_fresh(mode: &str, sandbox: &kiln_sandbox::Sandbox) {
     let app = app(
         "let calls = 0;\nconst loadedAt = Date.now();\nexport function run() {\n  calls += 1;\n  globalThis.leak = (globalThis.leak || 0) + 1;\n  Object.prototype.polluted = true;\n  return { calls, leak: globalThis.leak, loadedAt };\n}\n",
     );
-    let first = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+    let first = ok(invoke(sandbox, &app_id(1), &app, json!({})).unwrap());
     assert_eq!(first["calls"], 1);
-    // Back to back, a call runs on the template's state; after a gap, on a
-    // runtime the waiting child prepared itself. Both start fresh.
+    // Forked, back to back, a call runs on the template's state; after a
+    // gap, on a runtime the waiting child prepared itself. In place, calls
+    // alternate between two processes. All start fresh.
     for gap in [0, 0, 0, 5, 5, 0, 5] {
         std::thread::sleep(std::time::Duration::from_millis(gap));
-        let again = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
-        assert_eq!(again["calls"], 1, "module state carried over (gap {gap} ms): {again}");
-        assert_eq!(again["leak"], 1, "a global carried over (gap {gap} ms): {again}");
+        let again = ok(invoke(sandbox, &app_id(1), &app, json!({})).unwrap());
+        assert_eq!(again["calls"], 1, "{mode}: module state carried over (gap {gap} ms): {again}");
+        assert_eq!(again["leak"], 1, "{mode}: a global carried over (gap {gap} ms): {again}");
     }
 }
 
 #[test]
 fn a_crash_inside_an_invocation_is_reported_and_the_app_keeps_serving() {
-    let sandbox = sandbox();
     let app = app(
         "export function run(p) { if (p.boom) { const a = []; a.length = 2 ** 32 - 1; a.fill(1); } return 'fine'; }\n",
     );
-    assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"));
-    let out = invoke(&sandbox, &app_id(1), &app, json!({ "boom": true })).unwrap();
-    assert!(matches!(out, kiln_ipc::Outcome::Err(_)), "{out:?}");
-    for _ in 0..3 {
-        assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"));
+    for (mode, fork_above_bytes) in MODES {
+        let sandbox = sandbox_with(fork_above_bytes);
+        assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"), "{mode}");
+        let out = invoke(&sandbox, &app_id(1), &app, json!({ "boom": true })).unwrap();
+        assert!(matches!(out, kiln_ipc::Outcome::Err(_)), "{mode}: {out:?}");
+        for _ in 0..3 {
+            assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"), "{mode}");
+        }
     }
 }
 
@@ -89,19 +104,25 @@ fn worker_processes() -> Vec<(u32, u32)> {
 
 #[test]
 fn a_workers_children_end_with_it() {
-    let sandbox = sandbox();
+    for (mode, fork_above_bytes) in MODES {
+        children_end_with_the_worker(mode, sandbox_with(fork_above_bytes));
+    }
+}
+
+fn children_end_with_the_worker(mode: &str, sandbox: kiln_sandbox::Sandbox) {
     let app = app("export function run() { return 1; }\n");
     for _ in 0..3 {
         assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!(1));
     }
-    // The worker now has a child waiting for the next call (the standby).
+    // The worker now has children: forked, the one waiting for the next
+    // call (the standby); in place, the two that take turns.
     let ours = std::process::id();
     let is_worker_tree =
         |procs: &[(u32, u32)], ppid: u32| ppid == ours || procs.iter().any(|(p, _)| *p == ppid);
     let before = worker_processes();
     assert!(
         before.iter().any(|(_, ppid)| *ppid != ours && is_worker_tree(&before, *ppid)),
-        "a forked worker keeps a standby child: {before:?}"
+        "{mode}: a worker serves from children: {before:?}"
     );
     drop(sandbox);
     // Every process left must still belong to a live worker of this test
@@ -114,7 +135,7 @@ fn a_workers_children_end_with_it() {
         if orphans.is_empty() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "children outlived their worker: {orphans:?}");
+        assert!(std::time::Instant::now() < deadline, "{mode}: children outlived their worker: {orphans:?}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -211,8 +211,10 @@ fn report() -> ExitCode {
     };
     // SAFETY: prctl(PR_GET_NO_NEW_PRIVS) takes no pointers.
     let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    // SAFETY: sched_getscheduler takes a pid only.
+    let policy = unsafe { libc::sched_getscheduler(0) };
     let text = format!(
-        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\n",
+        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\npolicy={policy}\n",
         read("/proc/self/uid_map").split_whitespace().collect::<Vec<_>>().join(" "),
         interfaces.join(","),
         fds.join(","),

@@ -9,7 +9,17 @@ use std::time::Duration;
 use kiln_ipc::Outcome;
 use kiln_sandbox::{Caller, InvokeRequest, NoCapabilities, Sandbox, SandboxConfig, SandboxError};
 
+/// A jailed sandbox whose workers fork every invocation from a template.
 pub(crate) fn sandbox() -> Sandbox {
+    sandbox_with(0)
+}
+
+/// How a worker may serve a small app: (name, `fork_above_bytes`).
+pub(crate) const MODES: [(&str, usize); 2] = [("forked", 0), ("in place", usize::MAX)];
+
+/// A jailed sandbox whose workers fork for programs of at least
+/// `fork_above_bytes` of bytecode and serve smaller ones in place.
+pub(crate) fn sandbox_with(fork_above_bytes: usize) -> Sandbox {
     Sandbox::new(SandboxConfig {
         worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
         worker_args: Vec::new(),
@@ -18,7 +28,7 @@ pub(crate) fn sandbox() -> Sandbox {
         pool_size: 1,
         recycle_after: 1_000,
         inherit_stderr: false,
-        fork_above_bytes: 0,
+        fork_above_bytes,
     })
     .expect("jailed workers must start on this machine")
 }
