@@ -56,16 +56,34 @@ pub(crate) fn stats(mut samples: Vec<Duration>, wall: Duration) -> Stats {
     Stats { p50_us: at(0.5), p99_us: at(0.99), per_second: samples.len() as f64 / wall.as_secs_f64() }
 }
 
-pub(crate) fn invoke(iterations: usize, insecure_skip_namespaces: bool) -> Result<(), Failure> {
+/// How many blocks the back-to-back measurements are cut into. Kiln with
+/// one worker, Kiln with two and node:vm take turns block by block, so a
+/// change in the machine's speed during the run (this kind of VM's moves a
+/// lot) falls on all of them alike instead of on whichever ran last.
+const BLOCKS: usize = 10;
+
+pub(crate) fn invoke(
+    iterations: usize,
+    insecure_skip_namespaces: bool,
+    only: Option<&str>,
+) -> Result<(), Failure> {
     let fail = |m: String| Failure { code: 1, message: m };
     let mut report = String::new();
     let node = Command::new("node").arg("--version").output().ok().filter(|o| o.status.success());
     let node_version = node.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let rows = workloads();
+    let rows: Vec<Workload> =
+        workloads().into_iter().filter(|w| only.is_none_or(|o| w.name.contains(o))).collect();
+    if rows.is_empty() {
+        return Err(fail(format!(
+            "no workload's name contains {:?}: they are {:?}",
+            only.unwrap_or_default(),
+            workloads().iter().map(|w| w.name).collect::<Vec<_>>()
+        )));
+    }
     let _ = writeln_out(
         &mut report,
         &format!(
-            "kiln bench invoke: {iterations} warm invocations per case; jail {}; node {}\n",
+            "kiln bench invoke: {iterations} warm invocations per case, in {BLOCKS} alternating blocks; jail {}; node {}\n",
             if insecure_skip_namespaces {
                 "WITHOUT namespaces (insecure)"
             } else {
@@ -76,43 +94,56 @@ pub(crate) fn invoke(iterations: usize, insecure_skip_namespaces: bool) -> Resul
     );
     let _ = writeln_out(
         &mut report,
-        "| workload | runtime | p50 (µs) | p99 (µs) | invocations/s | throughput vs node:vm |\n|---|---|---|---|---|---|",
+        "| workload | runtime | p50 (µs) | p99 (µs) | invocations/s | throughput vs node:vm | CPU per call (µs) |\n|---|---|---|---|---|---|---|",
     );
     for w in &rows {
         let dir = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
         write_app(dir.path(), &w.code).map_err(|e| fail(e.to_string()))?;
-        let one = kiln_run(dir.path(), iterations, 1, 1, None, insecure_skip_namespaces)?;
-        let two = kiln_run(dir.path(), iterations, 2, 2, None, insecure_skip_namespaces)?;
-        let paced = kiln_run(
-            dir.path(),
-            iterations.min(500),
-            1,
-            1,
-            Some(Duration::from_millis(10)),
-            insecure_skip_namespaces,
-        )?;
-        let (vm, process) = match &node_version {
-            Some(_) => (node_vm(dir.path(), iterations)?, Some(node_process(dir.path(), 40)?)),
-            None => (None, None),
+        let mut one = KilnCase::new(dir.path(), 1, 1, None, insecure_skip_namespaces)?;
+        let mut two = KilnCase::new(dir.path(), 2, 2, None, insecure_skip_namespaces)?;
+        let mut vm = match &node_version {
+            Some(_) => Some(NodeVm::start(dir.path())?),
+            None => None,
         };
-        let ratio = |s: &Stats| vm.map_or("-".to_owned(), |v| format!("{:.1}×", s.per_second / v.per_second));
-        let line = |label: &str, s: &Stats, r: String| {
+        let per_block = (iterations / BLOCKS).max(2);
+        for _ in 0..BLOCKS {
+            one.block(per_block)?;
+            if let Some(vm) = vm.as_mut() {
+                vm.block(per_block)?;
+            }
+            two.block(per_block)?;
+        }
+        let (one, two) = (one.finish(), two.finish());
+        let vm = vm.map(NodeVm::finish).transpose()?;
+        let mut paced =
+            KilnCase::new(dir.path(), 1, 1, Some(Duration::from_millis(10)), insecure_skip_namespaces)?;
+        paced.block(iterations.min(500))?;
+        let paced = paced.finish();
+        let process = match &node_version {
+            Some(_) => Some(node_process(dir.path(), 40)?),
+            None => None,
+        };
+        let ratio = |s: &Stats| {
+            vm.as_ref().map_or("-".to_owned(), |v| format!("{:.1}×", s.per_second / v.0.per_second))
+        };
+        let line = |label: &str, (s, cpu): &(Stats, Option<f64>), r: String| {
+            let cpu = cpu.map_or("-".to_owned(), |us| format!("{us:.0}"));
             format!(
-                "| {} | {label} | {:.0} | {:.0} | {:.0} | {r} |",
+                "| {} | {label} | {:.0} | {:.0} | {:.0} | {r} | {cpu} |",
                 w.name, s.p50_us, s.p99_us, s.per_second
             )
         };
-        let _ = writeln_out(&mut report, &line("kiln, 1 worker, 1 client", &one, ratio(&one)));
-        let _ = writeln_out(&mut report, &line("kiln, 2 workers, 2 clients", &two, ratio(&two)));
+        let _ = writeln_out(&mut report, &line("kiln, 1 worker, 1 client", &one, ratio(&one.0)));
+        let _ = writeln_out(&mut report, &line("kiln, 2 workers, 2 clients", &two, ratio(&two.0)));
         let _ = writeln_out(
             &mut report,
             &line("kiln, 1 worker, one call every 10 ms (latency only)", &paced, "-".into()),
         );
-        if let Some(v) = vm {
-            let _ = writeln_out(&mut report, &line("node:vm, fresh context each", &v, "1.0×".into()));
+        if let Some(v) = &vm {
+            let _ = writeln_out(&mut report, &line("node:vm, fresh context each", v, "1.0×".into()));
         }
         if let Some(p) = process {
-            let _ = writeln_out(&mut report, &line("node, fresh process each", &p, ratio(&p)));
+            let _ = writeln_out(&mut report, &line("node, fresh process each", &(p, None), ratio(&p)));
         }
     }
     print!("{report}");
@@ -134,78 +165,163 @@ fn write_app(dir: &Path, code: &str) -> std::io::Result<()> {
     std::fs::write(dir.join("src/index.js"), code)
 }
 
-/// Invoke `iterations` times from `clients` threads; with `pace`, one client
-/// waits that long between calls (requests arriving with gaps, as in
-/// production, rather than back to back).
-fn kiln_run(
-    dir: &Path,
-    iterations: usize,
-    workers: usize,
+/// The machine's CPU time so far, from the first line of /proc/stat: time
+/// busy and time in all (busy, idle, waiting, stolen), in clock ticks, and
+/// how many CPUs there are. `None` where /proc/stat cannot be read.
+fn machine_cpu() -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut lines = text.lines();
+    let fields: Vec<u64> =
+        lines.next()?.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
+    let all = fields.iter().take(8).sum();
+    let cpus = lines.filter(|l| l.starts_with("cpu")).count() as u64;
+    Some((busy, all, cpus))
+}
+
+/// CPU time the whole machine spent between two [`machine_cpu`] readings
+/// over `wall`, in microseconds. The whole machine, not just Kiln's
+/// processes: a forked or standby process is counted whether or not it has
+/// been reaped, and nothing Kiln does on another core is missed (anything
+/// else running is counted too, so run on a quiet machine).
+fn cpu_used(before: Option<(u64, u64, u64)>, after: Option<(u64, u64, u64)>, wall: Duration) -> Option<f64> {
+    let ((busy0, all0, cpus), (busy1, all1, _)) = (before?, after?);
+    let share = (busy1.checked_sub(busy0)? as f64) / (all1.checked_sub(all0)?.max(1) as f64);
+    Some(share * cpus as f64 * wall.as_secs_f64() * 1e6)
+}
+
+/// One Kiln configuration under measurement: a sandbox with `workers`
+/// workers, called from `clients` threads; with `pace`, each client waits
+/// that long between calls (requests arriving with gaps, as in production,
+/// rather than back to back). Samples, wall time and CPU time add up over
+/// its blocks.
+struct KilnCase {
+    sandbox: Sandbox,
+    app: String,
+    built: kiln_bundle::Built,
     clients: usize,
     pace: Option<Duration>,
-    insecure: bool,
-) -> Result<Stats, Failure> {
-    let fail = |m: String| Failure { code: 1, message: m };
-    let manifest =
-        kiln_manifest::load(dir, &kiln_manifest::NoVariables).map_err(|e| fail(e.to_string()))?.manifest;
-    let built = kiln_bundle::build(dir, &manifest).map_err(|e| fail(e.to_string()))?;
-    let mut config = SandboxConfig::for_current_exe().map_err(|e| fail(e.to_string()))?;
-    config.pool_size = workers;
-    config.recycle_after = u32::MAX;
-    if insecure {
-        config.namespaces = kiln_sandbox::Namespaces::InsecureSkipNamespaces;
+    samples: Vec<Duration>,
+    wall: Duration,
+    /// Machine CPU time over the blocks, in microseconds (`None` once a
+    /// reading failed).
+    cpu_us: Option<f64>,
+}
+
+impl KilnCase {
+    fn new(
+        dir: &Path,
+        workers: usize,
+        clients: usize,
+        pace: Option<Duration>,
+        insecure: bool,
+    ) -> Result<Self, Failure> {
+        let fail = |m: String| Failure { code: 1, message: m };
+        let manifest =
+            kiln_manifest::load(dir, &kiln_manifest::NoVariables).map_err(|e| fail(e.to_string()))?.manifest;
+        let built = kiln_bundle::build(dir, &manifest).map_err(|e| fail(e.to_string()))?;
+        let mut config = SandboxConfig::for_current_exe().map_err(|e| fail(e.to_string()))?;
+        config.pool_size = workers;
+        config.recycle_after = u32::MAX;
+        if insecure {
+            config.namespaces = kiln_sandbox::Namespaces::InsecureSkipNamespaces;
+        }
+        let sandbox = Sandbox::new(config).map_err(|e| fail(e.to_string()))?;
+        let mut case = KilnCase {
+            sandbox,
+            app: manifest.app.id.to_string(),
+            built,
+            clients,
+            pace: None,
+            samples: Vec::new(),
+            wall: Duration::ZERO,
+            cpu_us: Some(0.0),
+        };
+        // Warm up (compile, start the workers, fill caches), unmeasured.
+        case.block(200)?;
+        case.samples.clear();
+        case.wall = Duration::ZERO;
+        case.cpu_us = Some(0.0);
+        case.pace = pace;
+        Ok(case)
     }
-    let sandbox = Sandbox::new(config).map_err(|e| fail(e.to_string()))?;
-    let app = manifest.app.id.to_string();
-    let request = |n: usize| InvokeRequest {
-        function: "main".into(),
-        payload: serde_json::json!({ "n": n }),
-        context: serde_json::json!({}),
-        caller: Caller::WebTrigger,
-        memory_mb: 128,
-        deadline: None,
-        env: Default::default(),
-        runtime: serde_json::Value::Null,
-    };
-    let call = |n: usize| -> Result<Duration, String> {
-        if let Some(gap) = pace {
+
+    fn call(&self, n: usize) -> Result<Duration, String> {
+        if let Some(gap) = self.pace {
             std::thread::sleep(gap);
         }
+        let request = InvokeRequest {
+            function: "main".into(),
+            payload: serde_json::json!({ "n": n }),
+            context: serde_json::json!({}),
+            caller: Caller::WebTrigger,
+            memory_mb: 128,
+            deadline: None,
+            env: Default::default(),
+            runtime: serde_json::Value::Null,
+        };
         let started = Instant::now();
-        let result = sandbox
-            .invoke(&app, &built.hash, &built.bundle, &request(n), &mut NoCapabilities)
+        let result = self
+            .sandbox
+            .invoke(&self.app, &self.built.hash, &self.built.bundle, &request, &mut NoCapabilities)
             .map_err(|e| e.to_string())?;
         match result.outcome {
             kiln_ipc::Outcome::Ok { .. } => Ok(started.elapsed()),
             kiln_ipc::Outcome::Err(e) => Err(format!("benchmark invocation failed: {e:?}")),
         }
-    };
-    for n in 0..200 {
-        call(n).map_err(fail)?;
     }
-    let per_client = iterations / clients;
-    let started = Instant::now();
-    let samples: Result<Vec<Vec<Duration>>, String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| s.spawn(|| (0..per_client).map(&call).collect::<Result<Vec<_>, _>>()))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("a client thread panicked".into())))
-            .collect()
-    });
-    let wall = started.elapsed();
-    Ok(stats(samples.map_err(fail)?.into_iter().flatten().collect(), wall))
+
+    /// `calls` more calls, split between the clients.
+    fn block(&mut self, calls: usize) -> Result<(), Failure> {
+        let per_client = (calls / self.clients).max(1);
+        let cpu_before = machine_cpu();
+        let started = Instant::now();
+        let this = &*self;
+        let samples: Result<Vec<Vec<Duration>>, String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..this.clients)
+                .map(|_| s.spawn(|| (0..per_client).map(|n| this.call(n)).collect::<Result<Vec<_>, _>>()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a client thread panicked".into())))
+                .collect()
+        });
+        let wall = started.elapsed();
+        let cpu = cpu_used(cpu_before, machine_cpu(), wall);
+        self.cpu_us = self.cpu_us.zip(cpu).map(|(a, b)| a + b);
+        self.wall += wall;
+        self.samples.extend(samples.map_err(|m| Failure { code: 1, message: m })?.into_iter().flatten());
+        Ok(())
+    }
+
+    /// The statistics and the CPU time per call.
+    fn finish(self) -> (Stats, Option<f64>) {
+        let calls = self.samples.len().max(1) as f64;
+        let cpu = self.cpu_us.map(|us| us / calls);
+        (stats(self.samples, self.wall), cpu)
+    }
 }
 
 /// Node.js with a fresh `node:vm` context per invocation; the script is
-/// compiled once, as Kiln compiles bytecode once.
-fn node_vm(dir: &Path, iterations: usize) -> Result<Option<Stats>, Failure> {
-    let script = r#"
+/// compiled once, as Kiln compiles bytecode once. One long-lived `node`
+/// process runs a block of calls each time it reads a count on its input,
+/// and answers with the block's samples, wall time and its own CPU time
+/// (all its threads, `process.cpuUsage`).
+struct NodeVm {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    samples: Vec<Duration>,
+    wall: Duration,
+    cpu_us: f64,
+}
+
+const NODE_VM_SCRIPT: &str = r#"
 const vm = require('node:vm');
 const fs = require('node:fs');
+const readline = require('node:readline');
 const code = fs.readFileSync(process.argv[2], 'utf8');
-const iterations = Number(process.argv[3]);
 const script = new vm.Script(`(function (exports, module) {${code}\n})`);
 function once(n) {
   const context = vm.createContext({});
@@ -215,39 +331,84 @@ function once(n) {
   return JSON.stringify(module.exports.run({ n }));
 }
 for (let i = 0; i < 200; i++) once(i);
-const samples = [];
-const start = process.hrtime.bigint();
-for (let i = 0; i < iterations; i++) {
-  const t = process.hrtime.bigint();
-  once(i);
-  samples.push(Number(process.hrtime.bigint() - t) / 1000);
-}
-const wall = Number(process.hrtime.bigint() - start) / 1e9;
-process.stdout.write(JSON.stringify({ samples, wall }));
+process.stdout.write('ready\n');
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  const iterations = Number(line);
+  const samples = [];
+  const cpuStart = process.cpuUsage();
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < iterations; i++) {
+    const t = process.hrtime.bigint();
+    once(i);
+    samples.push(Number(process.hrtime.bigint() - t) / 1000);
+  }
+  const wall = Number(process.hrtime.bigint() - start) / 1e9;
+  const cpu = process.cpuUsage(cpuStart);
+  process.stdout.write(JSON.stringify({ samples, wall, cpuUs: cpu.user + cpu.system }) + '\n');
+});
 "#;
-    let path = dir.join("bench-vm.js");
-    std::fs::write(&path, script).map_err(|e| Failure { code: 1, message: e.to_string() })?;
-    let out = Command::new("node")
-        .arg(&path)
-        .arg(dir.join("src/index.js"))
-        .arg(iterations.to_string())
-        .output()
-        .map_err(|e| Failure { code: 1, message: format!("cannot run node: {e}") })?;
-    if !out.status.success() {
-        return Err(Failure {
-            code: 1,
-            message: format!("node failed: {}", String::from_utf8_lossy(&out.stderr)),
-        });
+
+impl NodeVm {
+    fn start(dir: &Path) -> Result<Self, Failure> {
+        use std::io::BufRead as _;
+        let fail = |m: String| Failure { code: 1, message: m };
+        let path = dir.join("bench-vm.js");
+        std::fs::write(&path, NODE_VM_SCRIPT).map_err(|e| fail(e.to_string()))?;
+        let mut child = Command::new("node")
+            .arg(&path)
+            .arg(dir.join("src/index.js"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot run node: {e}")))?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(fail("node's pipes are missing".into()));
+        };
+        let mut vm = NodeVm {
+            child,
+            input,
+            output: std::io::BufReader::new(output),
+            samples: Vec::new(),
+            wall: Duration::ZERO,
+            cpu_us: 0.0,
+        };
+        let mut line = String::new();
+        vm.output.read_line(&mut line).map_err(|e| fail(e.to_string()))?;
+        if line.trim() != "ready" {
+            return Err(fail(format!("node did not start the benchmark: {:?}", line.trim())));
+        }
+        Ok(vm)
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| Failure { code: 1, message: e.to_string() })?;
-    let samples: Vec<Duration> = v
-        .get("samples")
-        .and_then(serde_json::Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_f64()).map(|us| Duration::from_secs_f64(us / 1e6)).collect())
-        .unwrap_or_default();
-    let wall = Duration::from_secs_f64(v.get("wall").and_then(serde_json::Value::as_f64).unwrap_or(1.0));
-    Ok(Some(stats(samples, wall)))
+
+    fn block(&mut self, calls: usize) -> Result<(), Failure> {
+        use std::io::BufRead as _;
+        let fail = |m: String| Failure { code: 1, message: m };
+        writeln!(self.input, "{calls}").map_err(|e| fail(format!("node went away: {e}")))?;
+        let mut line = String::new();
+        self.output.read_line(&mut line).map_err(|e| fail(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| fail(format!("node answered {:?}: {e}", line.trim())))?;
+        let samples = v
+            .get("samples")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| fail("no samples".into()))?;
+        self.samples
+            .extend(samples.iter().filter_map(|s| s.as_f64()).map(|us| Duration::from_secs_f64(us / 1e6)));
+        self.wall +=
+            Duration::from_secs_f64(v.get("wall").and_then(serde_json::Value::as_f64).unwrap_or(0.0));
+        self.cpu_us += v.get("cpuUs").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(Stats, Option<f64>), Failure> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.samples.is_empty() {
+            return Err(Failure { code: 1, message: "node ran no calls".into() });
+        }
+        let cpu = self.cpu_us / self.samples.len() as f64;
+        Ok((stats(std::mem::take(&mut self.samples), self.wall), Some(cpu)))
+    }
 }
 
 /// Node.js started afresh for every invocation.

@@ -312,6 +312,9 @@ enum BenchCommand {
         /// Measure without namespaces (for machines that cannot create them)
         #[arg(long)]
         insecure_skip_namespaces: bool,
+        /// Measure only workloads whose name contains this ("trivial", "bundle")
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Key-value store get, set and prefix query, encrypted beside plaintext, on SQLite (and PostgreSQL)
     Kvs {
@@ -649,8 +652,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Webtrigger(args) => webtrigger_url(&data_dir, args).await,
         Command::Variables(command) => variables(&data_dir, command).await,
         Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
-        Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces }) => {
-            bench::invoke(iterations.max(10), insecure_skip_namespaces)
+        Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces, only }) => {
+            bench::invoke(iterations.max(10), insecure_skip_namespaces, only.as_deref())
         }
         Command::Bench(BenchCommand::Kvs { ops, postgres }) => bench_kvs::kvs(ops, postgres).await,
         Command::Bench(BenchCommand::Gateways { requests }) => {
