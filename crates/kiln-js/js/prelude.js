@@ -5,6 +5,12 @@
 // This file is Kiln's own code. It is not a security boundary: app code runs
 // in the same runtime and can reach everything here. The boundary is the
 // process (jail) and the server, which checks every host call.
+//
+// Every invocation pays for everything this module defines, in making it and
+// in freeing it: what not every invocation needs lives in a module loaded on
+// first use (formatting, host calls, the less used natives, the lazy
+// globals), and globals are defined through `native.defineGlobals`, which
+// costs far less than `Object.defineProperty` with a descriptor object.
 
 export const native = globalThis.__kiln;
 delete globalThis.__kiln;
@@ -14,75 +20,12 @@ const define = (name, value) =>
 
 // ---------------------------------------------------------------- console
 
-const MAX_INSPECT_DEPTH = 4;
-const MAX_INSPECT_ITEMS = 50;
+// Formatting lives in its own module, loaded on the first console line.
+let format;
+const formatArgs = (args) => (format ??= native.importSync('kiln:format').format)(args);
 
-function inspect(value, depth, seen) {
-  switch (typeof value) {
-    case 'string':
-      return depth === 0 ? value : JSON.stringify(value);
-    case 'number':
-    case 'boolean':
-    case 'undefined':
-      return String(value);
-    case 'bigint':
-      return `${value}n`;
-    case 'symbol':
-      return value.toString();
-    case 'function':
-      return `[Function: ${value.name || 'anonymous'}]`;
-  }
-  if (value === null) return 'null';
-  if (seen.includes(value)) return '[Circular]';
-  if (value instanceof Error) return value.stack ? `${value.name}: ${value.message}\n${value.stack}` : `${value.name}: ${value.message}`;
-  if (value instanceof Date) return isNaN(value) ? 'Invalid Date' : value.toISOString();
-  if (depth >= MAX_INSPECT_DEPTH) return Array.isArray(value) ? '[Array]' : '[Object]';
-  seen.push(value);
-  try {
-    if (Array.isArray(value)) {
-      const items = value.slice(0, MAX_INSPECT_ITEMS).map((v) => inspect(v, depth + 1, seen));
-      if (value.length > MAX_INSPECT_ITEMS) items.push(`... ${value.length - MAX_INSPECT_ITEMS} more items`);
-      return `[ ${items.join(', ')} ]`;
-    }
-    const keys = Object.keys(value);
-    const items = keys.slice(0, MAX_INSPECT_ITEMS).map((k) => `${k}: ${inspect(value[k], depth + 1, seen)}`);
-    if (keys.length > MAX_INSPECT_ITEMS) items.push(`... ${keys.length - MAX_INSPECT_ITEMS} more keys`);
-    return items.length ? `{ ${items.join(', ')} }` : '{}';
-  } finally {
-    seen.pop();
-  }
-}
-
-function format(args) {
-  if (args.length === 0) return '';
-  let first = args[0];
-  let rest = args.slice(1);
-  let out;
-  if (typeof first === 'string' && /%[sdifjoO%]/.test(first)) {
-    out = first.replace(/%[sdifjoO%]/g, (spec) => {
-      if (spec === '%%') return '%';
-      if (rest.length === 0) return spec;
-      const v = rest.shift();
-      switch (spec) {
-        case '%s': return typeof v === 'string' ? v : inspect(v, 1, []);
-        case '%d': case '%i': return String(parseInt(v, 10));
-        case '%f': return String(parseFloat(v));
-        case '%j': try { return JSON.stringify(v); } catch { return '[Circular]'; }
-        default: return inspect(v, 1, []);
-      }
-    });
-  } else {
-    out = inspect(first, 0, []);
-  }
-  for (const v of rest) out += ' ' + inspect(v, 0, []);
-  return out;
-}
-
-const consoleObject = {};
-for (const [name, level] of [['log', 1], ['info', 1], ['debug', 0], ['trace', 0], ['warn', 2], ['error', 3]]) {
-  consoleObject[name] = (...args) => native.log(level, format(args));
-}
-define('console', Object.freeze(consoleObject));
+const emit = (level) => (...args) => native.log(level, formatArgs(args));
+const consoleObject = { log: emit(1), info: emit(1), debug: emit(0), trace: emit(0), warn: emit(2), error: emit(3) };
 
 // ---------------------------------------------------------------- timers
 // The engine keeps the schedule and the deadline; the callbacks live here.
@@ -101,11 +44,6 @@ function cancel(id) {
   if (timers.delete(id)) native.clearTimer(id);
 }
 
-define('setTimeout', (fn, ms, ...args) => schedule(fn, ms, args, false));
-define('setInterval', (fn, ms, ...args) => schedule(fn, ms, args, true));
-define('clearTimeout', cancel);
-define('clearInterval', cancel);
-
 // Called by the engine when timer `id` is due.
 function fireTimer(id, repeat) {
   const timer = timers.get(id);
@@ -115,70 +53,23 @@ function fireTimer(id, repeat) {
 }
 
 // ---------------------------------------------------------------- host calls
+// In their own module, `kiln:host`, loaded by the first module that makes
+// one (Kiln's Forge modules and fetch import it from there).
 
-const pendingCalls = new Map();
-
-// Ask the server for something; the promise settles with its reply. Kiln's
-// own modules import it from here rather than through the global, which app
-// code can replace.
-export function hostCall(capability, args) {
-  return new Promise((resolve, reject) => {
-    const id = native.hostCall(String(capability), JSON.stringify(args === undefined ? null : args));
-    pendingCalls.set(id, { resolve, reject });
-  });
-}
-
-// Called by the engine with a host reply.
-function settleCall(id, ok, json, code, message) {
-  const call = pendingCalls.get(id);
-  if (!call) return;
-  pendingCalls.delete(id);
-  if (ok) {
-    call.resolve(JSON.parse(json));
-  } else {
-    const error = new Error(message);
-    error.code = code;
-    call.reject(error);
-  }
-}
+const hostCall = (capability, args) => native.importSync('kiln:host').hostCall(capability, args);
 
 // ---------------------------------------------------------------- lazy globals
-// Defined on first use from their own modules.
-
+// Defined on first use from their own modules. One function is both getter and setter of a lazy global (see
+// `defineGlobals` in natives.rs): read first, it loads the value from its
+// module; assigned first, it takes the value assigned. Either way the global
+// becomes a plain data property.
 function lazy(name, module, exported) {
-  const settle = (value) =>
-    Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
-  Object.defineProperty(globalThis, name, {
-    configurable: true,
-    enumerable: false,
-    get() {
-      const value = native.importSync(module)[exported];
-      settle(value);
-      return value;
-    },
-    set(value) { settle(value); },
-  });
+  return function (value) {
+    if (arguments.length === 0) value = native.importSync(module)[exported];
+    define(name, value);
+    return value;
+  };
 }
-
-lazy('TextEncoder', 'kiln:text', 'TextEncoder');
-lazy('TextDecoder', 'kiln:text', 'TextDecoder');
-lazy('URL', 'kiln:url', 'URL');
-lazy('URLSearchParams', 'kiln:url', 'URLSearchParams');
-lazy('structuredClone', 'kiln:clone', 'structuredClone');
-lazy('crypto', 'kiln:crypto', 'crypto');
-lazy('performance', 'kiln:crypto', 'performance');
-lazy('DOMException', 'kiln:crypto', 'DOMException');
-lazy('fetch', 'kiln:fetch', 'fetch');
-lazy('Headers', 'kiln:fetch', 'Headers');
-lazy('Response', 'kiln:fetch', 'Response');
-// Node's globals, which apps and their dependencies use without importing.
-lazy('Buffer', 'builtin:node:buffer', 'Buffer');
-lazy('process', 'builtin:node:process', 'default');
-lazy('setImmediate', 'builtin:node:timers', 'setImmediate');
-lazy('clearImmediate', 'builtin:node:timers', 'clearImmediate');
-define('global', globalThis);
-define('btoa', (data) => native.btoa(String(data)));
-define('atob', (data) => native.atob(String(data)));
 
 // ---------------------------------------------------------------- modules
 // CommonJS support: one module cache per invocation (this runtime).
@@ -244,5 +135,37 @@ function entry(id, name) {
   return exports == null ? undefined : exports[name];
 }
 
-define('__kilnModules', Object.freeze({ makeRequire, requireById, hostCall }));
-native.install({ fireTimer, settleCall, entry });
+native.defineGlobals(
+  {
+    console: Object.freeze(consoleObject),
+    setTimeout: (fn, ms, ...args) => schedule(fn, ms, args, false),
+    setInterval: (fn, ms, ...args) => schedule(fn, ms, args, true),
+    clearTimeout: cancel,
+    clearInterval: cancel,
+    global: globalThis,
+    btoa: (data) => native.btoa(String(data)),
+    atob: (data) => native.atob(String(data)),
+    __kilnModules: Object.freeze({ makeRequire, requireById, hostCall }),
+  },
+  {
+    TextEncoder: lazy('TextEncoder', 'kiln:text', 'TextEncoder'),
+    TextDecoder: lazy('TextDecoder', 'kiln:text', 'TextDecoder'),
+    URL: lazy('URL', 'kiln:url', 'URL'),
+    URLSearchParams: lazy('URLSearchParams', 'kiln:url', 'URLSearchParams'),
+    structuredClone: lazy('structuredClone', 'kiln:clone', 'structuredClone'),
+    crypto: lazy('crypto', 'kiln:crypto', 'crypto'),
+    performance: lazy('performance', 'kiln:crypto', 'performance'),
+    DOMException: lazy('DOMException', 'kiln:crypto', 'DOMException'),
+    fetch: lazy('fetch', 'kiln:fetch', 'fetch'),
+    Headers: lazy('Headers', 'kiln:fetch', 'Headers'),
+    Response: lazy('Response', 'kiln:fetch', 'Response'),
+    // Node's globals, which apps and their dependencies use without importing.
+    Buffer: lazy('Buffer', 'builtin:node:buffer', 'Buffer'),
+    process: lazy('process', 'builtin:node:process', 'default'),
+    setImmediate: lazy('setImmediate', 'builtin:node:timers', 'setImmediate'),
+    clearImmediate: lazy('clearImmediate', 'builtin:node:timers', 'clearImmediate'),
+  },
+);
+// The functions the engine calls; `kiln:host` adds `settleCall` when it loads.
+export const hooks = { fireTimer, entry };
+native.install(hooks);

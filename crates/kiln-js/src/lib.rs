@@ -47,8 +47,11 @@ const PRELUDE: &str = "kiln:prelude";
 /// Kiln's own modules, compiled in every worker from this source. Each is
 /// evaluated only when first imported (the prelude's lazy globals, an app's
 /// `import`/`require`), so a module listed here costs a fresh runtime nothing.
-const KILN_MODULES: [(&str, &str); 29] = [
+const KILN_MODULES: [(&str, &str); 32] = [
     (PRELUDE, include_str!("../js/prelude.js")),
+    ("kiln:format", include_str!("../js/lazy/format.js")),
+    ("kiln:host", include_str!("../js/lazy/host.js")),
+    ("kiln:natives", include_str!("../js/lazy/natives.js")),
     ("kiln:text", include_str!("../js/lazy/text.js")),
     ("kiln:url", include_str!("../js/lazy/url.js")),
     ("kiln:clone", include_str!("../js/lazy/clone.js")),

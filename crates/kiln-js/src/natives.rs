@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use kiln_ipc::LogLevel;
-use rquickjs::function::Opt;
+use rquickjs::function::{Opt, This};
 use rquickjs::{ArrayBuffer, Ctx, Exception, Function, Module, Object, Persistent, Result, Value};
 
 use crate::{Loop, MAX_PENDING_HOST_CALLS, MAX_TIMERS, Program, Timer};
@@ -26,29 +26,6 @@ pub(crate) fn install<'js>(
     state: Rc<RefCell<Loop>>,
 ) -> Result<()> {
     let native = Object::new(ctx.clone())?;
-
-    // The invocation's runtime description as JSON ("" when it has none).
-    let s = state.clone();
-    native.set("runtime", Function::new(ctx.clone(), move || s.borrow().runtime.clone())?)?;
-
-    // Milliseconds left before the invocation's deadline.
-    let s = state.clone();
-    native.set(
-        "remainingMillis",
-        Function::new(ctx.clone(), move || -> f64 {
-            let st = s.borrow();
-            match (st.started, st.limits) {
-                (Some(started), Some(limits)) => {
-                    let left = Duration::from_millis(limits.deadline_ms).saturating_sub(started.elapsed());
-                    left.as_millis() as f64
-                }
-                _ => 0.0,
-            }
-        })?,
-    )?;
-
-    // The app's variables as JSON, for `process.env`.
-    native.set("env", Function::new(ctx.clone(), move || program.env.clone())?)?;
 
     let s = state.clone();
     native.set(
@@ -108,6 +85,150 @@ pub(crate) fn install<'js>(
         })?,
     )?;
 
+    native.set(
+        "btoa",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
+            use base64::Engine;
+            // btoa takes a "binary string": every code unit must fit a byte.
+            let bytes: Option<Vec<u8>> = input.encode_utf16().map(|u| u8::try_from(u).ok()).collect();
+            match bytes {
+                Some(b) => Ok(base64::engine::general_purpose::STANDARD.encode(b)),
+                None => Err(Exception::throw_message(
+                    &ctx,
+                    "InvalidCharacterError: btoa takes only characters up to U+00FF",
+                )),
+            }
+        })?,
+    )?;
+
+    native.set(
+        "atob",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
+            use base64::Engine;
+            // Forgiving base64: ASCII whitespace ignored, padding optional.
+            let cleaned: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            let trimmed = cleaned.trim_end_matches('=');
+            match base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed) {
+                Ok(bytes) => Ok(bytes.into_iter().map(char::from).collect()),
+                Err(_) => Err(Exception::throw_message(
+                    &ctx,
+                    "InvalidCharacterError: atob was given text that is not base64",
+                )),
+            }
+        })?,
+    )?;
+
+    native.set(
+        "resolve",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, from: String, specifier: String| {
+            match program.links.resolve(&from, &specifier) {
+                Ok(target) => target_object(&ctx, &target),
+                Err(message) => Err(Exception::throw_message(
+                    &ctx,
+                    &format!("Cannot find module '{specifier}': {message}"),
+                )),
+            }
+        })?,
+    )?;
+
+    native.set(
+        "target",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, id: String| match program.links.target(&id) {
+            Ok(target) => target_object(&ctx, &target),
+            Err(message) => Err(Exception::throw_message(&ctx, &message)),
+        })?,
+    )?;
+
+    native.set(
+        "importSync",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, name: String| import_sync(&ctx, &name))?,
+    )?;
+
+    // Math.random from a generator seeded afresh for every invocation (see
+    // `Prepared::run`). QuickJS seeds its own from the clock when a context
+    // is made, so invocations forked from one prepared context would all
+    // draw the same sequence.
+    let s = state.clone();
+    let math: Object = ctx.globals().get("Math")?;
+    math.set(
+        "random",
+        Function::new(ctx.clone(), move || -> f64 { s.borrow_mut().next_random() })?.with_name("random")?,
+    )?;
+
+    // Globals the prelude defines, as Node has them: writable, configurable,
+    // not enumerable. Defined here rather than with `Object.defineProperty`
+    // because building a descriptor object per global costs more than the
+    // rest of the definition, and every fresh runtime pays it.
+    native.set(
+        "defineGlobals",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, values: Object<'js>, lazy: Object<'js>| -> Result<()> {
+            let globals = ctx.globals();
+            for entry in values.props::<rquickjs::Atom<'js>, Value<'js>>() {
+                let (name, value) = entry?;
+                globals.prop(name, rquickjs::object::Property::from(value).writable().configurable())?;
+            }
+            for entry in lazy.props::<rquickjs::Atom<'js>, Function<'js>>() {
+                let (name, loader) = entry?;
+                globals.prop(name, LazyGlobal(loader))?;
+            }
+            Ok(())
+        })?,
+    )?;
+
+    // The rest, used only by modules loaded on demand (`kiln:natives`),
+    // is added when the first of them loads: a fresh runtime that never
+    // needs them does not make them.
+    let s = state.clone();
+    native.set(
+        "extras",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, native: This<Object<'js>>| {
+            install_extras(&ctx, &native.0, program, s.clone())
+        })?,
+    )?;
+
+    let s = state;
+    native.set(
+        "install",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, functions: Object<'js>| {
+            s.borrow_mut().installed = Some(Persistent::save(&ctx, functions));
+        })?,
+    )?;
+
+    ctx.globals().set("__kiln", native)?;
+    Ok(())
+}
+
+/// The natives only modules loaded on demand use (crypto, URL, host calls,
+/// Buffer, process, Forge's API), added to `native` by `native.extras()`.
+fn install_extras<'js>(
+    ctx: &Ctx<'js>,
+    native: &Object<'js>,
+    program: &'static Program,
+    state: Rc<RefCell<Loop>>,
+) -> Result<()> {
+    // The invocation's runtime description as JSON ("" when it has none).
+    let s = state.clone();
+    native.set("runtime", Function::new(ctx.clone(), move || s.borrow().runtime.clone())?)?;
+
+    // Milliseconds left before the invocation's deadline.
+    let s = state.clone();
+    native.set(
+        "remainingMillis",
+        Function::new(ctx.clone(), move || -> f64 {
+            let st = s.borrow();
+            match (st.started, st.limits) {
+                (Some(started), Some(limits)) => {
+                    let left = Duration::from_millis(limits.deadline_ms).saturating_sub(started.elapsed());
+                    left.as_millis() as f64
+                }
+                _ => 0.0,
+            }
+        })?,
+    )?;
+
+    // The app's variables as JSON, for `process.env`.
+    native.set("env", Function::new(ctx.clone(), move || program.env.clone())?)?;
+
     let s = state.clone();
     native.set(
         "hostCall",
@@ -143,39 +264,6 @@ pub(crate) fn install<'js>(
             kiln_crypto::fill_random(&mut bytes)
                 .map_err(|e| Exception::throw_internal(&ctx, &e.to_string()))?;
             Ok(bytes)
-        })?,
-    )?;
-
-    native.set(
-        "btoa",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
-            use base64::Engine;
-            // btoa takes a "binary string": every code unit must fit a byte.
-            let bytes: Option<Vec<u8>> = input.encode_utf16().map(|u| u8::try_from(u).ok()).collect();
-            match bytes {
-                Some(b) => Ok(base64::engine::general_purpose::STANDARD.encode(b)),
-                None => Err(Exception::throw_message(
-                    &ctx,
-                    "InvalidCharacterError: btoa takes only characters up to U+00FF",
-                )),
-            }
-        })?,
-    )?;
-
-    native.set(
-        "atob",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
-            use base64::Engine;
-            // Forgiving base64: ASCII whitespace ignored, padding optional.
-            let cleaned: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            let trimmed = cleaned.trim_end_matches('=');
-            match base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed) {
-                Ok(bytes) => Ok(bytes.into_iter().map(char::from).collect()),
-                Err(_) => Err(Exception::throw_message(
-                    &ctx,
-                    "InvalidCharacterError: atob was given text that is not base64",
-                )),
-            }
         })?,
     )?;
 
@@ -337,52 +425,6 @@ pub(crate) fn install<'js>(
         })?,
     )?;
 
-    native.set(
-        "resolve",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, from: String, specifier: String| {
-            match program.links.resolve(&from, &specifier) {
-                Ok(target) => target_object(&ctx, &target),
-                Err(message) => Err(Exception::throw_message(
-                    &ctx,
-                    &format!("Cannot find module '{specifier}': {message}"),
-                )),
-            }
-        })?,
-    )?;
-
-    native.set(
-        "target",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, id: String| match program.links.target(&id) {
-            Ok(target) => target_object(&ctx, &target),
-            Err(message) => Err(Exception::throw_message(&ctx, &message)),
-        })?,
-    )?;
-
-    native.set(
-        "importSync",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, name: String| import_sync(&ctx, &name))?,
-    )?;
-
-    // Math.random from a generator seeded afresh for every invocation (see
-    // `Prepared::run`). QuickJS seeds its own from the clock when a context
-    // is made, so invocations forked from one prepared context would all
-    // draw the same sequence.
-    let s = state.clone();
-    let math: Object = ctx.globals().get("Math")?;
-    math.set(
-        "random",
-        Function::new(ctx.clone(), move || -> f64 { s.borrow_mut().next_random() })?.with_name("random")?,
-    )?;
-
-    let s = state;
-    native.set(
-        "install",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, functions: Object<'js>| {
-            s.borrow_mut().installed = Some(Persistent::save(&ctx, functions));
-        })?,
-    )?;
-
-    ctx.globals().set("__kiln", native)?;
     Ok(())
 }
 
@@ -536,4 +578,30 @@ fn signature_error(ctx: &Ctx<'_>, error: &kiln_crypto::signature::SignatureError
 
 fn shorten(s: &str) -> String {
     s.chars().take(200).collect()
+}
+
+/// A global defined on first use: one function serves as both getter (called
+/// with no argument, it loads the value) and setter (called with the value
+/// app code assigns); either way it replaces itself with a data property.
+struct LazyGlobal<'js>(Function<'js>);
+
+impl<'js> rquickjs::object::AsProperty<'js, ()> for LazyGlobal<'js> {
+    fn config(
+        self,
+        ctx: &Ctx<'js>,
+    ) -> Result<(rquickjs::object::PropertyFlags, Value<'js>, Value<'js>, Value<'js>)> {
+        use rquickjs::qjs;
+        let flags = qjs::JS_PROP_HAS_GET
+            | qjs::JS_PROP_HAS_SET
+            | qjs::JS_PROP_CONFIGURABLE
+            | qjs::JS_PROP_HAS_CONFIGURABLE
+            | qjs::JS_PROP_HAS_ENUMERABLE;
+        let function = self.0.into_value();
+        Ok((
+            flags as rquickjs::object::PropertyFlags,
+            Value::new_undefined(ctx.clone()),
+            function.clone(),
+            function,
+        ))
+    }
 }

@@ -277,6 +277,57 @@ fn web_globals_work() {
 }
 
 #[test]
+fn kiln_globals_are_defined_as_node_defines_them() {
+    // Data globals are writable, configurable and not enumerable; lazy ones
+    // are accessors until first use, and an assignment before any read wins.
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"export const run = () => {
+                const d = (name) => {
+                  const x = Object.getOwnPropertyDescriptor(globalThis, name);
+                  return [typeof x.get === 'function' ? 'lazy' : typeof x.value, x.writable ?? null, x.configurable, x.enumerable];
+                };
+                const shapes = {};
+                for (const n of ['console', 'setTimeout', 'clearInterval', 'global', 'atob', 'URL', 'fetch', 'Buffer']) shapes[n] = d(n);
+                globalThis.fetch = 'mine';
+                URL = 'also mine';
+                return {
+                  shapes,
+                  fetch, url: globalThis.URL, after: d('URL'),
+                  enumerable: Object.keys(globalThis).filter((k) => k in shapes),
+                  native: typeof __kiln,
+                  logged: (console.log('%s and %d', 'a', 2), 'yes'),
+                };
+              };"#,
+        )
+        .load();
+    let (outcome, host) = invoke_with(p, "src/index.js", "run", "{}", limits());
+    assert_eq!(
+        ok(outcome),
+        serde_json::json!({
+            "shapes": {
+                "console": ["object", true, true, false],
+                "setTimeout": ["function", true, true, false],
+                "clearInterval": ["function", true, true, false],
+                "global": ["object", true, true, false],
+                "atob": ["function", true, true, false],
+                "URL": ["lazy", null, true, false],
+                "fetch": ["lazy", null, true, false],
+                "Buffer": ["lazy", null, true, false],
+            },
+            "fetch": "mine",
+            "url": "also mine",
+            "after": ["string", true, true, false],
+            "enumerable": [],
+            "native": "undefined",
+            "logged": "yes",
+        })
+    );
+    assert_eq!(host.logs, vec![(LogLevel::Info, "a and 2".to_owned())]);
+}
+
+#[test]
 fn a_missing_export_and_a_never_settling_promise_are_reported() {
     let p = App::new()
         .esm(

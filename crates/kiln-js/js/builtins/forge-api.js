@@ -26,7 +26,8 @@
 // legacy query conditions other than `startsWith` on 'key'. Every name
 // @forge/api 8 exports (and the storage names of earlier majors) exists,
 // so an app links even when it imports one of these.
-import { hostCall, native } from 'kiln:prelude';
+import { native } from 'kiln:natives';
+import { hostCall } from 'kiln:host';
 import { unsupported, NotSupportedError } from 'builtin:kiln:unsupported';
 import {
   fetch as egressFetch,

@@ -26,7 +26,7 @@
 //
 // Throwing NotSupportedError until Kiln's server has app events:
 // `appEvents.publish`.
-import { hostCall } from 'kiln:prelude';
+import { hostCall } from 'kiln:host';
 import { unsupported, NotSupportedError } from 'builtin:kiln:unsupported';
 
 export { NotSupportedError };

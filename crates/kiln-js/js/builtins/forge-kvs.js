@@ -14,7 +14,7 @@
 // transactions (`kvs.transact`), query conditions other than `beginsWith` on
 // 'key', batch items naming an entity, `setSecret` options other than
 // `keyPolicy: 'OVERRIDE'`, and `metadataFields` on `getSecret`.
-import { hostCall } from 'kiln:prelude';
+import { hostCall } from 'kiln:host';
 import { unsupported, NotSupportedError } from 'builtin:kiln:unsupported';
 
 export { NotSupportedError };

@@ -1,6 +1,6 @@
 // crypto, performance and DOMException. Loaded by the prelude the first time app code touches one of these
 // globals, so invocations that never use them do not pay for them.
-import { native } from 'kiln:prelude';
+import { native } from 'kiln:natives';
 
 // ---------------------------------------------------------------- crypto
 

@@ -6,7 +6,8 @@
 // "product.request"); the server decides whether it may go out and makes it.
 // The checks here only give app code the errors fetch and Forge would give,
 // before a host call is spent: the server repeats every one that matters.
-import { native, hostCall } from 'kiln:prelude';
+import { native } from 'kiln:natives';
+import { hostCall } from 'kiln:host';
 import { TextEncoder, TextDecoder } from 'kiln:text';
 import { URL, URLSearchParams } from 'kiln:url';
 

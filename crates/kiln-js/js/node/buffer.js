@@ -5,7 +5,7 @@
 //
 // Bytes cross into native code as "binary strings" (one character per byte):
 // the engine offers safe Rust no view of a typed array's memory.
-import { native } from 'kiln:prelude';
+import { native } from 'kiln:natives';
 import { TextEncoder, TextDecoder } from 'kiln:text';
 
 // QuickJS caps an ArrayBuffer at 2^31 - 1 bytes; the invocation's memory

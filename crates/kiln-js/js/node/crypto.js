@@ -4,7 +4,7 @@
 // legacy use). Signing with private keys is refused: Kiln holds no private
 // keys for apps. What is not here yet (ciphers, key derivation, key pairs)
 // throws a NotSupportedError naming the function, never a silent wrong answer.
-import { native } from 'kiln:prelude';
+import { native } from 'kiln:natives';
 import { crypto as webCrypto } from 'kiln:crypto';
 import { Buffer, bytesToBinary } from 'builtin:node:buffer';
 import { NotSupportedError, unsupported } from 'builtin:kiln:unsupported';

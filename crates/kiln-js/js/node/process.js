@@ -3,7 +3,7 @@
 // Kiln puts there (see `environment` below), there is no pid, argv or
 // working directory, and `exit` throws.
 import { performance } from 'kiln:crypto';
-import { native } from 'kiln:prelude';
+import { native } from 'kiln:natives';
 
 // The app's variables (`kiln variables set`), which the server sends with
 // the program a worker serves: known before any module's top level runs,
