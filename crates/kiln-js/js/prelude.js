@@ -59,10 +59,10 @@ function fireTimer(id, repeat) {
 const hostCall = (capability, args) => native.importSync('kiln:host').hostCall(capability, args);
 
 // ---------------------------------------------------------------- lazy globals
-// Defined on first use from their own modules. One function is both getter and setter of a lazy global (see
-// `defineGlobals` in natives.rs): read first, it loads the value from its
-// module; assigned first, it takes the value assigned. Either way the global
-// becomes a plain data property.
+// Defined on first use from their own modules. One function is both getter
+// and setter of a lazy global (see `defineGlobals` in natives.rs): read
+// first, it loads the value from its module; assigned first, it takes the
+// value assigned. Either way the global becomes a plain data property.
 function lazy(name, module, exported) {
   return function (value) {
     if (arguments.length === 0) value = native.importSync(module)[exported];
