@@ -126,6 +126,16 @@ pub(crate) fn invoke(
         let ratio = |s: &Stats| {
             vm.as_ref().map_or("-".to_owned(), |v| format!("{:.1}×", s.per_second / v.0.per_second))
         };
+        // The ratio over the whole run, then the spread of the ratios of
+        // blocks that ran one after the other (drift in the machine's speed
+        // moves those least).
+        let block_ratio = |(s, _, rates): &(Stats, Option<f64>, Vec<f64>)| match &vm {
+            Some(v) => match block_ratios(rates, &v.2) {
+                Some(r) => format!("{} (blocks {:.1}–{:.1}, median {:.1})", ratio(s), r.min, r.max, r.median),
+                None => ratio(s),
+            },
+            None => "-".to_owned(),
+        };
         let line = |label: &str, (s, cpu): &(Stats, Option<f64>), r: String| {
             let cpu = cpu.map_or("-".to_owned(), |us| format!("{us:.0}"));
             format!(
@@ -133,14 +143,16 @@ pub(crate) fn invoke(
                 w.name, s.p50_us, s.p99_us, s.per_second
             )
         };
-        let _ = writeln_out(&mut report, &line("kiln, 1 worker, 1 client", &one, ratio(&one.0)));
-        let _ = writeln_out(&mut report, &line("kiln, 2 workers, 2 clients", &two, ratio(&two.0)));
+        let short = |(s, cpu, _): &(Stats, Option<f64>, Vec<f64>)| (*s, *cpu);
+        let _ = writeln_out(&mut report, &line("kiln, 1 worker, 1 client", &short(&one), block_ratio(&one)));
+        let _ =
+            writeln_out(&mut report, &line("kiln, 2 workers, 2 clients", &short(&two), block_ratio(&two)));
         let _ = writeln_out(
             &mut report,
-            &line("kiln, 1 worker, one call every 10 ms (latency only)", &paced, "-".into()),
+            &line("kiln, 1 worker, one call every 10 ms (latency only)", &short(&paced), "-".into()),
         );
         if let Some(v) = &vm {
-            let _ = writeln_out(&mut report, &line("node:vm, fresh context each", v, "1.0×".into()));
+            let _ = writeln_out(&mut report, &line("node:vm, fresh context each", &short(v), "1.0×".into()));
         }
         if let Some(p) = process {
             let _ = writeln_out(&mut report, &line("node, fresh process each", &(p, None), ratio(&p)));
@@ -149,6 +161,33 @@ pub(crate) fn invoke(
     print!("{report}");
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+/// The spread of per-block throughput ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spread {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+/// Kiln's calls per second over node:vm's, block by block (block `i` of
+/// each ran one after the other), with the smallest, median and largest.
+/// `None` when the runs have no blocks in common or a rate is not positive.
+fn block_ratios(kiln: &[f64], node: &[f64]) -> Option<Spread> {
+    let mut ratios: Vec<f64> = kiln
+        .iter()
+        .zip(node)
+        .map(|(k, n)| (*n > 0.0 && k.is_finite() && n.is_finite()).then(|| k / n))
+        .collect::<Option<_>>()?;
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    let upper = *ratios.get(mid)?;
+    let median = if ratios.len().is_multiple_of(2) { (ratios.get(mid - 1)? + upper) / 2.0 } else { upper };
+    Some(Spread { min: *ratios.first()?, median, max: *ratios.last()? })
 }
 
 fn writeln_out(out: &mut String, line: &str) -> std::fmt::Result {
@@ -204,6 +243,8 @@ struct KilnCase {
     pace: Option<Duration>,
     samples: Vec<Duration>,
     wall: Duration,
+    /// Calls per second in each block, in order.
+    block_rates: Vec<f64>,
     /// Machine CPU time over the blocks, in microseconds (`None` once a
     /// reading failed).
     cpu_us: Option<f64>,
@@ -236,12 +277,14 @@ impl KilnCase {
             pace: None,
             samples: Vec::new(),
             wall: Duration::ZERO,
+            block_rates: Vec::new(),
             cpu_us: Some(0.0),
         };
         // Warm up (compile, start the workers, fill caches), unmeasured.
         case.block(200)?;
         case.samples.clear();
         case.wall = Duration::ZERO;
+        case.block_rates.clear();
         case.cpu_us = Some(0.0);
         case.pace = pace;
         Ok(case)
@@ -291,15 +334,19 @@ impl KilnCase {
         let cpu = cpu_used(cpu_before, machine_cpu(), wall);
         self.cpu_us = self.cpu_us.zip(cpu).map(|(a, b)| a + b);
         self.wall += wall;
-        self.samples.extend(samples.map_err(|m| Failure { code: 1, message: m })?.into_iter().flatten());
+        let samples = samples.map_err(|m| Failure { code: 1, message: m })?;
+        let calls: usize = samples.iter().map(Vec::len).sum();
+        self.block_rates.push(calls as f64 / wall.as_secs_f64().max(1e-9));
+        self.samples.extend(samples.into_iter().flatten());
         Ok(())
     }
 
-    /// The statistics and the CPU time per call.
-    fn finish(self) -> (Stats, Option<f64>) {
+    /// The statistics, the CPU time per call and each block's calls per
+    /// second.
+    fn finish(self) -> (Stats, Option<f64>, Vec<f64>) {
         let calls = self.samples.len().max(1) as f64;
         let cpu = self.cpu_us.map(|us| us / calls);
-        (stats(self.samples, self.wall), cpu)
+        (stats(self.samples, self.wall), cpu, self.block_rates)
     }
 }
 
@@ -314,6 +361,7 @@ struct NodeVm {
     output: std::io::BufReader<std::process::ChildStdout>,
     samples: Vec<Duration>,
     wall: Duration,
+    block_rates: Vec<f64>,
     cpu_us: f64,
 }
 
@@ -370,6 +418,7 @@ impl NodeVm {
             output: std::io::BufReader::new(output),
             samples: Vec::new(),
             wall: Duration::ZERO,
+            block_rates: Vec::new(),
             cpu_us: 0.0,
         };
         let mut line = String::new();
@@ -394,20 +443,25 @@ impl NodeVm {
             .ok_or_else(|| fail("no samples".into()))?;
         self.samples
             .extend(samples.iter().filter_map(|s| s.as_f64()).map(|us| Duration::from_secs_f64(us / 1e6)));
-        self.wall +=
-            Duration::from_secs_f64(v.get("wall").and_then(serde_json::Value::as_f64).unwrap_or(0.0));
+        let wall = v.get("wall").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        self.block_rates.push(samples.len() as f64 / wall.max(1e-9));
+        self.wall += Duration::from_secs_f64(wall);
         self.cpu_us += v.get("cpuUs").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(Stats, Option<f64>), Failure> {
+    fn finish(mut self) -> Result<(Stats, Option<f64>, Vec<f64>), Failure> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if self.samples.is_empty() {
             return Err(Failure { code: 1, message: "node ran no calls".into() });
         }
         let cpu = self.cpu_us / self.samples.len() as f64;
-        Ok((stats(std::mem::take(&mut self.samples), self.wall), Some(cpu)))
+        Ok((
+            stats(std::mem::take(&mut self.samples), self.wall),
+            Some(cpu),
+            std::mem::take(&mut self.block_rates),
+        ))
     }
 }
 
@@ -431,4 +485,27 @@ fn node_process(dir: &Path, iterations: usize) -> Result<Stats, Failure> {
         samples.push(t.elapsed());
     }
     Ok(stats(samples, started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Spread, block_ratios};
+
+    #[test]
+    fn block_ratios_pair_blocks_in_order_and_take_the_median() {
+        // Block i of Kiln against block i of node:vm: 2.0, 1.0, 3.0.
+        let spread = block_ratios(&[200.0, 100.0, 600.0], &[100.0, 100.0, 200.0]);
+        assert_eq!(spread, Some(Spread { min: 1.0, median: 2.0, max: 3.0 }));
+        // An even count takes the mean of the middle two.
+        let spread = block_ratios(&[100.0, 400.0], &[100.0, 100.0]);
+        assert_eq!(spread, Some(Spread { min: 1.0, median: 2.5, max: 4.0 }));
+    }
+
+    #[test]
+    fn block_ratios_refuse_empty_or_broken_runs() {
+        assert_eq!(block_ratios(&[], &[]), None);
+        assert_eq!(block_ratios(&[100.0], &[0.0]), None);
+        assert_eq!(block_ratios(&[f64::NAN], &[100.0]), None);
+        assert_eq!(block_ratios(&[f64::INFINITY], &[100.0]), None);
+    }
 }
