@@ -173,7 +173,8 @@ struct Spread {
 
 /// Kiln's calls per second over node:vm's, block by block (block `i` of
 /// each ran one after the other), with the smallest, median and largest.
-/// `None` when the runs have no blocks in common or a rate is not positive.
+/// `None` when the runs have no blocks in common, a rate is not finite or
+/// one of node:vm's is not positive.
 fn block_ratios(kiln: &[f64], node: &[f64]) -> Option<Spread> {
     let mut ratios: Vec<f64> = kiln
         .iter()
