@@ -5,9 +5,12 @@
 //! results over the size limit are refused with a message naming where the
 //! problem is. `toJSON` is not called (structured clone does not), but
 //! getters are, so a hostile getter runs under the same deadline and memory
-//! limit as the handler.
+//! limit as the handler. Strings, property names included, cross as
+//! Unicode scalar values (see [`crate::text`]).
 
-use rquickjs::{CatchResultExt, CaughtError, Ctx, Object, Type, Value};
+use rquickjs::{CatchResultExt, CaughtError, Ctx, Function, Object, Type, Value};
+
+use crate::text;
 
 /// Deepest nesting of a result. Bounds recursion on the host stack.
 pub(crate) const MAX_RESULT_DEPTH: usize = 64;
@@ -32,7 +35,7 @@ pub(crate) fn to_json<'js>(
     if value.is_undefined() {
         return Ok("null".to_owned());
     }
-    let mut w = Writer { ctx, out: String::new(), max_bytes, ancestors: Vec::new() };
+    let mut w = Writer { ctx, out: String::new(), max_bytes, ancestors: Vec::new(), to_string_tag: None };
     w.value(value, &mut String::from("result"))?;
     Ok(w.out)
 }
@@ -42,6 +45,8 @@ struct Writer<'a, 'js> {
     out: String,
     max_bytes: usize,
     ancestors: Vec<Value<'js>>,
+    /// `Object.prototype.toString`, looked up at the first object.
+    to_string_tag: Option<Function<'js>>,
 }
 
 impl<'js> Writer<'_, 'js> {
@@ -66,8 +71,8 @@ impl<'js> Writer<'_, 'js> {
                 self.push(&number(f))
             }
             Type::String => {
-                let s: String = value.get().catch(self.ctx)?;
-                self.push(&serde_json::to_string(&s).unwrap_or_default())
+                let s = value.as_string().map(|s| text::to_rust(self.ctx, s)).transpose().catch(self.ctx)?;
+                self.push(&serde_json::to_string(&s.unwrap_or_default()).unwrap_or_default())
             }
             Type::Symbol => Err(refuse(path, "a Symbol")),
             Type::BigInt => Err(refuse(path, "a BigInt (convert it to a string)")),
@@ -122,7 +127,7 @@ impl<'js> Writer<'_, 'js> {
 
     fn object(&mut self, value: &Value<'js>, path: &mut String) -> Result<(), ConvertError<'js>> {
         let Some(object) = value.as_object() else { return Err(refuse(path, "an unreadable object")) };
-        match class_of(self.ctx, object)?.as_str() {
+        match self.class_of(object)?.as_str() {
             "Date" => {
                 let iso: Option<String> = call_method(self.ctx, object, "toISOString");
                 return match iso {
@@ -142,11 +147,15 @@ impl<'js> Writer<'_, 'js> {
         }
         self.enter(value, path)?;
         self.push("{")?;
-        let keys: Vec<String> =
-            object.keys::<String>().collect::<rquickjs::Result<Vec<_>>>().catch(self.ctx)?;
+        // Keys as JavaScript strings: rquickjs's own conversion of a
+        // property name does not handle unpaired surrogates.
+        let keys: Vec<Value<'js>> =
+            object.keys::<Value<'js>>().collect::<rquickjs::Result<Vec<_>>>().catch(self.ctx)?;
         let mut first = true;
-        for key in keys {
-            let item: Value = object.get(key.as_str()).catch(self.ctx)?;
+        for key_value in keys {
+            let Some(key_string) = key_value.as_string() else { continue };
+            let key = text::to_rust(self.ctx, key_string).catch(self.ctx)?;
+            let item: Value = object.get(key_value.clone()).catch(self.ctx)?;
             if item.is_undefined() {
                 continue;
             }
@@ -164,6 +173,20 @@ impl<'js> Writer<'_, 'js> {
         }
         self.ancestors.pop();
         self.push("}")
+    }
+
+    /// `Object.prototype.toString`'s tag, e.g. `Date`, `Map`.
+    fn class_of(&mut self, object: &Object<'js>) -> Result<String, ConvertError<'js>> {
+        let to_string = match &self.to_string_tag {
+            Some(f) => f.clone(),
+            None => {
+                let f: Function = self.ctx.eval("Object.prototype.toString").catch(self.ctx)?;
+                self.to_string_tag.insert(f).clone()
+            }
+        };
+        let tag: Value = to_string.call((rquickjs::function::This(object.clone()),)).catch(self.ctx)?;
+        let tag = text::describe_value(self.ctx, &tag).unwrap_or_default();
+        Ok(tag.trim_start_matches("[object ").trim_end_matches(']').to_owned())
     }
 }
 
@@ -185,24 +208,18 @@ fn refuse<'js>(path: &str, what: &str) -> ConvertError<'js> {
     ConvertError::Refused(format!("the result contains {what} at {path}; a result must be plain data"))
 }
 
-/// `Object.prototype.toString`'s tag, e.g. `Date`, `Map`.
-fn class_of<'js>(ctx: &Ctx<'js>, object: &Object<'js>) -> Result<String, ConvertError<'js>> {
-    let to_string: rquickjs::Function = ctx.eval("Object.prototype.toString").catch(ctx)?;
-    let tag: String = to_string.call((rquickjs::function::This(object.clone()),)).catch(ctx)?;
-    Ok(tag.trim_start_matches("[object ").trim_end_matches(']').to_owned())
-}
-
-fn call_method<'js>(_ctx: &Ctx<'js>, object: &Object<'js>, name: &str) -> Option<String> {
+fn call_method<'js>(ctx: &Ctx<'js>, object: &Object<'js>, name: &str) -> Option<String> {
     let f: rquickjs::Function = object.get(name).ok()?;
-    f.call((rquickjs::function::This(object.clone()),)).ok()
+    let value: Value = f.call((rquickjs::function::This(object.clone()),)).ok()?;
+    text::to_rust(ctx, value.as_string()?).ok()
 }
 
 /// A thrown non-Error value, in words.
-pub(crate) fn describe(value: &Value<'_>) -> String {
+pub(crate) fn describe<'js>(ctx: &Ctx<'js>, value: &Value<'js>) -> String {
     match value.type_of() {
-        Type::String => format!("uncaught {:?}", value.get::<String>().unwrap_or_default()),
+        Type::String => format!("uncaught {:?}", text::describe_value(ctx, value).unwrap_or_default()),
         Type::Int | Type::Float | Type::Bool => {
-            format!("uncaught {}", value.get::<rquickjs::Coerced<String>>().map(|c| c.0).unwrap_or_default())
+            format!("uncaught {}", text::describe_value(ctx, value).unwrap_or_default())
         }
         Type::Undefined => "uncaught undefined".to_owned(),
         Type::Null => "uncaught null".to_owned(),

@@ -21,6 +21,7 @@
 mod compile;
 mod convert;
 mod natives;
+mod text;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -859,9 +860,13 @@ impl<'js> Call<'_, 'js> {
         }
         let (message, stack) = match &error {
             CaughtError::Exception(e) => {
-                let name = e.as_object().get::<_, String>("name").unwrap_or_else(|_| "Error".into());
-                let message = e.message().unwrap_or_default();
-                (if message.is_empty() { name } else { format!("{name}: {message}") }, e.stack())
+                let text = |key: &str| {
+                    let value: Value = e.as_object().get(key).ok()?;
+                    text::describe_value(&self.ctx, &value)
+                };
+                let name = text("name").unwrap_or_else(|| "Error".into());
+                let message = text("message").unwrap_or_default();
+                (if message.is_empty() { name } else { format!("{name}: {message}") }, text("stack"))
             }
             // When memory is exhausted so completely that the engine cannot
             // even build its "out of memory" error, what it throws is `null`
@@ -876,7 +881,7 @@ impl<'js> Call<'_, 'js> {
                     ),
                 ));
             }
-            CaughtError::Value(v) => (convert::describe(v), None),
+            CaughtError::Value(v) => (convert::describe(&self.ctx, v), None),
             CaughtError::Error(e) => (e.to_string(), None),
         };
         let out_of_memory = message.contains("out of memory");

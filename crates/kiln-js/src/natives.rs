@@ -12,6 +12,7 @@ use kiln_ipc::LogLevel;
 use rquickjs::function::{Opt, This};
 use rquickjs::{ArrayBuffer, Ctx, Exception, Function, Module, Object, Persistent, Result, Value};
 
+use crate::text::{Usv, replace_lone_surrogate_escapes};
 use crate::{Loop, MAX_PENDING_HOST_CALLS, MAX_TIMERS, Program, Timer};
 
 /// Most bytes one `crypto.getRandomValues` call may ask for (the Web limit).
@@ -30,7 +31,7 @@ pub(crate) fn install<'js>(
     let s = state.clone();
     native.set(
         "log",
-        Function::new(ctx.clone(), move |level: i32, text: String| {
+        Function::new(ctx.clone(), move |level: i32, Usv(text): Usv| {
             let level = match level {
                 0 => LogLevel::Debug,
                 2 => LogLevel::Warn,
@@ -87,7 +88,7 @@ pub(crate) fn install<'js>(
 
     native.set(
         "btoa",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<String> {
             use base64::Engine;
             // btoa takes a "binary string": every code unit must fit a byte.
             let bytes: Option<Vec<u8>> = input.encode_utf16().map(|u| u8::try_from(u).ok()).collect();
@@ -103,7 +104,7 @@ pub(crate) fn install<'js>(
 
     native.set(
         "atob",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<String> {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<String> {
             use base64::Engine;
             // Forgiving base64: ASCII whitespace ignored, padding optional.
             let cleaned: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
@@ -120,20 +121,20 @@ pub(crate) fn install<'js>(
 
     native.set(
         "resolve",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, from: String, specifier: String| {
-            match program.links.resolve(&from, &specifier) {
-                Ok(target) => target_object(&ctx, &target),
-                Err(message) => Err(Exception::throw_message(
-                    &ctx,
-                    &format!("Cannot find module '{specifier}': {message}"),
-                )),
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(from): Usv, Usv(specifier): Usv| match program
+            .links
+            .resolve(&from, &specifier)
+        {
+            Ok(target) => target_object(&ctx, &target),
+            Err(message) => {
+                Err(Exception::throw_message(&ctx, &format!("Cannot find module '{specifier}': {message}")))
             }
         })?,
     )?;
 
     native.set(
         "target",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, id: String| match program.links.target(&id) {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(id): Usv| match program.links.target(&id) {
             Ok(target) => target_object(&ctx, &target),
             Err(message) => Err(Exception::throw_message(&ctx, &message)),
         })?,
@@ -141,7 +142,7 @@ pub(crate) fn install<'js>(
 
     native.set(
         "importSync",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, name: String| import_sync(&ctx, &name))?,
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(name): Usv| import_sync(&ctx, &name))?,
     )?;
 
     // Math.random from a generator seeded afresh for every invocation (see
@@ -232,26 +233,33 @@ fn install_extras<'js>(
     let s = state.clone();
     native.set(
         "hostCall",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, capability: String, args: String| -> Result<f64> {
-            let mut st = s.borrow_mut();
-            if st.pending_calls >= MAX_PENDING_HOST_CALLS {
-                return Err(Exception::throw_range(
-                    &ctx,
-                    &format!("too many host calls in flight (at most {MAX_PENDING_HOST_CALLS})"),
-                ));
-            }
-            if capability.is_empty() || capability.len() > MAX_CAPABILITY_LEN {
-                return Err(Exception::throw_type(&ctx, "invalid capability name"));
-            }
-            let args: serde_json::Value = serde_json::from_str(&args).map_err(|e| {
-                Exception::throw_type(&ctx, &format!("host call arguments are not JSON: {e}"))
-            })?;
-            st.next_call += 1;
-            let id = st.next_call;
-            st.pending_calls += 1;
-            st.calls.push((id, capability, args));
-            Ok(id as f64)
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, Usv(capability): Usv, Usv(args): Usv| -> Result<f64> {
+                let mut st = s.borrow_mut();
+                if st.pending_calls >= MAX_PENDING_HOST_CALLS {
+                    return Err(Exception::throw_range(
+                        &ctx,
+                        &format!("too many host calls in flight (at most {MAX_PENDING_HOST_CALLS})"),
+                    ));
+                }
+                if capability.is_empty() || capability.len() > MAX_CAPABILITY_LEN {
+                    return Err(Exception::throw_type(&ctx, "invalid capability name"));
+                }
+                // The arguments come from the engine's JSON.stringify, which
+                // escapes an unpaired surrogate; it crosses as U+FFFD.
+                let args: serde_json::Value = serde_json::from_str(&args)
+                    .or_else(|_| serde_json::from_str(&replace_lone_surrogate_escapes(&args)))
+                    .map_err(|e| {
+                        Exception::throw_type(&ctx, &format!("host call arguments are not JSON: {e}"))
+                    })?;
+                st.next_call += 1;
+                let id = st.next_call;
+                st.pending_calls += 1;
+                st.calls.push((id, capability, args));
+                Ok(id as f64)
+            },
+        )?,
     )?;
 
     native.set(
@@ -269,7 +277,7 @@ fn install_extras<'js>(
 
     native.set(
         "base64ToBytes",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<ArrayBuffer<'js>> {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<ArrayBuffer<'js>> {
             use base64::Engine;
             // Bodies of host replies (fetch, product requests) arrive as base64;
             // decoding here spares a byte-at-a-time loop in JavaScript.
@@ -282,7 +290,7 @@ fn install_extras<'js>(
 
     native.set(
         "base64Decode",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String| -> Result<ArrayBuffer<'js>> {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<ArrayBuffer<'js>> {
             use base64::Engine;
             // Node's forgiving decoder: both alphabets, anything else
             // skipped, stop at the first '=', trailing bits ignored.
@@ -306,7 +314,7 @@ fn install_extras<'js>(
 
     native.set(
         "digest",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, algorithm: String, data: String| {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(algorithm): Usv, Usv(data): Usv| {
             let algorithm = digest_algorithm(&ctx, &algorithm)?;
             let data = binary_bytes(&ctx, &data)?;
             ArrayBuffer::new(ctx, kiln_crypto::digest::digest(algorithm, &data))
@@ -315,19 +323,22 @@ fn install_extras<'js>(
 
     native.set(
         "hmac",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, algorithm: String, key: String, data: String| {
-            let algorithm = digest_algorithm(&ctx, &algorithm)?;
-            let key = binary_bytes(&ctx, &key)?;
-            let data = binary_bytes(&ctx, &data)?;
-            ArrayBuffer::new(ctx, kiln_crypto::digest::hmac(algorithm, &key, &data))
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, Usv(algorithm): Usv, Usv(key): Usv, Usv(data): Usv| {
+                let algorithm = digest_algorithm(&ctx, &algorithm)?;
+                let key = binary_bytes(&ctx, &key)?;
+                let data = binary_bytes(&ctx, &data)?;
+                ArrayBuffer::new(ctx, kiln_crypto::digest::hmac(algorithm, &key, &data))
+            },
+        )?,
     )?;
 
     // A public key from PEM text, DER (`spki`, `pkcs1`; a binary string)
     // or a JWK (JSON text), described for `KeyObject`.
     native.set(
         "publicKey",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, format: String, data: String| {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(format): Usv, Usv(data): Usv| {
             let key = public_key(&ctx, &format, &data)?;
             public_key_object(&ctx, &key)
         })?,
@@ -340,12 +351,12 @@ fn install_extras<'js>(
         Function::new(
             ctx.clone(),
             move |ctx: Ctx<'js>,
-                  spki: String,
-                  digest: String,
-                  padding: String,
-                  encoding: String,
-                  message: String,
-                  signature: String|
+                  Usv(spki): Usv,
+                  Usv(digest): Usv,
+                  Usv(padding): Usv,
+                  Usv(encoding): Usv,
+                  Usv(message): Usv,
+                  Usv(signature): Usv|
                   -> Result<bool> {
                 use kiln_crypto::signature::{EcdsaEncoding, PublicKey, RsaPadding, SignatureScheme};
                 let key = PublicKey::from_spki_der(&binary_bytes(&ctx, &spki)?)
@@ -379,9 +390,9 @@ fn install_extras<'js>(
 
     native.set(
         "urlParse",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, input: String, base: Opt<Option<String>>| {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv, base: Opt<Option<Usv>>| {
             let parsed = match base.0.flatten() {
-                Some(base) => url::Url::parse(&base).and_then(|b| b.join(&input)),
+                Some(Usv(base)) => url::Url::parse(&base).and_then(|b| b.join(&input)),
                 None => url::Url::parse(&input),
             };
             match parsed {
@@ -395,34 +406,37 @@ fn install_extras<'js>(
 
     native.set(
         "urlSet",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, href: String, component: String, value: String| {
-            let Ok(mut url) = url::Url::parse(&href) else {
-                return Err(Exception::throw_type(&ctx, "Invalid URL"));
-            };
-            // Setters that fail leave the URL unchanged, as in browsers.
-            let _ = match component.as_str() {
-                "protocol" => url.set_scheme(value.trim_end_matches(':')).map_err(|_| ()),
-                "username" => url.set_username(&value),
-                "password" => url.set_password(Some(&value)),
-                "host" => url::quirks::set_host(&mut url, &value),
-                "hostname" => url::quirks::set_hostname(&mut url, &value),
-                "port" => url::quirks::set_port(&mut url, &value),
-                "pathname" => {
-                    url::quirks::set_pathname(&mut url, &value);
-                    Ok(())
-                }
-                "search" => {
-                    url::quirks::set_search(&mut url, &value);
-                    Ok(())
-                }
-                "hash" => {
-                    url::quirks::set_hash(&mut url, &value);
-                    Ok(())
-                }
-                _ => Err(()),
-            };
-            url_parts(&ctx, &url)
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, Usv(href): Usv, Usv(component): Usv, Usv(value): Usv| {
+                let Ok(mut url) = url::Url::parse(&href) else {
+                    return Err(Exception::throw_type(&ctx, "Invalid URL"));
+                };
+                // Setters that fail leave the URL unchanged, as in browsers.
+                let _ = match component.as_str() {
+                    "protocol" => url.set_scheme(value.trim_end_matches(':')).map_err(|_| ()),
+                    "username" => url.set_username(&value),
+                    "password" => url.set_password(Some(&value)),
+                    "host" => url::quirks::set_host(&mut url, &value),
+                    "hostname" => url::quirks::set_hostname(&mut url, &value),
+                    "port" => url::quirks::set_port(&mut url, &value),
+                    "pathname" => {
+                        url::quirks::set_pathname(&mut url, &value);
+                        Ok(())
+                    }
+                    "search" => {
+                        url::quirks::set_search(&mut url, &value);
+                        Ok(())
+                    }
+                    "hash" => {
+                        url::quirks::set_hash(&mut url, &value);
+                        Ok(())
+                    }
+                    _ => Err(()),
+                };
+                url_parts(&ctx, &url)
+            },
+        )?,
     )?;
 
     Ok(())

@@ -438,3 +438,59 @@ fn base64_globals_follow_the_web_rules() {
         serde_json::json!({"enc": "aGVsbG//", "dec": "hello", "bad": true})
     );
 }
+
+/// Unpaired surrogates (an emoji cut in half by `slice`) leave the runtime as
+/// U+FFFD wherever a string crosses: results (values and property names),
+/// console lines, error messages, thrown strings, host-call arguments, URLs.
+/// Paired surrogates cross unchanged. Before, these threw obscure
+/// conversion errors from `console.log`, lost error messages, and made the
+/// worker write JSON the server refused as a protocol violation.
+#[test]
+fn unpaired_surrogates_cross_as_replacement_characters() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"const cut = '😀x'.slice(1);
+export const result = () => ({ cut, whole: '😀', ['k' + cut]: '\ud800', list: ['a\udbff', '\udc00\ud800\udc00'] });
+export const log = () => { console.log('half', '😀'.slice(0, 1)); console.error({ [cut]: cut }); return 'ok'; };
+export const error = () => { throw new RangeError('bad ' + cut); };
+export const thrown = () => { throw 'only ' + cut; };
+export const host = async () => await __kilnModules.hostCall('echo', { [cut]: ['\ud83d', '😀'] });
+export const url = () => new URL('https://example.com/a\ud800?q=\udc00').href;
+export const b64 = () => { try { btoa('\ud800'); return 'encoded'; } catch (e) { return e.message; } };
+"#,
+        )
+        .load();
+    let r = "\u{fffd}";
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "result")),
+        serde_json::json!({ "cut": format!("{r}x"), "whole": "😀", format!("k{r}x"): r, "list": [format!("a{r}"), format!("{r}\u{10000}")] })
+    );
+
+    let (outcome, host) = invoke_with(p, "src/index.js", "log", "{}", limits());
+    assert_eq!(ok(outcome), serde_json::json!("ok"));
+    assert_eq!(host.logs[0], (LogLevel::Info, format!("half {r}")));
+    assert!(host.logs[1].1.contains(&format!("{r}x")), "{:?}", host.logs[1]);
+
+    let e = err(invoke(p, "src/index.js", "error"));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::FunctionError, format!("RangeError: bad {r}x").as_str())
+    );
+    assert!(e.stack.unwrap_or_default().contains("src/index.js"));
+    assert_eq!(err(invoke(p, "src/index.js", "thrown")).message, format!("uncaught \"only {r}x\""));
+
+    let (outcome, host) = invoke_with(p, "src/index.js", "host", "{}", limits());
+    let sent = serde_json::json!({ format!("{r}x"): [r, "😀"] });
+    assert_eq!(ok(outcome), sent);
+    assert_eq!(host.calls, vec![("echo".to_owned(), sent)]);
+
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "url")),
+        serde_json::json!("https://example.com/a%EF%BF%BD?q=%EF%BF%BD")
+    );
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "b64")),
+        serde_json::json!("InvalidCharacterError: btoa takes only characters up to U+00FF")
+    );
+}
