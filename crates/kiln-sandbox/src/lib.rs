@@ -146,6 +146,10 @@ pub enum SandboxError {
     Compile { module: String, message: String },
     #[error("{0}")]
     Platform(String),
+    /// The payload and context together exceed what an invocation may carry
+    /// (Forge's 5 MB); the function was not run.
+    #[error("the {what} is {bytes} bytes; an invocation carries at most {limit} bytes (5 MB)")]
+    TooLarge { what: &'static str, bytes: usize, limit: usize },
 }
 
 /// What kind of caller an invocation has; it sets the default deadline.
@@ -320,6 +324,14 @@ impl Sandbox {
         let Some(entry) = bundle.entries.get(&request.function) else {
             return Err(SandboxError::Platform(format!("the app has no function '{}'", request.function)));
         };
+        let payload = request.payload.to_string();
+        let context = request.context.to_string();
+        let limit = kiln_ipc::MAX_PAYLOAD_BYTES;
+        for (what, text) in [("payload", &payload), ("context", &context)] {
+            if text.len() > limit {
+                return Err(SandboxError::TooLarge { what, bytes: text.len(), limit });
+            }
+        }
         let memory_mb = request.memory_mb.clamp(16, self.config.max_memory_mb);
         let pool = self.pool(app, hash, bundle, memory_mb, &request.env)?;
         let deadline_in = request.deadline.unwrap_or_else(|| request.caller.deadline());
@@ -327,8 +339,8 @@ impl Sandbox {
             id: random_id(),
             module: entry.module.clone(),
             export: entry.export.clone(),
-            payload: request.payload.to_string(),
-            context: request.context.to_string(),
+            payload,
+            context,
             runtime: if request.runtime.is_null() { String::new() } else { request.runtime.to_string() },
             limits: Limits {
                 memory_bytes: u64::from(memory_mb) << 20,

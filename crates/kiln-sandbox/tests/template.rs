@@ -139,3 +139,23 @@ fn children_end_with_the_worker(mode: &str, sandbox: kiln_sandbox::Sandbox) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Forge carries payloads up to 5 MB. One just under it reaches the handler
+/// whole; one over it is refused before any worker sees it, saying why, and
+/// the app goes on serving.
+#[test]
+fn payloads_up_to_5_mb_cross_and_larger_ones_are_refused() {
+    let app = app("export function run(p) { return p.s.length; }\n");
+    let sandbox = sandbox_with(0);
+    let limit = kiln_ipc::MAX_PAYLOAD_BYTES;
+    let fits = "x".repeat(limit - 16);
+    assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({ "s": fits })).unwrap()), json!(limit - 16));
+    let over = "x".repeat(limit);
+    match invoke(&sandbox, &app_id(1), &app, json!({ "s": over })) {
+        Err(kiln_sandbox::SandboxError::TooLarge { what: "payload", bytes, limit: l }) => {
+            assert_eq!((bytes, l), (limit + 8, limit));
+        }
+        other => panic!("expected the payload to be refused, got {other:?}"),
+    }
+    assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({ "s": "ok" })).unwrap()), json!(2));
+}

@@ -7,6 +7,7 @@
 //! under their OS user name. Remote administration goes through the admin
 //! API (`kiln serve`), which requires a session or an API token.
 
+use crate::output::say;
 use std::path::Path;
 
 use clap::Subcommand;
@@ -115,19 +116,19 @@ async fn user(access: &Access, trail: &Trail, command: UserCommand) -> Result<()
     match command {
         UserCommand::Add { name, role, mfa } => {
             let account = access.add_operator(&name, role, mfa, trail.audit()).await?;
-            println!("Created {} ({}).", account.name, account.role);
-            println!("Password (shown once): {}", account.password.as_str());
+            say!("Created {} ({}).", account.name, account.role);
+            say!("Password (shown once): {}", account.password.as_str());
             match &account.totp_uri {
                 Some(uri) => {
-                    println!("Second factor: add this to an authenticator app (shown once):");
-                    println!("  {}", uri.as_str());
+                    say!("Second factor: add this to an authenticator app (shown once):");
+                    say!("  {}", uri.as_str());
                 }
-                None => println!("No second factor (the {} role does not require one).", account.role),
+                None => say!("No second factor (the {} role does not require one).", account.role),
             }
         }
         UserCommand::List => {
             let rows = access.operators().await?;
-            println!("{:<24} {:<10} {:<4} {:<10} CREATED (UTC)", "NAME", "ROLE", "MFA", "STATE");
+            say!("{:<24} {:<10} {:<4} {:<10} CREATED (UTC)", "NAME", "ROLE", "MFA", "STATE");
             for op in rows {
                 let state = if op.disabled_at.is_some() {
                     "disabled"
@@ -137,7 +138,7 @@ async fn user(access: &Access, trail: &Trail, command: UserCommand) -> Result<()
                     "active"
                 };
                 let mfa = if op.mfa_enrolled { "yes" } else { "no" };
-                println!(
+                say!(
                     "{:<24} {:<10} {:<4} {:<10} {}",
                     op.name,
                     op.role,
@@ -149,21 +150,21 @@ async fn user(access: &Access, trail: &Trail, command: UserCommand) -> Result<()
         }
         UserCommand::SetRole { name, role } => {
             access.set_role(&name, role, trail.audit()).await?;
-            println!("{name} is now {role}; their sessions have ended.");
+            say!("{name} is now {role}; their sessions have ended.");
         }
         UserCommand::Disable { name } => {
             access.disable(&name, trail.audit()).await?;
-            println!("Disabled {name}; their sessions and tokens have ended.");
+            say!("Disabled {name}; their sessions and tokens have ended.");
         }
         UserCommand::ResetMfa { name } => {
             let uri = access.reset_mfa(&name, trail.audit()).await?;
-            println!("New second factor for {name} (shown once); their sessions and tokens have ended:");
-            println!("  {}", uri.as_str());
+            say!("New second factor for {name} (shown once); their sessions and tokens have ended:");
+            say!("  {}", uri.as_str());
         }
         UserCommand::ResetPassword { name } => {
             let password = generated_password()?;
             access.set_password(&name, &password, trail.audit()).await?;
-            println!("New password for {name} (shown once): {}", password.as_str());
+            say!("New password for {name} (shown once): {}", password.as_str());
         }
     }
     Ok(())
@@ -187,11 +188,11 @@ async fn token(access: &Access, trail: &Trail, command: TokenCommand) -> Result<
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
             let (id, secret) =
                 access.create_token(&principal, &name, &scopes, days * DAY, trail.audit()).await?;
-            println!("Token {id} for {operator} ({}), expires in {days} days.", scopes.join(", "));
-            println!("Secret (shown once; Kiln keeps only its hash): {}", secret.as_str());
+            say!("Token {id} for {operator} ({}), expires in {days} days.", scopes.join(", "));
+            say!("Secret (shown once; Kiln keeps only its hash): {}", secret.as_str());
         }
         TokenCommand::List { operator } => {
-            println!("{:<6} {:<20} {:<32} {:<20} STATE", "ID", "NAME", "SCOPES", "EXPIRES (UTC)");
+            say!("{:<6} {:<20} {:<32} {:<20} STATE", "ID", "NAME", "SCOPES", "EXPIRES (UTC)");
             let now = kiln_store::now_millis();
             for t in access.tokens(&operator).await? {
                 let scopes: Vec<String> = serde_json::from_str(&t.scopes).unwrap_or_default();
@@ -202,7 +203,7 @@ async fn token(access: &Access, trail: &Trail, command: TokenCommand) -> Result<
                 } else {
                     "active"
                 };
-                println!(
+                say!(
                     "{:<6} {:<20} {:<32} {:<20} {state}",
                     t.id,
                     t.name,
@@ -214,7 +215,7 @@ async fn token(access: &Access, trail: &Trail, command: TokenCommand) -> Result<
         TokenCommand::Revoke { id } => {
             let host = Access::host_principal(&crate::trail::cli_user());
             access.revoke_token(&host, id, trail.audit()).await?;
-            println!("Revoked token {id}.");
+            say!("Revoked token {id}.");
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! `node:vm` context per invocation, and a fresh process per invocation), in
 //! the same run on the same machine.
 
+use crate::output::say_raw;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -158,7 +159,7 @@ pub(crate) fn invoke(
             let _ = writeln_out(&mut report, &line("node, fresh process each", &(p, None), ratio(&p)));
         }
     }
-    print!("{report}");
+    say_raw!("{report}");
     let _ = std::io::stdout().flush();
     Ok(())
 }

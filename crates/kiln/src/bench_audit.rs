@@ -20,6 +20,7 @@
 //! The unchained rows exist only in the baseline's own store (a second data
 //! directory or schema), so the trail that is verified is a real one.
 
+use crate::output::{say, say_raw};
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -93,9 +94,9 @@ pub(crate) async fn audit(records: usize, postgres: Option<String>) -> Result<()
     }
 
     let (mac_us, sign_us) = crypto_only().await.map_err(fail)?;
-    print!("{}", report(&rows, &notes));
-    println!("\n| record MAC alone (µs) | checkpoint signature alone (µs) |\n|---|---|");
-    println!("| {mac_us:.2} | {sign_us:.1} |");
+    say_raw!("{}", report(&rows, &notes));
+    say!("\n| record MAC alone (µs) | checkpoint signature alone (µs) |\n|---|---|");
+    say!("| {mac_us:.2} | {sign_us:.1} |");
     Ok(())
 }
 

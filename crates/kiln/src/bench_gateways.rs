@@ -14,6 +14,7 @@
 //! Everything runs on loopback; the egress gateway reaches it through its
 //! `insecure_allow_loopback` test setting and a resolver that maps one name.
 
+use crate::output::say_raw;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -248,6 +249,6 @@ pub(crate) async fn gateways(requests: usize) -> Result<(), Failure> {
             g.p50_us / d.p50_us
         );
     }
-    print!("{out}");
+    say_raw!("{out}");
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! The plaintext path is a baseline for measurement only: it lives here, not
 //! in `kiln-kvs`, so no production code path can store a value unsealed.
 
+use crate::output::say_raw;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -317,6 +318,6 @@ pub(crate) async fn kvs(ops: usize, postgres: Option<String>) -> Result<(), Fail
         let (seal, open) = crypto_only(size).map_err(fail)?;
         let _ = writeln!(out, "| {size} B | {seal:.2} | {open:.2} |");
     }
-    print!("{out}");
+    say_raw!("{out}");
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! it in its one process, with nothing isolating one request from the
 //! next. The rate limit is raised out of the way for the run.
 
+use crate::output::say_raw;
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -185,7 +186,7 @@ pub(crate) async fn webtrigger(
             );
         }
     }
-    print!("{report}");
+    say_raw!("{report}");
     if let Some(soak) = soak_seconds {
         soak_run(&url, connections, soak, server.0.id())?;
     }
@@ -229,7 +230,7 @@ fn soak_run(url: &str, connections: u32, seconds: u64, pid: u32) -> Result<(), F
             (last.1 as f64 - first.1 as f64) / (first.1.max(1) as f64) * 100.0
         );
     }
-    print!("{report}");
+    say_raw!("{report}");
     Ok(())
 }
 

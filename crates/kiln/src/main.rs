@@ -25,7 +25,8 @@ mod remote;
 mod server;
 mod trail;
 
-use std::io::{BufRead, IsTerminal, Write};
+use output::{say, say_raw};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -387,10 +388,12 @@ struct InvokeArgs {
     /// The app directory, holding manifest.yml and src/
     #[arg(default_value = ".")]
     app_dir: PathBuf,
-    /// The payload passed as the handler's first argument (JSON)
+    /// The payload passed as the handler's first argument: JSON, @FILE to
+    /// read it from a file, or - to read it from standard input (payloads
+    /// up to 5 MB, more than a command line holds)
     #[arg(long, default_value = "{}")]
     payload: String,
-    /// The context passed as the handler's second argument (JSON)
+    /// The context passed as the handler's second argument: JSON, @FILE or -
     #[arg(long)]
     context: Option<String>,
     /// Stop the function after this many milliseconds instead of its module's limit
@@ -614,7 +617,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let outcome = outcome?;
             match args.format {
                 Format::Json => output::json(&outcome),
-                Format::Text => print!("{}", output::install(&outcome)),
+                Format::Text => say_raw!("{}", output::install(&outcome)),
             }
             Ok(())
         }
@@ -682,9 +685,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await;
             trail.checkpoint(&store).await;
             let outcome = outcome?;
-            println!(
+            say!(
                 "Rolled {} ({}) back from {} to {}; its consented permissions are unchanged.",
-                outcome.site, outcome.product, outcome.from, outcome.to
+                outcome.site,
+                outcome.product,
+                outcome.from,
+                outcome.to
             );
             Ok(())
         }
@@ -694,7 +700,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let listing = kiln_apps::versions(&store, &app, &args.env.environment).await?;
             match args.format {
                 Format::Json => output::json(&listing),
-                Format::Text => print!("{}", output::versions(&listing)),
+                Format::Text => say_raw!("{}", output::versions(&listing)),
             }
             Ok(())
         }
@@ -732,7 +738,7 @@ async fn deploy(data_dir: &Path, args: DeployArgs) -> Result<(), Failure> {
     }
     match args.format {
         Format::Json => output::json(&outcome),
-        Format::Text => print!("{}", output::deploy(&outcome)),
+        Format::Text => say_raw!("{}", output::deploy(&outcome)),
     }
     Ok(())
 }
@@ -745,14 +751,14 @@ async fn upgrade(data_dir: &Path, args: UpgradeArgs) -> Result<(), Failure> {
     let trail = Trail::open(data_dir, &store).await?;
     let plan = kiln_apps::plan_upgrade(&store, &app, env, site, product).await?;
     if plan.is_noop() {
-        println!("{} ({}) already runs {}, the latest version in {env}.", plan.site, plan.product, plan.to);
+        say!("{} ({}) already runs {}, the latest version in {env}.", plan.site, plan.product, plan.to);
         return Ok(());
     }
-    print!("{}", output::upgrade_plan(&plan));
+    say_raw!("{}", output::upgrade_plan(&plan));
     let consent = if plan.needs_consent.is_empty() || args.yes {
         Consent::AcceptedFor(plan.to)
     } else if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        print!("Grant these permissions to {} on {}? [y/N] ", app, plan.site);
+        say_raw!("Grant these permissions to {} on {}? [y/N] ", app, plan.site);
         let _ = std::io::stdout().flush();
         let mut answer = String::new();
         std::io::stdin()
@@ -770,17 +776,45 @@ async fn upgrade(data_dir: &Path, args: UpgradeArgs) -> Result<(), Failure> {
     let done = kiln_apps::upgrade(&store, &app, env, site, product, plan.to, consent, trail.audit()).await;
     trail.checkpoint(&store).await;
     let done = done?;
-    println!("Upgraded {} ({}) from {} to {}.", done.site, done.product, done.from, done.to);
+    say!("Upgraded {} ({}) from {} to {}.", done.site, done.product, done.from, done.to);
     Ok(())
+}
+
+/// A JSON option's value: the JSON itself, `@FILE` for a file's contents or
+/// `-` for standard input (JSON never starts with `@` or is a lone `-`).
+fn json_argument(flag: &str, value: &str) -> Result<serde_json::Value, Failure> {
+    let limit = kiln_ipc::MAX_PAYLOAD_BYTES;
+    // One byte past the limit is enough to know it is too large.
+    let read = |from: &mut dyn Read, source: &str| {
+        let mut bytes = Vec::new();
+        from.take(u64::try_from(limit).unwrap_or(u64::MAX) + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| usage(format!("{flag}: cannot read {source}: {e}")))?;
+        Ok::<_, Failure>(bytes)
+    };
+    let (bytes, source) = if value == "-" {
+        (read(&mut std::io::stdin().lock(), "standard input")?, "standard input".to_owned())
+    } else if let Some(path) = value.strip_prefix('@') {
+        let mut file =
+            std::fs::File::open(path).map_err(|e| usage(format!("{flag}: cannot open {path}: {e}")))?;
+        (read(&mut file, path)?, path.to_owned())
+    } else {
+        return serde_json::from_str(value).map_err(|e| usage(format!("{flag} is not JSON: {e}")));
+    };
+    if bytes.len() > limit {
+        return Err(usage(format!(
+            "{flag}: {source} holds more than {limit} bytes (5 MB), more than an invocation carries"
+        )));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| usage(format!("{flag}: {source} is not JSON: {e}")))
 }
 
 /// Bundle the app in APP_DIR and run one function through a pool of jailed
 /// workers, exactly as the server will.
 async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
-    let payload: serde_json::Value =
-        serde_json::from_str(&args.payload).map_err(|e| usage(format!("--payload is not JSON: {e}")))?;
+    let payload = json_argument("--payload", &args.payload)?;
     let context: serde_json::Value = match &args.context {
-        Some(c) => serde_json::from_str(c).map_err(|e| usage(format!("--context is not JSON: {e}")))?,
+        Some(c) => json_argument("--context", c)?,
         None => serde_json::json!({ "installContext": "ari:cloud:jira::site/kiln-local" }),
     };
     let variables = |name: &str| std::env::var(name).ok();
@@ -1011,7 +1045,7 @@ async fn consent(data_dir: &Path, args: ConsentArgs) -> Result<(), Failure> {
         .complete_authorization(&format!("local:{app}"), code)
         .await
         .map_err(|e| Failure { code: 1, message: e.to_string() })?;
-    println!("{} consented for {app}: {}", done.account_id, done.scopes.join(" "));
+    say!("{} consented for {app}: {}", done.account_id, done.scopes.join(" "));
     Ok(())
 }
 
@@ -1044,12 +1078,12 @@ async fn webtrigger_url(data_dir: &Path, args: WebtriggerArgs) -> Result<(), Fai
     let token = kiln_server::webtrigger::token(&store, &kvs, installation, &args.module)
         .await
         .map_err(|e| Failure { code: 1, message: e.to_string() })?;
-    println!("{}/x1/{token}", args.base_url.trim_end_matches('/'));
+    say!("{}/x1/{token}", args.base_url.trim_end_matches('/'));
     if args.signing_secret {
         let secret = kiln_server::webtrigger::signing_secret(&store, &kvs, installation, &args.module)
             .await
             .map_err(|e| Failure { code: 1, message: e.to_string() })?;
-        println!("signing key: {secret}");
+        say!("signing key: {secret}");
     }
     Ok(())
 }
@@ -1230,7 +1264,7 @@ async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Fai
                 .await;
             settle(&trail, &store, done.map_err(kvs_fail), event).await?;
             let how = if encrypt { "encrypted; its value will not be shown again" } else { "sealed at rest" };
-            println!(
+            say!(
                 "Set {name} for {} in {} ({how}). Functions see it from their next invocation.",
                 app_id(&app.app)?,
                 env.environment
@@ -1241,13 +1275,13 @@ async fn variables(data_dir: &Path, command: VariablesCommand) -> Result<(), Fai
             let event = kiln_audit::Event::variable_unset(&id, &e, &name);
             let done = kvs.unset_variable(&owner(&app, &env)?, &name, trail.audit(), event.clone()).await;
             settle(&trail, &store, done.map_err(kvs_fail), event).await?;
-            println!("Removed {name}.");
+            say!("Removed {name}.");
         }
         VariablesCommand::List { env, app } => {
             // Names only: values belong to the app (process.env), not to
             // whoever runs Kiln.
             for v in kvs.variables(&owner(&app, &env)?, false).await.map_err(kvs_fail)? {
-                println!("{} ({})", v.name, if v.encrypted { "encrypted" } else { "sealed at rest" });
+                say!("{} ({})", v.name, if v.encrypted { "encrypted" } else { "sealed at rest" });
             }
         }
     }
@@ -1306,11 +1340,8 @@ async fn rotate_keys_audited(
     let new = file.rotate().map_err(|e| fail(e.to_string()))?;
     let kvs = kiln_kvs::Kvs::new(store.clone(), std::sync::Arc::new(file));
     let rewrapped = kvs.rewrap_all(trail.audit()).await.map_err(|e| fail(e.to_string()))?;
-    println!("New key-encryption key {new} is current; {rewrapped} data keys rewrapped.");
-    println!(
-        "Older keys stay in {} until you remove them; every data key now opens with {new}.",
-        path.display()
-    );
+    say!("New key-encryption key {new} is current; {rewrapped} data keys rewrapped.");
+    say!("Older keys stay in {} until you remove them; every data key now opens with {new}.", path.display());
     if data_keys {
         let owners = kvs.owners().await.map_err(|e| fail(e.to_string()))?;
         let mut resealed = 0;
@@ -1324,7 +1355,7 @@ async fn rotate_keys_audited(
                 resealed += n;
             }
         }
-        println!("New data keys for {} owners; {resealed} values re-encrypted.", owners.len());
+        say!("New data keys for {} owners; {resealed} values re-encrypted.", owners.len());
     }
     Ok(())
 }

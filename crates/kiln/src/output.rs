@@ -28,9 +28,39 @@ pub(crate) fn warning(message: &str) {
     }
 }
 
+/// Write command output on standard output (what `say!` and `say_raw!`
+/// expand to). A closed pipe (`kiln audit log | head`) ends the process
+/// quietly with status 0, as SIGPIPE ends other command-line tools, instead
+/// of the panic `println!` gives. Kiln does not restore SIGPIPE itself: the
+/// server must outlive a worker's closed socket.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for command output; see [`write_stdout`].
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*), true) };
+}
+
+/// `print!` for command output; see [`write_stdout`].
+macro_rules! say_raw {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*), false) };
+}
+
+pub(crate) use {say, say_raw};
+
 pub(crate) fn json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => say!("{text}"),
         Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
     }
 }

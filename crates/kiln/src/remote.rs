@@ -6,6 +6,7 @@
 //! Only commands the admin API serves run remotely; the others say that
 //! they run on the Kiln host.
 
+use crate::output::{say, say_raw};
 use std::path::PathBuf;
 
 use kiln_server::{HttpsClient, Method, Reply};
@@ -84,7 +85,7 @@ fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 fn print_json(reply: &Reply) {
     match serde_json::from_slice::<serde_json::Value>(&reply.body) {
         Ok(v) => crate::output::json(&v),
-        Err(_) => print!("{}", reply.text()),
+        Err(_) => say_raw!("{}", reply.text()),
     }
 }
 
@@ -115,7 +116,7 @@ pub(crate) async fn run(remote: &Remote, command: Command) -> Result<(), Failure
                 } else {
                     "sealed at rest"
                 };
-                println!("{} ({how})", field(v, "name").as_str().unwrap_or_default());
+                say!("{} ({how})", field(v, "name").as_str().unwrap_or_default());
             }
         }
         Command::Variables(VariablesCommand::Set { name, value, encrypt, env, app }) => {
@@ -123,19 +124,19 @@ pub(crate) async fn run(remote: &Remote, command: Command) -> Result<(), Failure
             remote
                 .call(Method::PUT, &path, Some(serde_json::json!({ "value": value, "encrypt": encrypt })))
                 .await?;
-            println!("Set {name} in {}.", env.environment);
+            say!("Set {name} in {}.", env.environment);
         }
         Command::Variables(VariablesCommand::Unset { name, env, app }) => {
             remote.call(Method::DELETE, &format!("{}/variables/{name}", app_path(&app, &env)?), None).await?;
-            println!("Removed {name}.");
+            say!("Removed {name}.");
         }
         Command::Audit(AuditCommand::Verify) => {
             let reply = remote.call(Method::POST, "/api/v1/audit/verify", None).await?;
             let report = reply.json();
             for p in field(&report, "problems").as_array().into_iter().flatten() {
-                println!("PROBLEM {}", p.as_str().unwrap_or_default());
+                say!("PROBLEM {}", p.as_str().unwrap_or_default());
             }
-            println!(
+            say!(
                 "{} records, {} checkpoints in the database, {} in the server's checkpoint file: {}",
                 field(&report, "records"),
                 field(&report, "checkpoints"),
@@ -157,7 +158,7 @@ pub(crate) async fn run(remote: &Remote, command: Command) -> Result<(), Failure
             match output {
                 Some(path) => std::fs::write(&path, &reply.body)
                     .map_err(|e| Failure { code: 1, message: format!("{}: {e}", path.display()) })?,
-                None => print!("{}", reply.text()),
+                None => say_raw!("{}", reply.text()),
             }
         }
         Command::Audit(AuditCommand::Alerts { .. }) => {
@@ -173,18 +174,18 @@ pub(crate) async fn run(remote: &Remote, command: Command) -> Result<(), Failure
         Command::Admin(AdminCommand::User(UserCommand::SetRole { name, role })) => {
             let body = serde_json::json!({ "role": role.as_str() });
             remote.call(Method::PUT, &format!("/api/v1/operators/{name}/role"), Some(body)).await?;
-            println!("{name} is now {role}; their sessions have ended.");
+            say!("{name} is now {role}; their sessions have ended.");
         }
         Command::Admin(AdminCommand::User(UserCommand::Disable { name })) => {
             remote.call(Method::POST, &format!("/api/v1/operators/{name}/disable"), None).await?;
-            println!("Disabled {name}; their sessions and tokens have ended.");
+            say!("Disabled {name}; their sessions and tokens have ended.");
         }
         Command::Admin(AdminCommand::Token(TokenCommand::List { .. })) => {
             print_json(&remote.call(Method::GET, "/api/v1/tokens", None).await?);
         }
         Command::Admin(AdminCommand::Token(TokenCommand::Revoke { id })) => {
             remote.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?;
-            println!("Revoked token {id}.");
+            say!("Revoked token {id}.");
         }
         Command::Admin(AdminCommand::Token(TokenCommand::Create { .. })) => {
             return Err(usage(

@@ -10,6 +10,7 @@
 //! append-only or off-host storage in production) after every command that
 //! records something.
 
+use crate::output::say;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -141,13 +142,13 @@ pub(crate) async fn verify(data_dir: &Path, store: &Store) -> Result<(), Failure
     let file = trail.checkpoint_file.exists().then_some(trail.checkpoint_file.as_path());
     let report = trail.auditor.verify(store, file).await.map_err(audit_fail)?;
     for problem in &report.problems {
-        println!("PROBLEM {problem}");
+        say!("PROBLEM {problem}");
     }
     let file_note = match file {
         Some(path) => format!("{} in {}", report.file_checkpoints, path.display()),
         None => format!("no checkpoint file at {}", trail.checkpoint_file.display()),
     };
-    println!(
+    say!(
         "{} records (head {}), {} checkpoints in the database, {file_note}: {}",
         report.records,
         report.head.map_or_else(|| "none".to_owned(), |h| h.to_string()),
@@ -242,12 +243,12 @@ pub(crate) async fn export(
 pub(crate) async fn checkpoint(data_dir: &Path, store: &Store) -> Result<(), Failure> {
     let trail = Trail::open(data_dir, store).await?;
     match trail.auditor.checkpoint(store, &trail.checkpoint_file).await.map_err(audit_fail)? {
-        Some(c) => println!(
+        Some(c) => say!(
             "Checkpoint at record {} written to the database and {}.",
             c.seq,
             trail.checkpoint_file.display()
         ),
-        None => println!("The trail's head is already checkpointed (or the trail is empty)."),
+        None => say!("The trail's head is already checkpointed (or the trail is empty)."),
     }
     Ok(())
 }
@@ -264,10 +265,10 @@ pub(crate) async fn alerts(
     }
     let rows = kiln_audit::alerts::list(store, limit).await.map_err(audit_fail)?;
     if rows.is_empty() {
-        println!("No alerts.");
+        say!("No alerts.");
     }
     for a in rows {
-        println!(
+        say!(
             "#{:<4} {}  {:<14} x{:<4} records {}-{}  {}{}",
             a.id,
             crate::output::utc(a.last_at),

@@ -715,6 +715,81 @@ fn invoke_runs_a_function_in_the_sandbox_and_prints_json() {
     assert!(text(&out).contains("its functions are: greet, boom, slow"), "{}", text(&out));
 }
 
+/// Payloads up to 5 MB do not fit on a command line: `--payload @FILE` and
+/// `--payload -` read them; past 5 MB, or not JSON, the command says so
+/// before anything runs.
+#[test]
+fn invoke_reads_large_payloads_from_a_file_or_standard_input() {
+    let kiln = Kiln::new();
+    let app = invoke_app();
+    let dir = app.path().to_str().unwrap();
+    let name = "k".repeat(4 * 1024 * 1024);
+    let file = app.path().join("payload.json");
+    std::fs::write(&file, serde_json::json!({ "name": name }).to_string()).unwrap();
+    let at_file = format!("@{}", file.display());
+    let out = kiln.run(&["invoke", "greet", dir, "--payload", &at_file]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["message"].as_str().map(str::len), Some(name.len() + "HELLO !".len()));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--data-dir", kiln.data_dir().to_str().unwrap(), "invoke", "greet", dir, "--payload", "-"])
+        .args(["--context", r#"{"installContext":"ari:cloud:jira::site/from-stdin"}"#])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(br#"{"name":"stdin"}"#).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"message": "HELLO STDIN!", "site": "ari:cloud:jira::site/from-stdin"})
+    );
+
+    std::fs::write(&file, serde_json::json!({ "name": "k".repeat(5 * 1024 * 1024) }).to_string()).unwrap();
+    let out = kiln.run(&["invoke", "greet", dir, "--payload", &at_file]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("holds more than 5242880 bytes (5 MB)"), "{}", text(&out));
+    std::fs::write(&file, "{\"name\":").unwrap();
+    let out = kiln.run(&["invoke", "greet", dir, "--payload", &at_file]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("payload.json is not JSON: EOF while parsing"), "{}", text(&out));
+    let out = kiln.run(&["invoke", "greet", dir, "--payload", "@/nonexistent/payload.json"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("cannot open /nonexistent/payload.json"), "{}", text(&out));
+}
+
+/// `kiln ... | head` closes standard output early: the command ends quietly
+/// instead of panicking with "failed printing to stdout: Broken pipe".
+#[test]
+fn a_closed_standard_output_ends_a_command_quietly() {
+    let kiln = Kiln::new();
+    let app = invoke_app();
+    let dir = app.path().to_str().unwrap();
+    let payload = serde_json::json!({ "name": "x".repeat(1024 * 1024) }).to_string();
+    let file = app.path().join("payload.json");
+    std::fs::write(&file, payload).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // closed before the command writes a byte
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--data-dir", kiln.data_dir().to_str().unwrap(), "invoke", "greet", dir])
+        .args(["--payload", &format!("@{}", file.display())])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 #[test]
 fn invoke_runs_the_example_apps_functions() {
     let kiln = Kiln::new();
