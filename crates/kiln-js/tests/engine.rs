@@ -494,3 +494,42 @@ export const b64 = () => { try { btoa('\ud800'); return 'encoded'; } catch (e) {
         serde_json::json!("InvalidCharacterError: btoa takes only characters up to U+00FF")
     );
 }
+
+/// structuredClone keeps an error's type (the standard ones by name, others
+/// as Error) and message, as Node does; getRandomValues refuses float arrays
+/// and oversized requests with the DOMExceptions the Web Crypto API names.
+#[test]
+fn structured_clone_of_errors_and_get_random_values_refusals_match_node() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"class Custom extends Error { constructor(m) { super(m); this.name = 'Custom'; } }
+export const run = () => {
+  const r = structuredClone(new RangeError('r'));
+  const c = structuredClone(new Custom('c'));
+  const t = structuredClone({ e: new TypeError('t') }).e;
+  const refusal = (a) => { try { crypto.getRandomValues(a); return 'filled'; } catch (e) { return [e.name, e instanceof DOMException]; } };
+  return {
+    range: [r instanceof RangeError, r.name, r.message, typeof r.stack],
+    custom: [c.constructor === Error, c.name, c.message],
+    nested: [t instanceof TypeError, t.message],
+    float: refusal(new Float64Array(2)),
+    big: refusal(new Uint8Array(65537)),
+    ints: refusal(new BigInt64Array(2)),
+  };
+};
+"#,
+        )
+        .load();
+    assert_eq!(
+        ok(invoke(p, "src/index.js", "run")),
+        serde_json::json!({
+            "range": [true, "RangeError", "r", "string"],
+            "custom": [true, "Error", "c"],
+            "nested": [true, "t"],
+            "float": ["TypeMismatchError", true],
+            "big": ["QuotaExceededError", true],
+            "ints": "filled",
+        })
+    );
+}

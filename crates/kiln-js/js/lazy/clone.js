@@ -6,6 +6,8 @@ class DataCloneError extends Error {
   constructor(message) { super(message); this.name = 'DataCloneError'; }
 }
 
+const errorTypes = { Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError };
+
 function clone(value, memo) {
   if (value === null || typeof value !== 'object') {
     if (typeof value === 'function') throw new DataCloneError(`${value.name || 'function'} could not be cloned`);
@@ -39,7 +41,13 @@ function clone(value, memo) {
     return out;
   }
   if (value instanceof Error) {
-    out = new Error(value.message); out.name = value.name; memo.set(value, out); return out;
+    // The HTML standard's rule: one of the standard error types by name
+    // (anything else becomes Error), the message, and the stack as V8 keeps it.
+    const type = Object.hasOwn(errorTypes, value.name) ? errorTypes[value.name] : Error;
+    out = Object.hasOwn(value, 'message') ? new type(String(value.message)) : new type();
+    memo.set(value, out);
+    if (typeof value.stack === 'string') out.stack = value.stack;
+    return out;
   }
   if (value instanceof Promise || value instanceof WeakMap || value instanceof WeakSet) {
     throw new DataCloneError(`${value.constructor.name} could not be cloned`);

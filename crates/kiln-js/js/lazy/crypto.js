@@ -7,13 +7,15 @@ import { native } from 'kiln:natives';
 const hex = (b) => (b < 16 ? '0' : '') + b.toString(16);
 export const crypto = Object.freeze({
   getRandomValues(array) {
-    if (!ArrayBuffer.isView(array) || array instanceof Float32Array || array instanceof Float64Array) {
+    if (!ArrayBuffer.isView(array)) {
       throw new TypeError('getRandomValues needs an integer typed array');
     }
+    // DOMExceptions with the names the Web Crypto API gives, as Node throws.
+    if (array instanceof Float32Array || array instanceof Float64Array || array instanceof DataView) {
+      throw new DOMException('getRandomValues needs an integer typed array', 'TypeMismatchError');
+    }
     if (array.byteLength > 65536) {
-      const e = new Error(`getRandomValues can fill at most 65536 bytes, not ${array.byteLength}`);
-      e.name = 'QuotaExceededError';
-      throw e;
+      throw new DOMException(`getRandomValues can fill at most 65536 bytes, not ${array.byteLength}`, 'QuotaExceededError');
     }
     const bytes = native.random(array.byteLength);
     new Uint8Array(array.buffer, array.byteOffset, array.byteLength).set(bytes);
