@@ -470,7 +470,9 @@ export const b64 = () => { try { btoa('\ud800'); return 'encoded'; } catch (e) {
     let (outcome, host) = invoke_with(p, "src/index.js", "log", "{}", limits());
     assert_eq!(ok(outcome), serde_json::json!("ok"));
     assert_eq!(host.logs[0], (LogLevel::Info, format!("half {r}")));
-    assert!(host.logs[1].1.contains(&format!("{r}x")), "{:?}", host.logs[1]);
+    // Inside an object a string is quoted, and the quoting escapes an
+    // unpaired surrogate as Node's inspect does.
+    assert_eq!(host.logs[1], (LogLevel::Error, r"{ '\ude00x': '\ude00x' }".to_owned()));
 
     let e = err(invoke(p, "src/index.js", "error"));
     assert_eq!(
@@ -531,5 +533,42 @@ export const run = () => {
             "big": ["QuotaExceededError", true],
             "ints": "filled",
         })
+    );
+}
+
+/// Console lines show values as Node's console does: Maps and Sets with
+/// their entries (they printed as `{}`), class instances with their class,
+/// strings inside objects in Node's quotes, functions, classes, typed arrays
+/// and regular expressions by kind. Objects deeper than four levels are cut.
+#[test]
+fn console_formats_values_as_node_does() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"export const run = () => {
+  class Foo { constructor() { this.x = 1; } }
+  const bare = Object.create(null); bare.a = 1;
+  console.log(new Map([[1, 'a']]), new Set([1]), new Map());
+  console.log({ s: "it's", t: 'plain', n: 'line\nbreak' }, { 'a-b': 1, ok: 2 });
+  console.log(new Foo(), bare, [new Foo()]);
+  console.log(() => 1, function named() {}, class A {}, async function g() {});
+  console.log(new Uint8Array([1, 2]), /x/g, -0, { a: { b: { c: { d: { e: 1 } } } } });
+  return 1;
+};
+"#,
+        )
+        .load();
+    let (outcome, host) = invoke_with(p, "src/index.js", "run", "{}", limits());
+    ok(outcome);
+    let lines: Vec<&str> = host.logs.iter().map(|(_, line)| line.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "Map(1) { 1 => 'a' } Set(1) { 1 } Map(0) {}",
+            r#"{ s: "it's", t: 'plain', n: 'line\nbreak' } { 'a-b': 1, ok: 2 }"#,
+            "Foo { x: 1 } [Object: null prototype] { a: 1 } [ Foo { x: 1 } ]",
+            "[Function (anonymous)] [Function: named] [class A] [AsyncFunction: g]",
+            "Uint8Array(2) [ 1, 2 ] /x/g -0 { a: { b: { c: { d: [Object] } } } }",
+        ]
     );
 }
