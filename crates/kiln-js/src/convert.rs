@@ -180,7 +180,12 @@ impl<'js> Writer<'_, 'js> {
         let to_string = match &self.to_string_tag {
             Some(f) => f.clone(),
             None => {
-                let f: Function = self.ctx.eval("Object.prototype.toString").catch(self.ctx)?;
+                // Looked up as `eval("Object.prototype.toString")` would (app
+                // code can replace either way only for its own result), at a
+                // fraction of compiling a script.
+                let object: Object = self.ctx.globals().get("Object").catch(self.ctx)?;
+                let prototype: Object = object.get("prototype").catch(self.ctx)?;
+                let f: Function = prototype.get("toString").catch(self.ctx)?;
                 self.to_string_tag.insert(f).clone()
             }
         };
