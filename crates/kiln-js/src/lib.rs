@@ -37,7 +37,7 @@ use rquickjs::context::intrinsic;
 use rquickjs::loader::bundle::Bundle;
 use rquickjs::loader::{ImportAttributes, Loader, Resolver};
 use rquickjs::{
-    CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Promise, Runtime, Value,
+    CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object, Persistent, Promise, Runtime, Value,
 };
 
 pub use compile::{CompileError, compile};
@@ -351,9 +351,59 @@ struct Loop {
     runtime: String,
     /// Math.random's xorshift128+ state.
     random: [u64; 2],
+    /// Promises rejected with no handler attached, and their reasons, as
+    /// the engine reports them; a handler attached later removes one. What
+    /// is left when the invocation ends is logged, as Node reports it.
+    unhandled: Vec<(Persistent<Value<'static>>, Persistent<Value<'static>>)>,
+    /// Unhandled rejections past [`MAX_TRACKED_REJECTIONS`], only counted.
+    unhandled_untracked: u32,
 }
 
+/// Most unhandled rejections one invocation keeps for its report.
+const MAX_TRACKED_REJECTIONS: usize = 16;
+
 impl Loop {
+    /// Keep a console line unless the invocation's limits are reached;
+    /// lines past them are counted.
+    fn push_log(&mut self, level: LogLevel, text: String) {
+        let bytes = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        let (max_lines, max_bytes) = self.limits.map_or((0, 0), |l| (l.max_log_lines, l.max_log_bytes));
+        if self.log_lines >= max_lines || self.log_bytes.saturating_add(bytes) > max_bytes {
+            self.logs_dropped = self.logs_dropped.saturating_add(1);
+            return;
+        }
+        self.log_lines += 1;
+        self.log_bytes = self.log_bytes.saturating_add(bytes);
+        self.logs.push((level, text));
+    }
+
+    /// The engine's report that `promise` was rejected with no handler
+    /// (`handled` false) or got one after all (`handled` true).
+    fn track_rejection<'js>(
+        &mut self,
+        ctx: &Ctx<'js>,
+        promise: Value<'js>,
+        reason: Value<'js>,
+        handled: bool,
+    ) {
+        if handled {
+            let found =
+                self.unhandled.iter().position(|(p, _)| p.clone().restore(ctx).is_ok_and(|p| p == promise));
+            if let Some(i) = found {
+                self.unhandled.remove(i);
+            }
+        } else if self.unhandled.len() < MAX_TRACKED_REJECTIONS {
+            self.unhandled.push((Persistent::save(ctx, promise), Persistent::save(ctx, reason)));
+        } else {
+            self.unhandled_untracked = self.unhandled_untracked.saturating_add(1);
+        }
+    }
+
+    /// Drop every engine value Rust holds, before the context goes.
+    fn release_engine_values(&mut self) {
+        self.installed = None;
+        self.unhandled.clear();
+    }
     /// A fresh seed from the kernel for Math.random.
     fn reseed_random(&mut self) {
         let mut bytes = [0u8; 16];
@@ -546,6 +596,15 @@ impl Prepared {
             }
         })));
         runtime.set_loader(TableResolver(program), (Bundle(program.modules), BuiltinRefusal));
+        let tracked = prepared.state.clone();
+        runtime.set_host_promise_rejection_tracker(Some(Box::new(move |ctx, promise, reason, handled| {
+            // The engine reports from inside JavaScript; Rust code that holds
+            // the state across a call into it would make this borrow fail,
+            // and then the report is skipped rather than the worker stopped.
+            if let Ok(mut state) = tracked.try_borrow_mut() {
+                state.track_rejection(&ctx, promise, reason, handled);
+            }
+        })));
         let context = match Context::custom::<Intrinsics>(&runtime) {
             Ok(c) => c,
             Err(e) => {
@@ -604,8 +663,10 @@ impl Prepared {
                 invocation,
                 deadline,
                 interrupted: &interrupted,
+                returned: None,
             };
             let outcome = call.run(program, host);
+            call.report_unhandled_rejections();
             call.flush(host);
             let dropped = call.state.borrow().logs_dropped;
             if dropped > 0 {
@@ -615,7 +676,8 @@ impl Prepared {
                 );
             }
             // Release the engine objects Rust still holds before the context goes.
-            call.state.borrow_mut().installed = None;
+            call.state.borrow_mut().release_engine_values();
+            drop(call);
             outcome
         });
         (outcome, Spent(self))
@@ -625,7 +687,7 @@ impl Prepared {
 impl Drop for Prepared {
     fn drop(&mut self) {
         // The context holds references into the runtime: it goes first.
-        self.state.borrow_mut().installed = None;
+        self.state.borrow_mut().release_engine_values();
         drop(self.context.take());
         drop(self.runtime.take());
     }
@@ -637,6 +699,9 @@ struct Call<'a, 'js> {
     invocation: &'a Invocation,
     deadline: Instant,
     interrupted: &'a AtomicBool,
+    /// What the handler returned: its own rejection is the invocation's
+    /// error, not an unhandled rejection.
+    returned: Option<Value<'js>>,
 }
 
 /// How a JavaScript step failed.
@@ -675,6 +740,7 @@ impl<'js> Call<'_, 'js> {
         let context =
             ctx.json_parse(self.invocation.context.as_str()).catch(&ctx).map_err(|e| self.js_failure(e))?;
         let returned: Value = handler.call((payload, context)).catch(&ctx).map_err(|e| self.js_failure(e))?;
+        self.returned = Some(returned.clone());
         let value = match returned.as_promise() {
             Some(promise) => self.settle(promise.clone(), host)?,
             None => returned,
@@ -829,6 +895,42 @@ impl<'js> Call<'_, 'js> {
             {
                 return;
             }
+        }
+    }
+
+    /// Log each promise that was rejected during the invocation and never
+    /// got a handler, as Node reports one (where it also ends the process).
+    fn report_unhandled_rejections(&mut self) {
+        let (unhandled, untracked) = {
+            let mut state = self.state.borrow_mut();
+            (std::mem::take(&mut state.unhandled), std::mem::take(&mut state.unhandled_untracked))
+        };
+        for (promise, reason) in unhandled {
+            let (Ok(promise), Ok(reason)) = (promise.restore(&self.ctx), reason.restore(&self.ctx)) else {
+                continue;
+            };
+            if self.returned.as_ref() == Some(&promise) {
+                continue;
+            }
+            let text = match reason.as_object().filter(|_| reason.is_error()) {
+                Some(error) => {
+                    let field = |key: &str| {
+                        let value: Value = error.get(key).ok()?;
+                        text::describe_value(&self.ctx, &value)
+                    };
+                    let name = field("name").unwrap_or_else(|| "Error".into());
+                    let message = field("message").unwrap_or_default();
+                    let stack = field("stack").unwrap_or_default();
+                    format!("{name}: {message}\n{stack}").trim_end().to_owned()
+                }
+                None => text::describe_value(&self.ctx, &reason).unwrap_or_else(|| "undefined".into()),
+            };
+            self.state.borrow_mut().push_log(LogLevel::Error, format!("Unhandled promise rejection: {text}"));
+        }
+        if untracked > 0 {
+            self.state
+                .borrow_mut()
+                .push_log(LogLevel::Error, format!("{untracked} more unhandled promise rejections"));
         }
     }
 

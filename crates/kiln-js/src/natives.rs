@@ -38,16 +38,7 @@ pub(crate) fn install<'js>(
                 3 => LogLevel::Error,
                 _ => LogLevel::Info,
             };
-            let mut st = s.borrow_mut();
-            let bytes = u32::try_from(text.len()).unwrap_or(u32::MAX);
-            let (max_lines, max_bytes) = st.limits.map_or((0, 0), |l| (l.max_log_lines, l.max_log_bytes));
-            if st.log_lines >= max_lines || st.log_bytes.saturating_add(bytes) > max_bytes {
-                st.logs_dropped = st.logs_dropped.saturating_add(1);
-                return;
-            }
-            st.log_lines += 1;
-            st.log_bytes = st.log_bytes.saturating_add(bytes);
-            st.logs.push((level, text));
+            s.borrow_mut().push_log(level, text);
         })?,
     )?;
 

@@ -572,3 +572,49 @@ fn console_formats_values_as_node_does() {
         ]
     );
 }
+
+/// A promise rejected with no handler (a fire-and-forget call that fails) is
+/// reported in the invocation's log, as Node reports it, instead of
+/// vanishing; one handled later, or the handler's own rejection (the
+/// invocation's error), is not. A flood is reported as a count.
+#[test]
+fn unhandled_rejections_are_logged_and_handled_ones_are_not() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"const fail = async (why) => { throw new TypeError(why); };
+export const forgotten = async () => {
+  fail('forgotten');
+  Promise.reject('a plain reason');
+  const later = fail('caught later');
+  await null;
+  await later.catch(() => {});
+  try { await fail('awaited'); } catch {}
+  return 'done';
+};
+export const own = async () => { await null; throw new RangeError('mine'); };
+export const flood = () => { for (let i = 0; i < 1000; i++) Promise.reject(i); return 'flooded'; };
+"#,
+        )
+        .load();
+    let (outcome, host) = invoke_with(p, "src/index.js", "forgotten", "{}", limits());
+    assert_eq!(ok(outcome), serde_json::json!("done"));
+    assert_eq!(host.logs.len(), 2, "{:?}", host.logs);
+    assert_eq!(host.logs[0].0, LogLevel::Error);
+    assert!(
+        host.logs[0].1.starts_with("Unhandled promise rejection: TypeError: forgotten\n"),
+        "{:?}",
+        host.logs[0]
+    );
+    assert!(host.logs[0].1.contains("src/index.js"), "the stack names the app's line: {:?}", host.logs[0]);
+    assert_eq!(host.logs[1], (LogLevel::Error, "Unhandled promise rejection: a plain reason".to_owned()));
+
+    let (outcome, host) = invoke_with(p, "src/index.js", "own", "{}", limits());
+    assert_eq!(err(outcome).message, "RangeError: mine");
+    assert!(host.logs.is_empty(), "{:?}", host.logs);
+
+    let (outcome, host) = invoke_with(p, "src/index.js", "flood", "{}", limits());
+    assert_eq!(ok(outcome), serde_json::json!("flooded"));
+    assert_eq!(host.logs.len(), 17, "{:?}", host.logs);
+    assert_eq!(host.logs[16].1, "984 more unhandled promise rejections");
+}
