@@ -52,6 +52,19 @@ function fireTimer(id, repeat) {
   timer.fn(...timer.args);
 }
 
+// ---------------------------------------------------------------- base64
+// The natives refuse bad input with 'InvalidCharacterError: ...'; the Web
+// API throws a DOMException of that name, which callers test for.
+function base64(convert, data) {
+  try {
+    return convert(String(data));
+  } catch (e) {
+    const [name, ...rest] = String(e.message).split(': ');
+    if (name !== 'InvalidCharacterError') throw e;
+    throw new DOMException(rest.join(': '), name);
+  }
+}
+
 // ---------------------------------------------------------------- host calls
 // In their own module, `kiln:host`, loaded by the first module that makes
 // one (Kiln's Forge modules and fetch import it from there).
@@ -143,8 +156,8 @@ native.defineGlobals(
     clearTimeout: cancel,
     clearInterval: cancel,
     global: globalThis,
-    btoa: (data) => native.btoa(String(data)),
-    atob: (data) => native.atob(String(data)),
+    btoa: (data) => base64(native.btoa, data),
+    atob: (data) => base64(native.atob, data),
     __kilnModules: Object.freeze({ makeRequire, requireById, hostCall }),
   },
   {
