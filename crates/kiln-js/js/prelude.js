@@ -9,14 +9,12 @@
 // Every invocation pays for everything this module defines, in making it and
 // in freeing it: what not every invocation needs lives in a module loaded on
 // first use (formatting, host calls, the less used natives, the lazy
-// globals), and globals are defined through `native.defineGlobals`, which
-// costs far less than `Object.defineProperty` with a descriptor object.
+// globals, which the engine defines), and globals are defined through
+// `native.defineGlobals`, which costs far less than `Object.defineProperty`
+// with a descriptor object.
 
 export const native = globalThis.__kiln;
 delete globalThis.__kiln;
-
-const define = (name, value) =>
-  Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
 
 // ---------------------------------------------------------------- console
 
@@ -52,19 +50,6 @@ function fireTimer(id, repeat) {
   timer.fn(...timer.args);
 }
 
-// ---------------------------------------------------------------- base64
-// The natives refuse bad input with 'InvalidCharacterError: ...'; the Web
-// API throws a DOMException of that name, which callers test for.
-function base64(convert, data) {
-  try {
-    return convert(String(data));
-  } catch (e) {
-    const [name, ...rest] = String(e.message).split(': ');
-    if (name !== 'InvalidCharacterError') throw e;
-    throw new DOMException(rest.join(': '), name);
-  }
-}
-
 // ---------------------------------------------------------------- host calls
 // In their own module, `kiln:host`, loaded by the first module that makes
 // one (Kiln's Forge modules and fetch import it from there).
@@ -72,17 +57,8 @@ function base64(convert, data) {
 const hostCall = (capability, args) => native.importSync('kiln:host').hostCall(capability, args);
 
 // ---------------------------------------------------------------- lazy globals
-// Defined on first use from their own modules. One function is both getter
-// and setter of a lazy global (see `defineGlobals` in natives.rs): read
-// first, it loads the value from its module; assigned first, it takes the
-// value assigned. Either way the global becomes a plain data property.
-function lazy(name, module, exported) {
-  return function (value) {
-    if (arguments.length === 0) value = native.importSync(module)[exported];
-    define(name, value);
-    return value;
-  };
-}
+// TextEncoder, URL, fetch, Buffer and the rest that not every invocation
+// uses are defined by the engine on first use (LAZY_GLOBALS in natives.rs).
 
 // ---------------------------------------------------------------- modules
 // CommonJS support: one module cache per invocation (this runtime).
@@ -148,37 +124,17 @@ function entry(id, name) {
   return exports == null ? undefined : exports[name];
 }
 
-native.defineGlobals(
-  {
-    console: Object.freeze(consoleObject),
-    setTimeout: (fn, ms, ...args) => schedule(fn, ms, args, false),
-    setInterval: (fn, ms, ...args) => schedule(fn, ms, args, true),
-    clearTimeout: cancel,
-    clearInterval: cancel,
-    global: globalThis,
-    btoa: (data) => base64(native.btoa, data),
-    atob: (data) => base64(native.atob, data),
-    __kilnModules: Object.freeze({ makeRequire, requireById, hostCall }),
-  },
-  {
-    TextEncoder: lazy('TextEncoder', 'kiln:text', 'TextEncoder'),
-    TextDecoder: lazy('TextDecoder', 'kiln:text', 'TextDecoder'),
-    URL: lazy('URL', 'kiln:url', 'URL'),
-    URLSearchParams: lazy('URLSearchParams', 'kiln:url', 'URLSearchParams'),
-    structuredClone: lazy('structuredClone', 'kiln:clone', 'structuredClone'),
-    crypto: lazy('crypto', 'kiln:crypto', 'crypto'),
-    performance: lazy('performance', 'kiln:crypto', 'performance'),
-    DOMException: lazy('DOMException', 'kiln:crypto', 'DOMException'),
-    fetch: lazy('fetch', 'kiln:fetch', 'fetch'),
-    Headers: lazy('Headers', 'kiln:fetch', 'Headers'),
-    Response: lazy('Response', 'kiln:fetch', 'Response'),
-    // Node's globals, which apps and their dependencies use without importing.
-    Buffer: lazy('Buffer', 'builtin:node:buffer', 'Buffer'),
-    process: lazy('process', 'builtin:node:process', 'default'),
-    setImmediate: lazy('setImmediate', 'builtin:node:timers', 'setImmediate'),
-    clearImmediate: lazy('clearImmediate', 'builtin:node:timers', 'clearImmediate'),
-  },
-);
+native.defineGlobals({
+  console: Object.freeze(consoleObject),
+  setTimeout: (fn, ms, ...args) => schedule(fn, ms, args, false),
+  setInterval: (fn, ms, ...args) => schedule(fn, ms, args, true),
+  clearTimeout: cancel,
+  clearInterval: cancel,
+  global: globalThis,
+  btoa: (data) => native.btoa(String(data)),
+  atob: (data) => native.atob(String(data)),
+  __kilnModules: Object.freeze({ makeRequire, requireById, hostCall }),
+});
 // The functions the engine calls; `kiln:host` adds `settleCall` when it loads.
 export const hooks = { fireTimer, entry };
 native.install(hooks);

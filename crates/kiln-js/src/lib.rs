@@ -48,7 +48,7 @@ const PRELUDE: &str = "kiln:prelude";
 /// Kiln's own modules, compiled in every worker from this source. Each is
 /// evaluated only when first imported (the prelude's lazy globals, an app's
 /// `import`/`require`), so a module listed here costs a fresh runtime nothing.
-const KILN_MODULES: [(&str, &str); 32] = [
+const KILN_MODULES: [(&str, &str); 34] = [
     (PRELUDE, include_str!("../js/prelude.js")),
     ("kiln:format", include_str!("../js/lazy/format.js")),
     ("kiln:host", include_str!("../js/lazy/host.js")),
@@ -58,6 +58,8 @@ const KILN_MODULES: [(&str, &str); 32] = [
     ("kiln:clone", include_str!("../js/lazy/clone.js")),
     ("kiln:crypto", include_str!("../js/lazy/crypto.js")),
     ("kiln:fetch", include_str!("../js/lazy/fetch.js")),
+    ("kiln:abort", include_str!("../js/lazy/abort.js")),
+    ("kiln:uncaught", include_str!("../js/lazy/uncaught.js")),
     ("builtin:kiln:unsupported", include_str!("../js/builtins/unsupported.js")),
     ("builtin:@forge/api", include_str!("../js/builtins/forge-api.js")),
     ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),
@@ -357,6 +359,9 @@ struct Loop {
     unhandled: Vec<(Persistent<Value<'static>>, Persistent<Value<'static>>)>,
     /// Unhandled rejections past [`MAX_TRACKED_REJECTIONS`], only counted.
     unhandled_untracked: u32,
+    /// The first exception nothing could catch (a microtask's, an event
+    /// listener's), as the prelude described it: it ends the invocation.
+    uncaught: Option<String>,
 }
 
 /// Most unhandled rejections one invocation keeps for its report.
@@ -747,6 +752,7 @@ impl<'js> Call<'_, 'js> {
         };
         // Drain jobs queued by the handler so their logs are not lost.
         self.drain();
+        self.check_uncaught()?;
         let max = self.invocation.limits.max_result_bytes as usize;
         convert::to_json(&ctx, &value, max).map_err(|e| match e {
             convert::ConvertError::Js(err) => self.js_failure(err),
@@ -765,6 +771,7 @@ impl<'js> Call<'_, 'js> {
             if self.interrupted.load(Ordering::Relaxed) {
                 return Err(self.timeout());
             }
+            self.check_uncaught()?;
             match promise.state() {
                 rquickjs::promise::PromiseState::Resolved => {
                     return promise
@@ -895,6 +902,17 @@ impl<'js> Call<'_, 'js> {
             {
                 return;
             }
+        }
+    }
+
+    /// Fail the invocation if JavaScript met an exception nothing could catch.
+    fn check_uncaught(&self) -> Result<(), Failure> {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(self.timeout());
+        }
+        match self.state.borrow_mut().uncaught.take() {
+            Some(message) => Err(Failure::Outcome(InvocationError::new(ErrorCode::FunctionError, message))),
+            None => Ok(()),
         }
     }
 

@@ -32,6 +32,12 @@ pub(crate) fn install<'js>(
     native.set(
         "log",
         Function::new(ctx.clone(), move |level: i32, Usv(text): Usv| {
+            // 9: an uncaught exception (the prelude's reportUncaught); the
+            // first one ends the invocation.
+            if level == 9 {
+                s.borrow_mut().uncaught.get_or_insert(text);
+                return;
+            }
             let level = match level {
                 0 => LogLevel::Debug,
                 2 => LogLevel::Warn,
@@ -85,9 +91,10 @@ pub(crate) fn install<'js>(
             let bytes: Option<Vec<u8>> = input.encode_utf16().map(|u| u8::try_from(u).ok()).collect();
             match bytes {
                 Some(b) => Ok(base64::engine::general_purpose::STANDARD.encode(b)),
-                None => Err(Exception::throw_message(
+                None => Err(dom_exception(
                     &ctx,
-                    "InvalidCharacterError: btoa takes only characters up to U+00FF",
+                    "btoa takes only characters up to U+00FF",
+                    "InvalidCharacterError",
                 )),
             }
         })?,
@@ -102,9 +109,10 @@ pub(crate) fn install<'js>(
             let trimmed = cleaned.trim_end_matches('=');
             match base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed) {
                 Ok(bytes) => Ok(bytes.into_iter().map(char::from).collect()),
-                Err(_) => Err(Exception::throw_message(
+                Err(_) => Err(dom_exception(
                     &ctx,
-                    "InvalidCharacterError: atob was given text that is not base64",
+                    "atob was given text that is not base64",
+                    "InvalidCharacterError",
                 )),
             }
         })?,
@@ -153,19 +161,21 @@ pub(crate) fn install<'js>(
     // rest of the definition, and every fresh runtime pays it.
     native.set(
         "defineGlobals",
-        Function::new(ctx.clone(), |ctx: Ctx<'js>, values: Object<'js>, lazy: Object<'js>| -> Result<()> {
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, values: Object<'js>| -> Result<()> {
             let globals = ctx.globals();
             for entry in values.props::<rquickjs::Atom<'js>, Value<'js>>() {
                 let (name, value) = entry?;
                 globals.prop(name, rquickjs::object::Property::from(value).writable().configurable())?;
             }
-            for entry in lazy.props::<rquickjs::Atom<'js>, Function<'js>>() {
-                let (name, loader) = entry?;
-                globals.prop(name, LazyGlobal(loader))?;
-            }
             Ok(())
         })?,
     )?;
+
+    // The engine's queueMicrotask, which `kiln:uncaught` wraps, before the
+    // global becomes a lazy one.
+    let engine_queue: Value = ctx.globals().get("queueMicrotask")?;
+    native.set("queueMicrotask", engine_queue)?;
+    define_lazy_globals(ctx)?;
 
     // The rest, used only by modules loaded on demand (`kiln:natives`),
     // is added when the first of them loads: a fresh runtime that never
@@ -585,9 +595,69 @@ fn shorten(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
-/// A global defined on first use: one function serves as both getter (called
-/// with no argument, it loads the value) and setter (called with the value
-/// app code assigns); either way it replaces itself with a data property.
+/// Globals defined on first use from Kiln's modules, so that a fresh runtime
+/// pays only for an accessor each: (global, module, export).
+const LAZY_GLOBALS: [(&str, &str, &str); 20] = [
+    ("TextEncoder", "kiln:text", "TextEncoder"),
+    ("TextDecoder", "kiln:text", "TextDecoder"),
+    ("URL", "kiln:url", "URL"),
+    ("URLSearchParams", "kiln:url", "URLSearchParams"),
+    ("structuredClone", "kiln:clone", "structuredClone"),
+    ("crypto", "kiln:crypto", "crypto"),
+    ("performance", "kiln:crypto", "performance"),
+    ("DOMException", "kiln:crypto", "DOMException"),
+    ("fetch", "kiln:fetch", "fetch"),
+    ("Headers", "kiln:fetch", "Headers"),
+    ("Response", "kiln:fetch", "Response"),
+    ("AbortController", "kiln:abort", "AbortController"),
+    ("AbortSignal", "kiln:abort", "AbortSignal"),
+    ("EventTarget", "kiln:abort", "EventTarget"),
+    ("Event", "kiln:abort", "Event"),
+    ("queueMicrotask", "kiln:uncaught", "queueMicrotask"),
+    // Node's globals, which apps and their dependencies use without importing.
+    ("Buffer", "builtin:node:buffer", "Buffer"),
+    ("process", "builtin:node:process", "default"),
+    ("setImmediate", "builtin:node:timers", "setImmediate"),
+    ("clearImmediate", "builtin:node:timers", "clearImmediate"),
+];
+
+/// Define [`LAZY_GLOBALS`]. Each one's accessor is a native function that
+/// serves as both getter (called with no argument, it loads the value from
+/// its module) and setter (called with the value app code assigns first);
+/// either way the global then becomes a plain data property, writable,
+/// configurable and not enumerable, as Node defines it. Made here from a
+/// static table rather than in the prelude, where each one cost a closure,
+/// its strings read from bytecode and a property of a table object.
+fn define_lazy_globals<'js>(ctx: &Ctx<'js>) -> Result<()> {
+    let globals = ctx.globals();
+    for (name, module, export) in LAZY_GLOBALS {
+        let load = move |ctx: Ctx<'js>, assigned: Opt<Value<'js>>| -> Result<Value<'js>> {
+            let value = match assigned.0 {
+                Some(value) => value,
+                None => import_sync(&ctx, module)?.get(export)?,
+            };
+            ctx.globals()
+                .prop(name, rquickjs::object::Property::from(value.clone()).writable().configurable())?;
+            Ok(value)
+        };
+        globals.prop(name, LazyGlobal(Function::new(ctx.clone(), load)?))?;
+    }
+    Ok(())
+}
+
+/// A DOMException (Kiln's, from `kiln:crypto`) to throw, as Web APIs throw.
+fn dom_exception(ctx: &Ctx<'_>, message: &str, name: &str) -> rquickjs::Error {
+    let made = import_sync(ctx, "kiln:crypto")
+        .and_then(|m| m.get::<_, rquickjs::function::Constructor>("DOMException"))
+        .and_then(|c| c.construct::<_, Value>((message, name)));
+    match made {
+        Ok(error) => ctx.throw(error),
+        Err(e) => e,
+    }
+}
+
+/// A global's accessor: one function serves as both getter and setter (see
+/// [`define_lazy_globals`]).
 struct LazyGlobal<'js>(Function<'js>);
 
 impl<'js> rquickjs::object::AsProperty<'js, ()> for LazyGlobal<'js> {

@@ -656,3 +656,105 @@ fn text_encoding_matches_node() {
         })
     );
 }
+
+/// AbortController, AbortSignal, EventTarget and Event behave as in Node:
+/// listeners run once each in order (`once`, `signal` and `onabort` too), a
+/// throwing listener does not stop the others, the static signals work and
+/// private state cannot be reached.
+#[test]
+fn abort_controller_and_event_target_work_as_in_node() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"export const run = async () => {
+  const seen = [];
+  const c = new AbortController();
+  c.signal.onabort = () => seen.push('onabort');
+  c.signal.addEventListener('abort', (e) => seen.push(['listener', e.type, e.target === c.signal]));
+  c.signal.addEventListener('abort', () => seen.push('once'), { once: true });
+  c.abort();
+  c.abort('again');
+  const reason = [c.signal.aborted, c.signal.reason.name, c.signal.reason instanceof DOMException];
+  let thrown = null;
+  try { c.signal.throwIfAborted(); } catch (e) { thrown = e.name; }
+  const timed = AbortSignal.timeout(5);
+  await new Promise((r) => timed.addEventListener('abort', r));
+  const any = AbortSignal.any([new AbortController().signal, AbortSignal.abort('x')]);
+  const t = new EventTarget();
+  const unsubscribe = new AbortController();
+  let count = 0;
+  t.addEventListener('ping', () => count++, { signal: unsubscribe.signal });
+  t.dispatchEvent(new Event('ping'));
+  unsubscribe.abort();
+  t.dispatchEvent(new Event('ping'));
+  let illegal = null;
+  try { new AbortSignal(); } catch (e) { illegal = e.name; }
+  return { seen, reason, thrown, timed: timed.reason.name, any: any.reason, count, illegal,
+           hidden: [typeof AbortSignal.signalAbort, typeof Event.dispatching] };
+};
+"#,
+        )
+        .load();
+    let (outcome, host) = invoke_with(p, "src/index.js", "run", "{}", limits());
+    assert_eq!(
+        ok(outcome),
+        serde_json::json!({
+            "seen": ["onabort", ["listener", "abort", true], "once"],
+            "reason": [true, "AbortError", true],
+            "thrown": "AbortError",
+            "timed": "TimeoutError",
+            "any": "x",
+            "count": 1,
+            "illegal": "TypeError",
+            "hidden": ["undefined", "undefined"],
+        })
+    );
+    assert!(host.logs.is_empty(), "{:?}", host.logs);
+}
+
+/// An exception nothing can catch (thrown by a queueMicrotask or
+/// process.nextTick callback, or by an event listener) ends the invocation
+/// with FUNCTION_ERROR naming where it came from, as a timer callback's
+/// does and as Node ends the process; the engine dropped it silently.
+#[test]
+fn uncaught_exceptions_in_microtasks_and_listeners_end_the_invocation() {
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            r#"export const microtask = async () => { queueMicrotask(() => { throw new TypeError('in a microtask'); }); await null; return 'unreached'; };
+export const tick = () => { process.nextTick(() => { throw new RangeError('in a tick'); }); return 'returned first'; };
+export const listener = () => {
+  const c = new AbortController();
+  const ran = [];
+  c.signal.addEventListener('abort', () => { throw new Error('listener failed'); });
+  c.signal.addEventListener('abort', () => ran.push('second'));
+  c.abort();
+  return ran;
+};
+export const fine = () => new Promise((resolve) => queueMicrotask(() => resolve('ordered')));
+export const notFunction = () => { try { queueMicrotask(1); } catch (e) { return e.name; } };
+"#,
+        )
+        .load();
+    let e = err(invoke(p, "src/index.js", "microtask"));
+    assert_eq!(e.code, ErrorCode::FunctionError);
+    assert!(
+        e.message.starts_with("uncaught exception in a queueMicrotask callback: TypeError: in a microtask"),
+        "{}",
+        e.message
+    );
+    let e = err(invoke(p, "src/index.js", "tick"));
+    assert!(
+        e.message.starts_with("uncaught exception in a queueMicrotask callback: RangeError: in a tick"),
+        "{}",
+        e.message
+    );
+    let e = err(invoke(p, "src/index.js", "listener"));
+    assert!(
+        e.message.starts_with("uncaught exception in an 'abort' event listener: Error: listener failed"),
+        "{}",
+        e.message
+    );
+    assert_eq!(ok(invoke(p, "src/index.js", "fine")), serde_json::json!("ordered"));
+    assert_eq!(ok(invoke(p, "src/index.js", "notFunction")), serde_json::json!("TypeError"));
+}

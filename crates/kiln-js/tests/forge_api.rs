@@ -592,3 +592,32 @@ export const run = async () => { try { await fetch('https://api.example.com/'); 
         "TypeError: Kiln's server sent a malformed reply to a request (status 200); this is a bug in Kiln, not in the app"
     );
 }
+
+/// fetch takes an AbortSignal: one already aborted sends nothing, and an
+/// abort while the request is out rejects at once with the signal's reason
+/// (the reply that comes later is dropped, and nothing is left unhandled).
+#[test]
+fn fetch_is_aborted_by_its_signal() {
+    let code = r#"import { fetch } from '@forge/api';
+export const run = async () => {
+  const name = async (p) => { try { await p; return 'resolved'; } catch (e) { return [e.name, e.message]; } };
+  const before = await name(fetch('https://api.example.com/never', { signal: AbortSignal.abort() }));
+  const controller = new AbortController();
+  const inFlight = fetch('https://api.example.com/aborted', { signal: controller.signal });
+  controller.abort(new Error('changed my mind'));
+  const during = await name(inFlight);
+  const kept = await (await fetch('https://api.example.com/kept', { signal: new AbortController().signal })).json();
+  return { before, during, kept: kept.url };
+};"#;
+    let (result, calls) = run_ok(code, json!({}), Box::new(echo));
+    assert_eq!(
+        result,
+        json!({
+            "before": ["AbortError", "This operation was aborted"],
+            "during": ["Error", "changed my mind"],
+            "kept": "https://api.example.com/kept",
+        })
+    );
+    let urls: Vec<&str> = calls.iter().map(|(_, args)| args["url"].as_str().unwrap_or_default()).collect();
+    assert_eq!(urls, ["https://api.example.com/aborted", "https://api.example.com/kept"]);
+}

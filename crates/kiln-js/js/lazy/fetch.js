@@ -26,12 +26,16 @@ export async function fetch(input, init = undefined) {
 // the server's refusals into the errors app code expects.
 export async function sendRequest(capability, target, init, requestedUrl, mapError) {
   const request = outgoing(init);
-  let reply;
-  try {
-    reply = await hostCall(capability, { ...target, ...request });
-  } catch (error) {
-    throw mapError(error);
-  }
+  const call = hostCall(capability, { ...target, ...request }).catch((error) => { throw mapError(error); });
+  // An abort while the request is out rejects at once; the server's reply,
+  // when it comes, is dropped (the request itself is not recalled).
+  const signal = init && init.signal;
+  const reply = await (signal && typeof signal.addEventListener === 'function'
+    ? Promise.race([call, new Promise((_, reject) => {
+      if (signal.aborted) reject(abortReason(signal));
+      signal.addEventListener('abort', () => reject(abortReason(signal)), { once: true });
+    })])
+    : call);
   return responseFromReply(reply, requestedUrl);
 }
 
