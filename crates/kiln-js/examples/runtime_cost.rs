@@ -29,11 +29,20 @@ fn main() -> Result<(), String> {
         Some(n) => n.parse().map_err(|e| format!("the call count {n:?} is not a number: {e}"))?,
         None => 1000,
     };
-    // The same handler as `kiln bench invoke`'s trivial workload.
+    // The same handler as `kiln bench invoke`'s trivial workload, or with
+    // `logging` one that also writes a console line and sleeps on a timer,
+    // as many real handlers do (to see what loading those on first use costs).
+    let code = match std::env::args().nth(2).as_deref() {
+        None => "exports.run = (payload) => ({ ok: true, n: payload.n });\n",
+        Some("logging") => {
+            "exports.run = async (payload) => { console.log('got', payload.n); await new Promise((r) => setTimeout(r, 0)); return { ok: true, n: payload.n }; };\n"
+        }
+        Some(other) => return Err(format!("unknown handler {other:?}: leave it out, or say logging")),
+    };
     let sources = vec![SourceModule {
         id: "src/index.js".into(),
         kind: ModuleKind::CommonJs,
-        code: "exports.run = (payload) => ({ ok: true, n: payload.n });\n".into(),
+        code: code.into(),
         exports: vec!["run".into()],
         uses_require: false,
     }];

@@ -131,8 +131,6 @@ native.defineGlobals({
   clearTimeout: cancel,
   clearInterval: cancel,
   global: globalThis,
-  btoa: (data) => native.btoa(String(data)),
-  atob: (data) => native.atob(String(data)),
   __kilnModules: Object.freeze({ makeRequire, requireById, hostCall }),
 });
 // The functions the engine calls; `kiln:host` adds `settleCall` when it loads.

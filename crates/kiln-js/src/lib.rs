@@ -48,7 +48,7 @@ const PRELUDE: &str = "kiln:prelude";
 /// Kiln's own modules, compiled in every worker from this source. Each is
 /// evaluated only when first imported (the prelude's lazy globals, an app's
 /// `import`/`require`), so a module listed here costs a fresh runtime nothing.
-const KILN_MODULES: [(&str, &str); 34] = [
+const KILN_MODULES: [(&str, &str); 35] = [
     (PRELUDE, include_str!("../js/prelude.js")),
     ("kiln:format", include_str!("../js/lazy/format.js")),
     ("kiln:host", include_str!("../js/lazy/host.js")),
@@ -60,6 +60,7 @@ const KILN_MODULES: [(&str, &str); 34] = [
     ("kiln:fetch", include_str!("../js/lazy/fetch.js")),
     ("kiln:abort", include_str!("../js/lazy/abort.js")),
     ("kiln:uncaught", include_str!("../js/lazy/uncaught.js")),
+    ("kiln:base64", include_str!("../js/lazy/base64.js")),
     ("builtin:kiln:unsupported", include_str!("../js/builtins/unsupported.js")),
     ("builtin:@forge/api", include_str!("../js/builtins/forge-api.js")),
     ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),

@@ -84,41 +84,6 @@ pub(crate) fn install<'js>(
     )?;
 
     native.set(
-        "btoa",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<String> {
-            use base64::Engine;
-            // btoa takes a "binary string": every code unit must fit a byte.
-            let bytes: Option<Vec<u8>> = input.encode_utf16().map(|u| u8::try_from(u).ok()).collect();
-            match bytes {
-                Some(b) => Ok(base64::engine::general_purpose::STANDARD.encode(b)),
-                None => Err(dom_exception(
-                    &ctx,
-                    "btoa takes only characters up to U+00FF",
-                    "InvalidCharacterError",
-                )),
-            }
-        })?,
-    )?;
-
-    native.set(
-        "atob",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<String> {
-            use base64::Engine;
-            // Forgiving base64: ASCII whitespace ignored, padding optional.
-            let cleaned: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            let trimmed = cleaned.trim_end_matches('=');
-            match base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed) {
-                Ok(bytes) => Ok(bytes.into_iter().map(char::from).collect()),
-                Err(_) => Err(dom_exception(
-                    &ctx,
-                    "atob was given text that is not base64",
-                    "InvalidCharacterError",
-                )),
-            }
-        })?,
-    )?;
-
-    native.set(
         "resolve",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(from): Usv, Usv(specifier): Usv| match program
             .links
@@ -208,6 +173,42 @@ fn install_extras<'js>(
     program: &'static Program,
     state: Rc<RefCell<Loop>>,
 ) -> Result<()> {
+    // atob and btoa (the globals, from `kiln:base64`), Buffer and fetch.
+    native.set(
+        "btoa",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<String> {
+            use base64::Engine;
+            // btoa takes a "binary string": every code unit must fit a byte.
+            let bytes: Option<Vec<u8>> = input.encode_utf16().map(|u| u8::try_from(u).ok()).collect();
+            match bytes {
+                Some(b) => Ok(base64::engine::general_purpose::STANDARD.encode(b)),
+                None => Err(dom_exception(
+                    &ctx,
+                    "btoa takes only characters up to U+00FF",
+                    "InvalidCharacterError",
+                )),
+            }
+        })?,
+    )?;
+
+    native.set(
+        "atob",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(input): Usv| -> Result<String> {
+            use base64::Engine;
+            // Forgiving base64: ASCII whitespace ignored, padding optional.
+            let cleaned: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            let trimmed = cleaned.trim_end_matches('=');
+            match base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed) {
+                Ok(bytes) => Ok(bytes.into_iter().map(char::from).collect()),
+                Err(_) => Err(dom_exception(
+                    &ctx,
+                    "atob was given text that is not base64",
+                    "InvalidCharacterError",
+                )),
+            }
+        })?,
+    )?;
+
     // The invocation's runtime description as JSON ("" when it has none).
     let s = state.clone();
     native.set("runtime", Function::new(ctx.clone(), move || s.borrow().runtime.clone())?)?;
@@ -597,7 +598,9 @@ fn shorten(s: &str) -> String {
 
 /// Globals defined on first use from Kiln's modules, so that a fresh runtime
 /// pays only for an accessor each: (global, module, export).
-const LAZY_GLOBALS: [(&str, &str, &str); 20] = [
+const LAZY_GLOBALS: [(&str, &str, &str); 22] = [
+    ("atob", "kiln:base64", "atob"),
+    ("btoa", "kiln:base64", "btoa"),
     ("TextEncoder", "kiln:text", "TextEncoder"),
     ("TextDecoder", "kiln:text", "TextDecoder"),
     ("URL", "kiln:url", "URL"),

@@ -311,7 +311,7 @@ fn kiln_globals_are_defined_as_node_defines_them() {
                 "setTimeout": ["function", true, true, false],
                 "clearInterval": ["function", true, true, false],
                 "global": ["object", true, true, false],
-                "atob": ["function", true, true, false],
+                "atob": ["lazy", null, true, false],
                 "URL": ["lazy", null, true, false],
                 "fetch": ["lazy", null, true, false],
                 "Buffer": ["lazy", null, true, false],
