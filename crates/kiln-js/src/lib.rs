@@ -692,6 +692,10 @@ impl Prepared {
 
 impl Drop for Prepared {
     fn drop(&mut self) {
+        // Nothing may record engine values while the runtime is torn down.
+        if let Some(runtime) = &self.runtime {
+            runtime.set_host_promise_rejection_tracker(None);
+        }
         // The context holds references into the runtime: it goes first.
         self.state.borrow_mut().release_engine_values();
         drop(self.context.take());
