@@ -87,8 +87,7 @@ pub fn worker_main() -> ExitCode {
         program: None,
         fork: false,
         template: None,
-        preloaded: Vec::new(),
-        no_preload: HashSet::new(),
+        preloads: Preloads::default(),
     };
     if worker.send(&FromWorker::Ready { protocol: PROTOCOL_VERSION, jail }).is_err() {
         return ExitCode::from(4);
@@ -111,11 +110,41 @@ struct Worker {
     /// The prepared runtime every invocation forks from, or (without
     /// `fork`) the next invocation's runtime.
     template: Option<kiln_js::Prepared>,
-    /// Entry modules the template has evaluated.
-    preloaded: Vec<String>,
+    preloads: Preloads,
+}
+
+/// Which entry modules a worker evaluates ahead of the calls that use them.
+#[derive(Debug, Default)]
+struct Preloads {
+    /// Entry modules the template has evaluated, each once.
+    evaluated: Vec<String>,
     /// Modules that failed to load ahead (threw, ran too long, awaited the
     /// host): they load inside their invocations from then on.
-    no_preload: HashSet<String>,
+    refused: HashSet<String>,
+}
+
+impl Preloads {
+    /// Whether the worker has already decided about `module`.
+    fn knows(&self, module: &str) -> bool {
+        self.evaluated.iter().any(|m| m == module) || self.refused.contains(module)
+    }
+
+    /// Whether rebuilding the template with `module` evaluated is worth it.
+    /// A forked child reports the module of its call unless the template it
+    /// came from had decided about it; the standby forked before the
+    /// template heard the first report reports the same module again, and
+    /// that report must not rebuild the template twice or take a second
+    /// slot.
+    fn wants(&self, module: &str) -> bool {
+        !self.knows(module) && self.evaluated.len() < MAX_PRELOADED
+    }
+
+    /// Record the outcome of building a runtime with `evaluated` loaded
+    /// ahead, of which `failed` could not be.
+    fn settle(&mut self, failed: Vec<String>) {
+        self.evaluated.retain(|m| !failed.contains(m));
+        self.refused.extend(failed);
+    }
 }
 
 impl Worker {
@@ -255,7 +284,7 @@ impl Worker {
             // Freeing the template's runtime would write to every page it
             // shares with the template: leave it be, the process is short.
             std::mem::forget(self.template.take());
-            let (own, _failed) = kiln_js::Prepared::with_preloads(program, &self.preloaded);
+            let (own, _failed) = kiln_js::Prepared::with_preloads(program, &self.preloads.evaluated);
             self.template = Some(own);
         }
         loop {
@@ -279,7 +308,7 @@ impl Worker {
                         kiln_jail::exit_now(FAILED);
                     }
                     let module = &invocation.module;
-                    let known = self.preloaded.contains(module) || self.no_preload.contains(module);
+                    let known = self.preloads.knows(module);
                     let index = modules.iter().position(|m| m == module);
                     let code = match index.and_then(|i| i32::try_from(i).ok()) {
                         Some(i) if !known && FIRST_MODULE + i <= 255 => FIRST_MODULE + i,
@@ -364,16 +393,15 @@ impl Worker {
     /// Rebuild the template with `module` evaluated too, unless it holds
     /// enough already.
     fn preload(&mut self, program: &'static kiln_js::Program, module: String) {
-        if self.preloaded.len() >= MAX_PRELOADED {
+        if !self.preloads.wants(&module) {
             return;
         }
-        self.preloaded.push(module);
+        self.preloads.evaluated.push(module);
         // The old template goes first: two runtimes at once could exceed
         // the worker's address-space limit.
         self.template = None;
-        let (template, failed) = kiln_js::Prepared::with_preloads(program, &self.preloaded);
-        self.preloaded.retain(|m| !failed.contains(m));
-        self.no_preload.extend(failed);
+        let (template, failed) = kiln_js::Prepared::with_preloads(program, &self.preloads.evaluated);
+        self.preloads.settle(failed);
         self.template = Some(template);
     }
 
@@ -405,10 +433,10 @@ impl Worker {
         }
         drop(spent);
         let module = invocation.module;
-        let preload = (!self.no_preload.contains(&module)).then_some(module.as_str());
+        let preload = (!self.preloads.refused.contains(&module)).then_some(module.as_str());
         let (next, preloaded) = kiln_js::Prepared::with_preload(program, preload);
         if preload.is_some() && !preloaded {
-            self.no_preload.insert(module);
+            self.preloads.refused.insert(module);
         }
         self.template = Some(next);
         Ok(())
@@ -459,5 +487,44 @@ impl kiln_js::Host for IpcHost<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_PRELOADED, Preloads};
+
+    #[test]
+    fn a_module_reported_twice_is_evaluated_ahead_once() {
+        let mut preloads = Preloads::default();
+        assert!(preloads.wants("src/index.js"));
+        preloads.evaluated.push("src/index.js".to_owned());
+        preloads.settle(Vec::new());
+        // The standby forked before the first report reports it again.
+        assert!(!preloads.wants("src/index.js"));
+        assert!(preloads.knows("src/index.js"));
+        assert!(preloads.wants("src/other.js"));
+    }
+
+    #[test]
+    fn a_module_that_failed_ahead_is_never_tried_again() {
+        let mut preloads = Preloads::default();
+        preloads.evaluated.extend(["a.js".to_owned(), "b.js".to_owned()]);
+        preloads.settle(vec!["b.js".to_owned()]);
+        assert_eq!(preloads.evaluated, ["a.js"]);
+        assert!(!preloads.wants("b.js"));
+        assert!(preloads.knows("b.js"));
+    }
+
+    #[test]
+    fn the_template_keeps_a_bounded_number_of_modules() {
+        let mut preloads = Preloads::default();
+        for i in 0..MAX_PRELOADED {
+            let module = format!("m{i}.js");
+            assert!(preloads.wants(&module), "{module}");
+            preloads.evaluated.push(module);
+        }
+        assert!(!preloads.wants("one-more.js"));
+        assert!(!preloads.knows("one-more.js"), "a module left out is not recorded as decided");
     }
 }
