@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use kiln_ipc::LogLevel;
-use rquickjs::function::{Opt, This};
+use rquickjs::function::{Opt, Rest, This};
 use rquickjs::{ArrayBuffer, Ctx, Exception, Function, Module, Object, Persistent, Result, Value};
 
 use crate::text::{Usv, replace_lone_surrogate_escapes};
@@ -141,6 +141,7 @@ pub(crate) fn install<'js>(
     let engine_queue: Value = ctx.globals().get("queueMicrotask")?;
     native.set("queueMicrotask", engine_queue)?;
     define_lazy_globals(ctx)?;
+    define_lazy_methods(ctx)?;
 
     // The rest, used only by modules loaded on demand (`kiln:natives`),
     // is added when the first of them loads: a fresh runtime that never
@@ -598,7 +599,7 @@ fn shorten(s: &str) -> String {
 
 /// Globals defined on first use from Kiln's modules, so that a fresh runtime
 /// pays only for an accessor each: (global, module, export).
-const LAZY_GLOBALS: [(&str, &str, &str); 22] = [
+const LAZY_GLOBALS: [(&str, &str, &str); 23] = [
     ("atob", "kiln:base64", "atob"),
     ("btoa", "kiln:base64", "btoa"),
     ("TextEncoder", "kiln:text", "TextEncoder"),
@@ -617,6 +618,7 @@ const LAZY_GLOBALS: [(&str, &str, &str); 22] = [
     ("EventTarget", "kiln:abort", "EventTarget"),
     ("Event", "kiln:abort", "Event"),
     ("queueMicrotask", "kiln:uncaught", "queueMicrotask"),
+    ("Intl", "kiln:intl", "Intl"),
     // Node's globals, which apps and their dependencies use without importing.
     ("Buffer", "builtin:node:buffer", "Buffer"),
     ("process", "builtin:node:process", "default"),
@@ -644,6 +646,45 @@ fn define_lazy_globals<'js>(ctx: &Ctx<'js>) -> Result<()> {
             Ok(value)
         };
         globals.prop(name, LazyGlobal(Function::new(ctx.clone(), load)?))?;
+    }
+    Ok(())
+}
+
+/// Methods of the built-ins that Node.js bases on `Intl`, served by Kiln's
+/// Intl modules (constructor, method, module, export): the engine's own
+/// compare code units and print numbers without grouping. Each costs a
+/// fresh runtime a native function, so `BigInt.prototype.toLocaleString`,
+/// rarely used, keeps the engine's (no grouping).
+const LAZY_METHODS: [(&str, &str, &str, &str); 5] = [
+    ("Number", "toLocaleString", "kiln:intl-number", "toLocaleString"),
+    ("Date", "toLocaleString", "kiln:intl-date", "toLocaleString"),
+    ("Date", "toLocaleDateString", "kiln:intl-date", "toLocaleDateString"),
+    ("Date", "toLocaleTimeString", "kiln:intl-date", "toLocaleTimeString"),
+    ("String", "localeCompare", "kiln:intl-collator", "localeCompare"),
+];
+
+/// Put [`LAZY_METHODS`] on their prototypes: each is a native function that
+/// loads its module when first called and hands every call to Kiln's
+/// method. Replacing an existing method's value is far cheaper than
+/// redefining the property as an accessor (as [`define_lazy_globals`] does),
+/// and a trampoline stays right when app code wraps the method (keeps a
+/// reference to it and assigns its own). What is visible: the method has no
+/// `name`.
+fn define_lazy_methods<'js>(ctx: &Ctx<'js>) -> Result<()> {
+    let globals = ctx.globals();
+    let mut prototype: Option<(&str, Object<'js>)> = None;
+    for (constructor, method, module, export) in LAZY_METHODS {
+        let target = match prototype.take() {
+            Some((name, object)) if name == constructor => object,
+            _ => globals.get::<_, Object>(constructor)?.get("prototype")?,
+        };
+        let call =
+            move |ctx: Ctx<'js>, this: This<Value<'js>>, args: Rest<Value<'js>>| -> Result<Value<'js>> {
+                let ours: Function = import_sync(&ctx, module)?.get(export)?;
+                ours.call((This(this.0), Rest(args.0)))
+            };
+        target.set(method, Function::new(ctx.clone(), call)?)?;
+        prototype = Some((constructor, target));
     }
     Ok(())
 }
