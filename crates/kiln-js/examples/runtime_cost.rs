@@ -31,13 +31,20 @@ fn main() -> Result<(), String> {
     };
     // The same handler as `kiln bench invoke`'s trivial workload, or with
     // `logging` one that also writes a console line and sleeps on a timer,
-    // as many real handlers do (to see what loading those on first use costs).
+    // as many real handlers do (to see what loading those on first use costs),
+    // or with `intl` one that formats a number and a date and compares two
+    // strings (what loading `kiln:intl` costs).
     let code = match std::env::args().nth(2).as_deref() {
         None => "exports.run = (payload) => ({ ok: true, n: payload.n });\n",
         Some("logging") => {
             "exports.run = async (payload) => { console.log('got', payload.n); await new Promise((r) => setTimeout(r, 0)); return { ok: true, n: payload.n }; };\n"
         }
-        Some(other) => return Err(format!("unknown handler {other:?}: leave it out, or say logging")),
+        Some("intl") => {
+            "exports.run = (payload) => ({ ok: true, n: payload.n.toLocaleString(), d: new Date(0).toLocaleDateString('en-US', { month: 'long' }), c: 'a'.localeCompare('B') });\n"
+        }
+        Some(other) => {
+            return Err(format!("unknown handler {other:?}: leave it out, or say logging or intl"));
+        }
     };
     let sources = vec![SourceModule {
         id: "src/index.js".into(),
