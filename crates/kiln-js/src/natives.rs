@@ -174,6 +174,42 @@ fn install_extras<'js>(
     program: &'static Program,
     state: Rc<RefCell<Loop>>,
 ) -> Result<()> {
+    // Time zones for Intl (`kiln:intl-date`), from the IANA database
+    // compiled into the binary: a zone's canonical name, and its offset
+    // from UTC (seconds) and abbreviation at an instant.
+    native.set(
+        "timeZoneName",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, Usv(name): Usv| -> Result<String> {
+            match jiff::tz::db().get(&name) {
+                Ok(zone) => Ok(zone.iana_name().unwrap_or(&name).to_owned()),
+                Err(_) => Err(Exception::throw_range(&ctx, &format!("Invalid time zone specified: {name}"))),
+            }
+        })?,
+    )?;
+    native.set(
+        "timeZoneOffset",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, Usv(name): Usv, millis: f64| -> Result<Object<'js>> {
+                let zone = jiff::tz::db().get(&name).map_err(|_| {
+                    Exception::throw_range(&ctx, &format!("Invalid time zone specified: {name}"))
+                })?;
+                // Date's range (±8.64e15 ms) is within jiff's.
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "a finite time value, checked by the caller"
+                )]
+                let instant = jiff::Timestamp::from_millisecond(millis as i64)
+                    .map_err(|_| Exception::throw_range(&ctx, "Invalid time value"))?;
+                let info = zone.to_offset_info(instant);
+                let out = Object::new(ctx.clone())?;
+                out.set("seconds", info.offset().seconds())?;
+                out.set("abbreviation", info.abbreviation())?;
+                Ok(out)
+            },
+        )?,
+    )?;
+
     // atob and btoa (the globals, from `kiln:base64`), Buffer and fetch.
     native.set(
         "btoa",

@@ -2,7 +2,8 @@
 //! time zone from a file the first time it is asked; a worker that had not
 //! asked before lockdown was killed for the forbidden `openat` the first
 //! time app code called `getHours()` (public Forge apps do, e.g. a scheduled
-//! trigger comparing the hour of day).
+//! trigger comparing the hour of day). Intl's time zones come from a
+//! database compiled into the binary, so they too must work after lockdown.
 
 #![allow(
     clippy::unwrap_used,
@@ -69,4 +70,31 @@ fn local_time_date_methods_do_not_kill_a_forked_worker() {
 #[test]
 fn local_time_date_methods_do_not_kill_an_in_place_worker() {
     local_time_methods_work_in(&sandbox(usize::MAX));
+}
+
+const TIME_ZONES: &str = r"
+export const run = () => {
+  const d = new Date(Date.UTC(2026, 6, 4, 12, 30));
+  return [
+    d.toLocaleString('en-US', { timeZone: 'America/New_York', timeZoneName: 'short' }),
+    new Intl.DateTimeFormat('en-US', { timeZone: 'Australia/Sydney', timeStyle: 'long' }).format(d),
+    ['b', 'A', 'a'].sort((x, y) => x.localeCompare(y)),
+  ];
+};
+";
+
+#[test]
+fn intl_time_zones_work_in_jailed_workers_of_both_kinds() {
+    for fork_above_bytes in [0, usize::MAX] {
+        let sandbox = sandbox(fork_above_bytes);
+        let app = common::app(TIME_ZONES);
+        for _ in 0..2 {
+            let outcome = common::invoke(&sandbox, &common::app_id(1), &app, serde_json::json!({})).unwrap();
+            assert_eq!(
+                common::ok(outcome),
+                serde_json::json!(["7/4/2026, 8:30:00 AM EDT", "10:30:00 PM GMT+10", ["a", "A", "b"]]),
+                "fork above {fork_above_bytes} bytes"
+            );
+        }
+    }
 }

@@ -13,8 +13,8 @@
 //
 // What this is not (docs/COMPATIBILITY.md): every locale is formatted as
 // en-US (as a Node.js built with English-only ICU does, `resolvedOptions()`
-// says so); time zones are UTC and fixed offsets ('+05:30', 'Etc/GMT-3'),
-// any other zone is a RangeError rather than a wrong time; only the
+// says so); time zones come from the IANA database compiled into Kiln, but
+// only some have English names (the rest are named by offset); only the
 // Gregorian calendar and Latin digits; no Intl.Segmenter or DisplayNames.
 
 export const LOCALE = 'en-US';

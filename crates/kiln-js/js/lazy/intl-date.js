@@ -1,6 +1,7 @@
 // Intl.DateTimeFormat and Date.prototype.toLocaleString, toLocaleDateString
 // and toLocaleTimeString (see kiln:intl-base).
 
+import { native } from 'kiln:prelude';
 import { LOCALE, toObjectOptions, getOption, getNumberOption, canonicalizeLocale, canonicalLocaleList, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
 
 // ---------------------------------------------------------------- DateTimeFormat
@@ -11,13 +12,14 @@ const DTF_STATE = new WeakMap();
 const TEXT = ['narrow', 'short', 'long'];
 const NUM = ['numeric', '2-digit'];
 
-// A time zone as a fixed offset in minutes east of UTC, and its name.
+// A time zone: UTC, a fixed offset (minutes east of UTC) or a zone of the
+// IANA database, which Kiln compiles in (`native.timeZoneOffset`).
 function resolveTimeZone(zone) {
-  if (zone === undefined) return { name: 'UTC', offset: 0 };
+  if (zone === undefined) return { name: 'UTC', offset: 0, utc: true };
   const text = String(zone);
   const upper = text.toUpperCase();
   if (['UTC', 'ETC/UTC', 'GMT', 'ETC/GMT', 'ETC/UCT', 'UCT', 'ETC/ZULU', 'ZULU', 'ETC/UNIVERSAL', 'UNIVERSAL', 'ETC/GREENWICH', 'GREENWICH', 'ETC/GMT0', 'GMT0', 'ETC/GMT+0', 'ETC/GMT-0', 'GMT+0', 'GMT-0'].includes(upper)) {
-    return { name: 'UTC', offset: 0 };
+    return { name: 'UTC', offset: 0, utc: true };
   }
   let m = /^ETC\/GMT([+-])(\d{1,2})$/.exec(upper);
   if (m && Number(m[2]) <= 14) {
@@ -30,9 +32,20 @@ function resolveTimeZone(zone) {
     const minutes = Number(m[2]) * 60 + Number(m[3] ?? 0);
     return { name: `${m[1]}${m[2]}:${m[3] ?? '00'}`, offset: (m[1] === '-' ? -1 : 1) * minutes };
   }
-  throw new RangeError(
-    `Invalid time zone specified: ${text} (Kiln runs functions in UTC and knows only UTC and fixed offsets such as '+05:30' or 'Etc/GMT-3'; convert with a library that carries its own time zone data)`,
-  );
+  // A named zone (a RangeError if the database does not know it).
+  return { name: zones().timeZoneName(text), named: true };
+}
+
+let zoneNatives;
+function zones() {
+  return (zoneNatives ??= native.importSync('kiln:natives').native);
+}
+
+// The zone's offset (minutes) and abbreviation at an instant.
+function zoneAt(s, time) {
+  if (!s.named) return { offset: s.offset, utc: s.utc, abbreviation: '' };
+  const { seconds, abbreviation } = zones().timeZoneOffset(s.timeZone, time);
+  return { offset: seconds / 60, utc: false, abbreviation, zone: s.timeZone };
 }
 
 const COMPONENTS = {
@@ -56,6 +69,8 @@ export class DateTimeFormat {
     const zone = resolveTimeZone(options.timeZone);
     s.timeZone = zone.name;
     s.offset = zone.offset;
+    s.utc = zone.utc;
+    s.named = zone.named;
     for (const [name, allowed] of Object.entries(COMPONENTS)) {
       const value = getOption(options, name, allowed, undefined, owner);
       if (value !== undefined) s[name] = value;
@@ -138,25 +153,69 @@ function pad(n, width) {
 }
 
 function fields(s, time) {
-  const local = new Date(time + s.offset * 60000);
+  const zone = zoneAt(s, time);
+  const local = new Date(time + Math.round(zone.offset * 60000));
   return {
     year: local.getUTCFullYear(), month: local.getUTCMonth(), day: local.getUTCDate(), weekday: local.getUTCDay(),
     hour: local.getUTCHours(), minute: local.getUTCMinutes(), second: local.getUTCSeconds(), ms: local.getUTCMilliseconds(),
+    zone,
   };
 }
 
-function zoneName(s, style) {
-  if (s.offset === 0) {
+// English names ICU gives the zones of North America by their
+// abbreviations, and the long names of some others; any other zone is
+// named by its offset ('GMT+8', 'GMT+08:00'), as ICU names zones it has no
+// English name for.
+const AMERICAN = {
+  EST: 'Eastern Standard Time', EDT: 'Eastern Daylight Time', CST: 'Central Standard Time', CDT: 'Central Daylight Time',
+  MST: 'Mountain Standard Time', MDT: 'Mountain Daylight Time', PST: 'Pacific Standard Time', PDT: 'Pacific Daylight Time',
+  AKST: 'Alaska Standard Time', AKDT: 'Alaska Daylight Time', HST: 'Hawaii-Aleutian Standard Time', HDT: 'Hawaii-Aleutian Daylight Time',
+};
+const LONG_NAMES = {
+  GMT: 'Greenwich Mean Time', BST: 'British Summer Time', CET: 'Central European Standard Time',
+  CEST: 'Central European Summer Time', EET: 'Eastern European Standard Time', EEST: 'Eastern European Summer Time',
+  WET: 'Western European Standard Time', WEST: 'Western European Summer Time', JST: 'Japan Standard Time',
+  KST: 'Korean Standard Time', AEST: 'Australian Eastern Standard Time', AEDT: 'Australian Eastern Daylight Time',
+  ACST: 'Australian Central Standard Time', ACDT: 'Australian Central Daylight Time', AWST: 'Australian Western Standard Time',
+  NZST: 'New Zealand Standard Time', NZDT: 'New Zealand Daylight Time', SAST: 'South Africa Standard Time',
+};
+// Zones whose abbreviation is ambiguous (IST, CST) or only an offset ('-03').
+const ZONE_LONG_NAMES = {
+  'Asia/Kolkata': 'India Standard Time', 'Asia/Calcutta': 'India Standard Time', 'Asia/Shanghai': 'China Standard Time',
+  'Asia/Hong_Kong': 'Hong Kong Standard Time', 'Asia/Singapore': 'Singapore Standard Time', 'Asia/Dubai': 'Gulf Standard Time',
+  'America/Sao_Paulo': 'Brasilia Standard Time',
+};
+
+function offsetName(offset, long) {
+  if (offset === 0) return 'GMT';
+  const sign = offset < 0 ? '-' : '+';
+  const abs = Math.abs(offset);
+  const h = Math.floor(abs / 60);
+  const m = Math.round(abs % 60);
+  if (long) return `GMT${sign}${pad(h, 2)}:${pad(m, 2)}`;
+  return `GMT${sign}${h}${m ? ':' + pad(m, 2) : ''}`;
+}
+
+function zoneName(zone, style) {
+  if (zone.utc) {
     if (style === 'long') return 'Coordinated Universal Time';
     if (style === 'short') return 'UTC';
     return 'GMT';
   }
-  const sign = s.offset < 0 ? '-' : '+';
-  const abs = Math.abs(s.offset);
-  const h = Math.floor(abs / 60);
-  const m = abs % 60;
-  if (style === 'longOffset') return `GMT${sign}${pad(h, 2)}:${pad(m, 2)}`;
-  return `GMT${sign}${h}${m ? ':' + pad(m, 2) : ''}`;
+  const american = zone.zone && /^(America|US|Pacific\/Honolulu)/.test(zone.zone) && AMERICAN[zone.abbreviation];
+  if (style === 'short' || style === 'shortGeneric') {
+    if (american) return style === 'short' ? zone.abbreviation : `${zone.abbreviation[0]}T`;
+    return offsetName(zone.offset, false);
+  }
+  if (style === 'long' || style === 'longGeneric') {
+    const name = american || (zone.zone && (ZONE_LONG_NAMES[zone.zone]
+      ?? (!zone.zone.startsWith('America/') && LONG_NAMES[zone.abbreviation])));
+    if (name) return style === 'long' ? name : name.replace(/ (Standard|Daylight|Summer) /, ' ');
+    return offsetName(zone.offset, true);
+  }
+  // Only the UTC zone itself is plain 'GMT' here: London in winter is 'GMT+0'.
+  if (zone.offset === 0) return style === 'longOffset' ? 'GMT+00:00' : 'GMT+0';
+  return offsetName(zone.offset, style === 'longOffset');
 }
 
 function yearText(year, style) {
@@ -230,7 +289,7 @@ function timePartsOf(s, f) {
   }
   if (s.timeZoneName) {
     if (parts.length) lit(' ');
-    push('timeZoneName', zoneName(s, s.timeZoneName));
+    push('timeZoneName', zoneName(f.zone, s.timeZoneName));
   }
   return parts;
 }
@@ -255,7 +314,7 @@ function dateParts(s, time) {
   let joiner = ', ';
   if (s.dateStyle || s.timeStyle) {
     if (s.dateStyle) date = datePartsOf({ ...DATE_STYLES[s.dateStyle] }, f);
-    if (s.timeStyle) timeParts = timePartsOf({ ...TIME_STYLES[s.timeStyle], hourCycle: s.hourCycle, hour12: s.hour12, offset: s.offset }, f);
+    if (s.timeStyle) timeParts = timePartsOf({ ...TIME_STYLES[s.timeStyle], hourCycle: s.hourCycle, hour12: s.hour12 }, f);
     if (s.dateStyle === 'full' || s.dateStyle === 'long') joiner = ' at ';
   } else {
     const hasDate = s.weekday || s.era || s.year || s.month || s.day;

@@ -56,6 +56,17 @@ export function cases() {
     t('toLocaleString hour', () => x.toLocaleString('en-US', { hour: 'numeric' }));
     t('toLocaleString en-GB', () => x.toLocaleString('en-GB'));
   }
+  const zones = ['America/New_York', 'America/Los_Angeles', 'America/Chicago', 'America/Toronto', 'Europe/London', 'Europe/Paris', 'Europe/Berlin', 'Asia/Kolkata', 'Asia/Tokyo', 'Asia/Shanghai', 'Australia/Sydney', 'America/Sao_Paulo', 'Pacific/Honolulu', 'asia/calcutta'];
+  for (const timeZone of zones) {
+    for (const x of [d, d3]) {
+      for (const timeZoneName of [undefined, 'short', 'long', 'shortOffset', 'longOffset']) {
+        t('tz ' + timeZone + ' ' + timeZoneName + ' ' + x.toISOString(), () => new Intl.DateTimeFormat('en-US', { timeZone, timeZoneName, dateStyle: timeZoneName ? undefined : 'full', timeStyle: timeZoneName ? undefined : 'long' }).format(x));
+      }
+      t('tz toLocaleString ' + timeZone + ' ' + x.toISOString(), () => x.toLocaleString('en-US', { timeZone }));
+    }
+    t('tz resolved ' + timeZone, () => new Intl.DateTimeFormat('en-US', { timeZone }).resolvedOptions().timeZone);
+  }
+  t('tz unknown', () => new Intl.DateTimeFormat('en', { timeZone: 'Mars/Olympus_Mons' }));
   t('dtf parts', () => new Intl.DateTimeFormat('en-US', { dateStyle: 'medium', timeStyle: 'short' }).formatToParts(d));
   t('dtf resolved', () => Intl.DateTimeFormat().resolvedOptions());
   t('dtf resolved2', () => new Intl.DateTimeFormat('en', { hour: 'numeric', hour12: false }).resolvedOptions());
