@@ -42,8 +42,18 @@ fn main() -> Result<(), String> {
         Some("intl") => {
             "exports.run = (payload) => ({ ok: true, n: payload.n.toLocaleString(), d: new Date(0).toLocaleDateString('en-US', { month: 'long' }), c: 'a'.localeCompare('B') });\n"
         }
+        // One part of Intl each, to see what each costs on first use.
+        Some("intl-number") => "exports.run = (payload) => ({ ok: true, n: payload.n.toLocaleString() });\n",
+        Some("intl-date") => {
+            "exports.run = (payload) => ({ ok: true, n: payload.n, d: new Date(0).toLocaleDateString('en-US', { month: 'long' }) });\n"
+        }
+        Some("intl-collator") => {
+            "exports.run = (payload) => ({ ok: true, n: payload.n, c: 'a'.localeCompare('B') });\n"
+        }
         Some(other) => {
-            return Err(format!("unknown handler {other:?}: leave it out, or say logging or intl"));
+            return Err(format!(
+                "unknown handler {other:?}: leave it out, or say logging, intl, intl-number, intl-date or intl-collator"
+            ));
         }
     };
     let sources = vec![SourceModule {
