@@ -48,7 +48,7 @@ const PRELUDE: &str = "kiln:prelude";
 /// Kiln's own modules, compiled in every worker from this source. Each is
 /// evaluated only when first imported (the prelude's lazy globals, an app's
 /// `import`/`require`), so a module listed here costs a fresh runtime nothing.
-const KILN_MODULES: [(&str, &str); 40] = [
+const KILN_MODULES: [(&str, &str); 41] = [
     (PRELUDE, include_str!("../js/prelude.js")),
     ("kiln:format", include_str!("../js/lazy/format.js")),
     ("kiln:host", include_str!("../js/lazy/host.js")),
@@ -66,6 +66,7 @@ const KILN_MODULES: [(&str, &str); 40] = [
     ("kiln:intl-number", include_str!("../js/lazy/intl-number.js")),
     ("kiln:intl-date", include_str!("../js/lazy/intl-date.js")),
     ("kiln:intl-collator", include_str!("../js/lazy/intl-collator.js")),
+    ("kiln:intl-tables", include_str!("../js/lazy/intl-tables.js")),
     ("builtin:kiln:unsupported", include_str!("../js/builtins/unsupported.js")),
     ("builtin:@forge/api", include_str!("../js/builtins/forge-api.js")),
     ("builtin:@forge/kvs", include_str!("../js/builtins/forge-kvs.js")),

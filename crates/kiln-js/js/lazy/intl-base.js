@@ -1,5 +1,6 @@
 // Kiln's `Intl`: what its parts share (locales, options). The parts load
-// apart, on first use: `kiln:intl-number`, `kiln:intl-date`,
+// apart, on first use: `kiln:intl-number` (and `kiln:intl-tables` for
+// currencies and units), `kiln:intl-date`,
 // `kiln:intl-collator`, and `kiln:intl` for the global itself, so a
 // handler that only sorts strings or prints a number reads only what that
 // needs. The notes below hold for all of them.

@@ -1,6 +1,7 @@
 // Intl.NumberFormat, Intl.PluralRules and Number.prototype.toLocaleString
 // (see kiln:intl-base).
 
+import { native } from 'kiln:prelude';
 import { LOCALE, toObjectOptions, getOption, getNumberOption, canonicalizeLocale, canonicalLocaleList, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
 
 // ---------------------------------------------------------------- decimals
@@ -82,72 +83,17 @@ function split(dec) {
 
 // ---------------------------------------------------------------- NumberFormat
 
-const CURRENCY_SYMBOLS = {
-  USD: '$', EUR: '€', GBP: '£', JPY: '¥', CAD: 'CA$', AUD: 'A$', NZD: 'NZ$', HKD: 'HK$', MXN: 'MX$',
-  BRL: 'R$', INR: '₹', CNY: 'CN¥', KRW: '₩', ILS: '₪', VND: '₫', TWD: 'NT$', PHP: '₱', XAF: 'FCFA',
-  XOF: 'F\u202fCFA', XCD: 'EC$', XPF: 'CFPF',
-};
-const NARROW_SYMBOLS = {
-  USD: '$', EUR: '€', GBP: '£', JPY: '¥', CAD: '$', AUD: '$', NZD: '$', HKD: '$', MXN: '$', BRL: 'R$',
-  INR: '₹', CNY: '¥', KRW: '₩', ILS: '₪', VND: '₫', TWD: '$', PHP: '₱', SGD: '$', CHF: 'CHF', SEK: 'kr',
-  NOK: 'kr', DKK: 'kr', PLN: 'zł', RUB: '₽', TRY: '₺', UAH: '₴', ZAR: 'R', THB: '฿', NGN: '₦', ARS: '$',
-  CLP: '$', COP: '$', CZK: 'Kč', HUF: 'Ft', IDR: 'Rp', MYR: 'RM', EGP: 'E£', KZT: '₸', GEL: '₾',
-};
-const CURRENCY_NAMES = {
-  USD: ['US dollar', 'US dollars'], EUR: ['euro', 'euros'], GBP: ['British pound', 'British pounds'],
-  JPY: ['Japanese yen', 'Japanese yen'], CAD: ['Canadian dollar', 'Canadian dollars'],
-  AUD: ['Australian dollar', 'Australian dollars'], CHF: ['Swiss franc', 'Swiss francs'],
-  CNY: ['Chinese yuan', 'Chinese yuan'], INR: ['Indian rupee', 'Indian rupees'],
-  SEK: ['Swedish krona', 'Swedish kronor'], NOK: ['Norwegian krone', 'Norwegian kroner'],
-  DKK: ['Danish krone', 'Danish kroner'], PLN: ['Polish zloty', 'Polish zlotys'],
-  BRL: ['Brazilian real', 'Brazilian reals'], MXN: ['Mexican peso', 'Mexican pesos'],
-  NZD: ['New Zealand dollar', 'New Zealand dollars'], SGD: ['Singapore dollar', 'Singapore dollars'],
-  HKD: ['Hong Kong dollar', 'Hong Kong dollars'], KRW: ['South Korean won', 'South Korean won'],
-  ZAR: ['South African rand', 'South African rand'],
-};
-const CURRENCY_DIGITS = {
-  BIF: 0, CLP: 0, DJF: 0, GNF: 0, ISK: 0, JPY: 0, KMF: 0, KRW: 0, PYG: 0, RWF: 0, UGX: 0, UYI: 0,
-  VND: 0, VUV: 0, XAF: 0, XOF: 0, XPF: 0, BHD: 3, IQD: 0, JOD: 3, KWD: 3, LYD: 3, OMR: 3, TND: 3,
-};
-
-// Units ICU calls sanctioned, with English short, narrow and long forms
-// (singular, plural).
-const UNITS = {
-  acre: [' ac', 'ac', ' acre', ' acres'], bit: [' bit', 'bit', ' bit', ' bits'], byte: [' byte', 'B', ' byte', ' bytes'],
-  celsius: ['°C', '°C', ' degree Celsius', ' degrees Celsius'], centimeter: [' cm', 'cm', ' centimeter', ' centimeters'],
-  day: [' day', 'd', ' day', ' days', ' days'], degree: [' deg', '°', ' degree', ' degrees'],
-  fahrenheit: ['°F', '°', ' degree Fahrenheit', ' degrees Fahrenheit'], foot: [' ft', '′', ' foot', ' feet'],
-  gigabit: [' Gb', 'Gb', ' gigabit', ' gigabits'], gigabyte: [' GB', 'GB', ' gigabyte', ' gigabytes'],
-  gram: [' g', 'g', ' gram', ' grams'], hectare: [' ha', 'ha', ' hectare', ' hectares'],
-  hour: [' hr', 'h', ' hour', ' hours'], inch: [' in', '″', ' inch', ' inches'],
-  kilobit: [' kb', 'kb', ' kilobit', ' kilobits'], kilobyte: [' kB', 'kB', ' kilobyte', ' kilobytes'],
-  kilogram: [' kg', 'kg', ' kilogram', ' kilograms'], kilometer: [' km', 'km', ' kilometer', ' kilometers'],
-  liter: [' L', 'L', ' liter', ' liters'], megabit: [' Mb', 'Mb', ' megabit', ' megabits'],
-  megabyte: [' MB', 'MB', ' megabyte', ' megabytes'], meter: [' m', 'm', ' meter', ' meters'],
-  mile: [' mi', 'mi', ' mile', ' miles'], milliliter: [' mL', 'mL', ' milliliter', ' milliliters'],
-  millimeter: [' mm', 'mm', ' millimeter', ' millimeters'], millisecond: [' ms', 'ms', ' millisecond', ' milliseconds'],
-  minute: [' min', 'm', ' minute', ' minutes'], month: [' mth', 'm', ' month', ' months', ' mths'],
-  ounce: [' oz', 'oz', ' ounce', ' ounces'], percent: ['%', '%', ' percent', ' percent'],
-  petabyte: [' PB', 'PB', ' petabyte', ' petabytes'], pound: [' lb', 'lb', ' pound', ' pounds'],
-  second: [' sec', 's', ' second', ' seconds'], stone: [' st', 'st', ' stone', ' stones'],
-  terabit: [' Tb', 'Tb', ' terabit', ' terabits'], terabyte: [' TB', 'TB', ' terabyte', ' terabytes'],
-  week: [' wk', 'w', ' week', ' weeks', ' wks'], yard: [' yd', 'yd', ' yard', ' yards'],
-  year: [' yr', 'y', ' year', ' years', ' yrs'], microsecond: [' μs', 'μs', ' microsecond', ' microseconds'],
-  nanosecond: [' ns', 'ns', ' nanosecond', ' nanoseconds'],
-};
-
-// Compound units English names as one: short, narrow, long plural, long singular.
-const COMPOUND_UNITS = {
-  'kilometer-per-hour': ['km/h', 'km/h', 'kilometers per hour', 'kilometer per hour'],
-  'mile-per-hour': ['mph', 'mph', 'miles per hour', 'mile per hour'],
-  'meter-per-second': ['m/s', 'm/s', 'meters per second', 'meter per second'],
-  'mile-per-gallon': ['mpg', 'mpg', 'miles per gallon', 'mile per gallon'],
-  'liter-per-kilometer': ['L/km', 'L/km', 'liters per kilometer', 'liter per kilometer'],
-};
+// Currency and unit names live in their own module, read only by the
+// styles that use them.
+let loadedTables;
+function tables() {
+  return (loadedTables ??= native.importSync('kiln:intl-tables'));
+}
 
 const NF_STATE = new WeakMap();
 
 function sanctionedUnit(unit) {
+  const { UNITS } = tables();
   if (unit in UNITS) return [unit];
   const per = unit.split('-per-');
   if (per.length === 2 && per[0] in UNITS && per[1] in UNITS) return per;
@@ -182,7 +128,7 @@ export class NumberFormat {
       s.unit = unit;
     }
     s.notation = getOption(options, 'notation', ['standard', 'scientific', 'engineering', 'compact'], 'standard', owner);
-    const currencyDigits = s.style === 'currency' ? (CURRENCY_DIGITS[s.currency] ?? 2) : 0;
+    const currencyDigits = s.style === 'currency' ? (tables().CURRENCY_DIGITS[s.currency] ?? 2) : 0;
     const defaultMin = s.style === 'currency' && s.notation !== 'compact' ? currencyDigits : 0;
     const defaultMax = s.style === 'currency' && s.notation !== 'compact' ? currencyDigits
       : s.style === 'percent' ? 0 : s.notation === 'compact' ? 0 : 3;
@@ -316,9 +262,9 @@ function currencyText(s, plural) {
   const code = s.currency;
   switch (s.currencyDisplay) {
     case 'code': return code;
-    case 'name': return (CURRENCY_NAMES[code] ?? [code, code])[plural ? 1 : 0];
-    case 'narrowSymbol': return NARROW_SYMBOLS[code] ?? CURRENCY_SYMBOLS[code] ?? code;
-    default: return CURRENCY_SYMBOLS[code] ?? code;
+    case 'name': return (tables().CURRENCY_NAMES[code] ?? [code, code])[plural ? 1 : 0];
+    case 'narrowSymbol': return tables().NARROW_SYMBOLS[code] ?? tables().CURRENCY_SYMBOLS[code] ?? code;
+    default: return tables().CURRENCY_SYMBOLS[code] ?? code;
   }
 }
 
@@ -422,6 +368,7 @@ function numberParts(s, x) {
 
 function unitParts(s, parts, plural) {
   const [unit, per] = sanctionedUnit(s.unit);
+  const { UNITS, COMPOUND_UNITS } = tables();
   const forms = UNITS[unit];
   let text;
   if (s.unitDisplay === 'long') text = plural ? forms[3] : forms[2];
@@ -507,5 +454,5 @@ export function toLocaleString(locales, options) {
 }
 
 export const currencies = () =>
-  Object.keys(CURRENCY_SYMBOLS).concat(Object.keys(NARROW_SYMBOLS)).filter((c, i, a) => a.indexOf(c) === i).sort();
-export const units = () => Object.keys(UNITS).sort();
+  Object.keys(tables().CURRENCY_SYMBOLS).concat(Object.keys(tables().NARROW_SYMBOLS)).filter((c, i, a) => a.indexOf(c) === i).sort();
+export const units = () => Object.keys(tables().UNITS).sort();
