@@ -38,6 +38,8 @@ export function __canary() {
     date: Date.now() > 1e12,
     kiln: typeof __kilnModules === 'object' && typeof __kilnModules.hostCall === 'function' && !('evil' in __kilnModules),
     extensible: Object.isExtensible(Object.prototype) && Object.isExtensible(Array.prototype),
+    intl: (1234.5).toLocaleString() === '1,234.5' && 'a'.localeCompare('B') < 0
+      && new Intl.NumberFormat('en-US', { style: 'percent' }).format(0.5) === '50%',
   };
 }
 "#;
