@@ -1,6 +1,6 @@
 // Intl.Collator and String.prototype.localeCompare (see kiln:intl-base).
 
-import { LOCALE, toObjectOptions, getOption, getNumberOption, canonicalizeLocale, canonicalLocaleList, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
+import { toObjectOptions, getOption, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
 
 // ---------------------------------------------------------------- Collator
 // An approximation of the root collation order (CLDR, as ICU applies it):

@@ -2,7 +2,7 @@
 // and toLocaleTimeString (see kiln:intl-base).
 
 import { native } from 'kiln:prelude';
-import { LOCALE, toObjectOptions, getOption, getNumberOption, canonicalizeLocale, canonicalLocaleList, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
+import { toObjectOptions, getOption, getNumberOption, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
 
 // ---------------------------------------------------------------- DateTimeFormat
 
@@ -60,11 +60,9 @@ export class DateTimeFormat {
     const owner = 'Intl.DateTimeFormat';
     const s = { locale, calendar: 'gregory', numberingSystem: 'latn' };
     getOption(options, 'localeMatcher', ['lookup', 'best fit'], 'best fit', owner);
-    const calendar = options.calendar;
-    if (calendar !== undefined && !['gregory', 'iso8601'].includes(String(calendar))) {
-      // Other calendars are not available; ICU falls back the same way for unknown ones.
-    }
-    let hour12 = options.hour12;
+    // Only the Gregorian calendar: another `calendar` is ignored, as ICU
+    // ignores one it does not know.
+    const hour12 = options.hour12;
     const hourCycle = getOption(options, 'hourCycle', ['h11', 'h12', 'h23', 'h24'], undefined, owner);
     const zone = resolveTimeZone(options.timeZone);
     s.timeZone = zone.name;

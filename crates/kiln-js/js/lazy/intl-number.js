@@ -2,7 +2,7 @@
 // (see kiln:intl-base).
 
 import { native } from 'kiln:prelude';
-import { LOCALE, toObjectOptions, getOption, getNumberOption, canonicalizeLocale, canonicalLocaleList, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
+import { LOCALE, toObjectOptions, getOption, getNumberOption, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
 
 // ---------------------------------------------------------------- decimals
 // A number as decimal digits (the shortest that read back as it, as JS
@@ -391,7 +391,9 @@ const PR_STATE = new WeakMap();
 
 export class PluralRules {
   constructor(locales, options) {
-    const locale = resolveLocale(locales);
+    // The locales are checked, but ICU's plural rules are per language:
+    // Node.js resolves 'en-US' to 'en'.
+    resolveLocale(locales);
     options = toObjectOptions(options);
     const type = getOption(options, 'type', ['cardinal', 'ordinal'], 'cardinal', 'Intl.PluralRules');
     const format = new NumberFormat(LOCALE, {
@@ -402,8 +404,6 @@ export class PluralRules {
       maximumSignificantDigits: options.maximumSignificantDigits,
       useGrouping: false,
     });
-    // ICU's plural rules are per language: Node.js resolves 'en-US' to 'en'.
-    void locale;
     PR_STATE.set(this, { locale: 'en', type, format });
   }
 

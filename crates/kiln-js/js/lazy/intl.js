@@ -1,7 +1,7 @@
 // The Intl global (see kiln:intl-base), with RelativeTimeFormat, ListFormat
 // and Locale, which only it offers.
 
-import { LOCALE, toObjectOptions, getOption, getNumberOption, canonicalizeLocale, canonicalLocaleList, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
+import { LOCALE, toObjectOptions, getOption, canonicalizeLocale, canonicalLocaleList, resolveLocale, supportedLocalesOf, requireThis } from 'kiln:intl-base';
 import { NumberFormat, PluralRules, currencies, units } from 'kiln:intl-number';
 import { DateTimeFormat } from 'kiln:intl-date';
 import { Collator } from 'kiln:intl-collator';
