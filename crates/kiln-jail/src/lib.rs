@@ -308,19 +308,25 @@ pub fn lockdown() -> Result<JailReport, JailError> {
 /// a child forked from itself ([`fork_invocation`]), so every invocation
 /// starts from the same prepared state and leaves nothing behind. The
 /// template may additionally fork (plain `fork` only), reap, and let each
-/// child install the invocation allow-list on itself; the child does so
+/// child restrict itself to the invocation allow-list; the child does so
 /// before returning to any caller.
 pub fn lockdown_template() -> Result<JailReport, JailError> {
-    let invocation = seccomp::program(seccomp::Profile::Invocation)?;
-    let _ = TEMPLATE.set(Template { pid: std::process::id(), invocation });
-    lockdown_as(seccomp::Profile::Template)
+    let layer = seccomp::invocation_layer()?;
+    // Asked now: `getpid` is not on the allow-list.
+    let pid = std::process::id();
+    let report = lockdown_as(seccomp::Profile::Template)?;
+    // Only now: the layer allows whatever it does not kill, so it is handed
+    // out only to a process whose template filter is in place.
+    let _ = TEMPLATE.set(Template { pid, layer });
+    Ok(report)
 }
 
 /// What a template's children need after `fork`: who their parent is, and
-/// the invocation filter, built before lockdown.
+/// the filter that takes the template's extra calls away
+/// ([`seccomp::invocation_layer`]), built before lockdown.
 struct Template {
     pid: u32,
-    invocation: seccompiler::BpfProgram,
+    layer: seccompiler::BpfProgram,
 }
 
 static TEMPLATE: std::sync::OnceLock<Template> = std::sync::OnceLock::new();
@@ -338,8 +344,8 @@ pub enum Forked {
 /// Fork an invocation process from this template (see
 /// [`lockdown_template`]). In the child, before this returns: death with the
 /// parent is armed, the parent is checked to be alive (else the child exits
-/// at once), and the invocation allow-list is installed on top of the
-/// template's. The process must be single-threaded (workers are).
+/// at once), and the layer that leaves only the invocation allow-list is
+/// installed on top of the template's filter. The process must be single-threaded (workers are).
 pub fn fork_invocation() -> Result<Forked, JailError> {
     let template = TEMPLATE
         .get()
@@ -356,7 +362,7 @@ pub fn fork_invocation() -> Result<Forked, JailError> {
             // SAFETY: getppid takes no arguments.
             let parent = unsafe { libc::getppid() };
             let orphaned = u32::try_from(parent).ok() != Some(template.pid);
-            if !armed || orphaned || seccompiler::apply_filter(&template.invocation).is_err() {
+            if !armed || orphaned || seccompiler::apply_filter(&template.layer).is_err() {
                 exit_now(1);
             }
             Ok(Forked::Child)
@@ -365,14 +371,14 @@ pub fn fork_invocation() -> Result<Forked, JailError> {
     }
 }
 
-/// Give up a template's extra rights for good: install the invocation
-/// allow-list on this process itself, as a forked child would. For workers
+/// Give up a template's extra rights for good: restrict this process itself
+/// to the invocation allow-list, as a forked child does. For workers
 /// that run invocations in place.
 pub fn restrict_to_invocation() -> Result<(), JailError> {
     let template = TEMPLATE
         .get()
         .ok_or_else(|| JailError::Lockdown(io::Error::other("not locked down as a template")))?;
-    seccompiler::apply_filter(&template.invocation).map_err(|e| JailError::Seccomp(e.to_string()))
+    seccompiler::apply_filter(&template.layer).map_err(|e| JailError::Seccomp(e.to_string()))
 }
 
 /// How a forked invocation process ended.

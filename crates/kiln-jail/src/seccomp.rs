@@ -35,8 +35,8 @@ const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID |
 
 /// What a template process (a worker that forks one process per invocation,
 /// see `crate::fork_invocation`) may do beyond [`ALLOWED`]. Its children
-/// install [`ALLOWED`] alone before they run anything, so app code in an
-/// invocation can never use these.
+/// install [`invocation_layer`] before they run anything, which kills every
+/// one of these, so app code in an invocation can never use them.
 #[cfg(target_arch = "x86_64")]
 const TEMPLATE_EXTRA: &[(libc::c_long, Use, &str)] = &[
     (libc::SYS_clone, Use::FirstArgIn(&[FORK_FLAGS]), "fork one invocation process; glibc's fork flags only"),
@@ -144,6 +144,32 @@ pub(crate) fn program(profile: Profile) -> Result<BpfProgram, JailError> {
     filter.try_into().map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))
 }
 
+/// The filter a template's child (or a template giving up forking) installs
+/// on top of the template's: it kills every call in [`TEMPLATE_EXTRA`],
+/// whatever its arguments, and passes everything else on to the template's
+/// filter beneath, which kills whatever is outside [`ALLOWED`] and
+/// [`TEMPLATE_EXTRA`]. The two lists share no call (a test checks), so the
+/// stack allows exactly [`ALLOWED`], with the same arguments.
+///
+/// Why not install [`ALLOWED`] again: the kernel converts and compiles each
+/// filter a process installs, and a forked child does so on every
+/// invocation. Measured on a 2 vCPU VM, a fork and exit took about 200 µs,
+/// 400 µs with the whole allow-list installed in the child and 300 µs with
+/// this layer (35 instructions against 143).
+///
+/// This layer allows by default, so it must only ever go on top of the
+/// template's filter: `crate::lockdown_template` hands it out only once
+/// that filter is installed.
+pub(crate) fn invocation_layer() -> Result<BpfProgram, JailError> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| JailError::Seccomp(e.to_string()))?;
+    // An empty rule list matches the call whatever its arguments.
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        TEMPLATE_EXTRA.iter().map(|(call, _usage, _why)| (*call, Vec::new())).collect();
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::KillProcess, arch)
+        .map_err(|e| JailError::Seccomp(e.to_string()))?;
+    filter.try_into().map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))
+}
+
 /// Install the filter for `profile` on this process. Irreversible.
 pub(crate) fn install(profile: Profile) -> Result<(), JailError> {
     let program = program(profile)?;
@@ -206,6 +232,24 @@ mod tests {
                 "syscall {dangerous} must not be allowed"
             );
         }
+    }
+
+    #[test]
+    fn the_invocation_layer_removes_exactly_the_template_extras() {
+        // The layer kills TEMPLATE_EXTRA by call number alone: sound only
+        // if no call is in both lists (else the layer would take from the
+        // invocation a call ALLOWED gives it, or a test would hide that).
+        for (extra, _, _) in TEMPLATE_EXTRA {
+            assert!(!ALLOWED.iter().any(|(c, _, _)| c == extra), "syscall {extra} is in both lists");
+        }
+        let layer = invocation_layer().unwrap();
+        let full = program(Profile::Invocation).unwrap();
+        assert!(
+            layer.len() < full.len() / 2,
+            "layer {} instructions, allow-list {}",
+            layer.len(),
+            full.len()
+        );
     }
 
     #[test]

@@ -102,6 +102,16 @@ fn attempt(action: &str) -> i64 {
                 libc::mount(c"none".as_ptr(), c"/tmp".as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) as i64
             }
             "unshare" => libc::unshare(libc::CLONE_NEWUSER) as i64,
+            // What a template may do and its invocation processes may not.
+            "wait4" => libc::wait4(-1, std::ptr::null_mut(), libc::WNOHANG, std::ptr::null_mut()) as i64,
+            "getppid" => libc::getppid() as i64,
+            "set-robust-list" => libc::syscall(libc::SYS_set_robust_list, std::ptr::null::<u8>(), 0),
+            "prctl-pdeathsig" => libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as i64,
+            "prctl-no-new-privs" => libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as i64,
+            "seccomp-filter" => {
+                // An empty program: the call is refused before it is read.
+                libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, std::ptr::null::<u8>())
+            }
             _ => {
                 eprintln!("unknown action {action:?}");
                 -1
