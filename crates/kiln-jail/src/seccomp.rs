@@ -112,8 +112,9 @@ const ALLOWED: &[(libc::c_long, Use, &str)] = &[
 pub const FORBIDDEN_EXAMPLES: &[&str] =
     &["socket", "connect", "openat", "execve", "ptrace", "io_uring_setup", "clone", "fork", "kill"];
 
-/// Build the filter program for `profile`.
-pub(crate) fn program(profile: Profile) -> Result<BpfProgram, JailError> {
+/// Build the filter program for `profile` (public so that
+/// `examples/fork_cost.rs` can measure installing it).
+pub fn program(profile: Profile) -> Result<BpfProgram, JailError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| JailError::Seccomp(e.to_string()))?;
     let extra: &[(libc::c_long, Use, &str)] = match profile {
         Profile::Invocation => &[],
@@ -160,7 +161,7 @@ pub(crate) fn program(profile: Profile) -> Result<BpfProgram, JailError> {
 /// This layer allows by default, so it must only ever go on top of the
 /// template's filter: `crate::lockdown_template` hands it out only once
 /// that filter is installed.
-pub(crate) fn invocation_layer() -> Result<BpfProgram, JailError> {
+pub fn invocation_layer() -> Result<BpfProgram, JailError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| JailError::Seccomp(e.to_string()))?;
     // An empty rule list matches the call whatever its arguments.
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
