@@ -415,7 +415,7 @@ impl Cx<'_> {
 
     fn runtime(&mut self, node: &Node) -> Option<Runtime> {
         let map = self.map(node, "app.runtime")?;
-        map.check_keys(self, &["name", "architecture", "memoryMB"], Strictness::Error);
+        map.check_keys(self, &["name", "architecture", "memoryMB", "snapshots"], Strictness::Error);
         let name = match map.get("name") {
             None => {
                 self.error(
@@ -453,6 +453,15 @@ impl Cx<'_> {
         if let Some(n) = map.get("architecture") {
             self.one_of(n, "app.runtime.architecture", &[("x86_64", ()), ("arm64", ())]);
         }
+        // Forge's `snapshots` (default true) runs a function's top level
+        // once at deploy time and starts invocations from the result;
+        // `false` runs it on every cold start. Kiln has no deploy-time
+        // snapshot: a large program's top level runs once per worker and
+        // every invocation starts from a copy of that state, a small one's
+        // runs in every invocation's fresh runtime. Either way an app that
+        // works under one setting works under Kiln, so the key is checked
+        // and has nothing more to change.
+        let _snapshots = self.opt_bool(&map, "snapshots");
         let memory = self.opt_int(
             &map,
             "memoryMB",

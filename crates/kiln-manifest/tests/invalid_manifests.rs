@@ -125,6 +125,7 @@ fn wrong_types_everywhere_fail_cleanly() {
             "{HEAD}modules:\n  function:\n    - key: main\n      handler: index.run\npermissions:\n  scopes: {{read:jira-work: yes-please}}\n"
         ),
         &format!("{HEAD}modules:\n  function:\n    - main\n"),
+        "app:\n  id: ari:cloud:ecosystem::app/0b6a6f4e-1c55-4a7e-9d1e-1f2a3b4c5d6e\n  runtime:\n    name: nodejs22.x\n    snapshots: sometimes\nmodules:\n  function:\n    - {key: main, handler: index.run}\n",
         &format!(
             "{HEAD}modules:\n  function:\n    - key: main\n      handler: index.run\nremotes: {{key: x}}\n"
         ),

@@ -211,3 +211,16 @@ providers:
     assert!(m.carried.contains_key("translations"));
     assert!(m.providers.is_some());
 }
+
+#[test]
+fn runtime_snapshots_is_accepted_either_way() {
+    // circleci-for-jira sets it; Forge's default is true.
+    for value in ["true", "false"] {
+        let source = format!(
+            "app:\n  id: ari:cloud:ecosystem::app/0b6a6f4e-1c55-4a7e-9d1e-1f2a3b4c5d6e\n  runtime:\n    name: nodejs22.x\n    snapshots: {value}\nmodules:\n  function:\n    - {{key: main, handler: index.run}}\n"
+        );
+        if let Err(e) = parse_str("manifest.yml", &source, &NoVariables) {
+            panic!("snapshots: {value} refused: {e}");
+        }
+    }
+}
