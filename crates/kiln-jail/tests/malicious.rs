@@ -41,6 +41,8 @@ fn every_forbidden_call_kills_the_process() {
         "write-file-fd",
         "mount",
         "unshare",
+        "mmap-exec",
+        "mprotect-exec",
     ] {
         let status = run(action);
         assert_eq!(status.signal(), Some(libc::SIGSYS), "{action}: expected death by SIGSYS, got {status:?}");
@@ -135,6 +137,8 @@ fn a_template_forks_invocation_processes_that_cannot_fork_or_escape() {
         "mount",
         "unshare",
         "prctl-dumpable",
+        "mmap-exec",
+        "mprotect-exec",
         // What the template alone may do, its own way of forking included.
         "libc-fork",
         "wait4",

@@ -102,6 +102,20 @@ fn attempt(action: &str) -> i64 {
                 libc::mount(c"none".as_ptr(), c"/tmp".as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) as i64
             }
             "unshare" => libc::unshare(libc::CLONE_NEWUSER) as i64,
+            // Executable memory: a fresh mapping, or the heap made so.
+            "mmap-exec" => libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            ) as i64,
+            "mprotect-exec" => {
+                let page = Box::leak(Box::new([0u8; 8192]));
+                let aligned = (page.as_mut_ptr() as usize + 4095) & !4095;
+                libc::mprotect(aligned as *mut libc::c_void, 4096, libc::PROT_READ | libc::PROT_EXEC) as i64
+            }
             // What a template may do and its invocation processes may not.
             "wait4" => libc::wait4(-1, std::ptr::null_mut(), libc::WNOHANG, std::ptr::null_mut()) as i64,
             "getppid" => libc::getppid() as i64,
