@@ -345,7 +345,8 @@ pub enum Forked {
 /// [`lockdown_template`]). In the child, before this returns: death with the
 /// parent is armed, the parent is checked to be alive (else the child exits
 /// at once), and the layer that leaves only the invocation allow-list is
-/// installed on top of the template's filter. The process must be single-threaded (workers are).
+/// installed on top of the template's filter. The process must be
+/// single-threaded (workers are).
 pub fn fork_invocation() -> Result<Forked, JailError> {
     let template = TEMPLATE
         .get()

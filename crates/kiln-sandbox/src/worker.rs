@@ -11,7 +11,8 @@
 //!
 //! - forked: it keeps one prepared runtime (the prelude loaded, the entry
 //!   modules calls use evaluated) and never runs an invocation itself. Each
-//!   child installs the invocation allow-list (no fork, no wait), waits for
+//!   child restricts itself to the invocation allow-list (no fork, no wait:
+//!   `kiln_jail::fork_invocation` does it before returning), waits for
 //!   its turn, serves one request from the channel, passes the turn on and
 //!   exits. A standby is forked while the current child serves, so forks
 //!   and exits happen beside calls, not between them. Every invocation
