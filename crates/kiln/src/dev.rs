@@ -308,6 +308,7 @@ pub(crate) async fn run(options: DevOptions) -> Result<(), Failure> {
             webtrigger_rate: kiln_server::webtrigger::DEFAULT_PER_MINUTE,
             metrics_listen: None,
             drain: Duration::from_secs(10),
+            process_per_invocation: false,
             egress: options.egress.clone(),
             dev: Some(crate::server::DevParts {
                 product: std::sync::Arc::new(product),

@@ -174,6 +174,9 @@ struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests and invocations may take to finish before the server stops anyway
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
+    /// Run every invocation of every app in a process of its own, forked from the app's prepared worker, even where a fresh runtime in a reused process would be faster (small apps: see docs/THREAT_MODEL.md for what this bounds)
+    #[arg(long)]
+    process_per_invocation: bool,
     #[command(flatten)]
     egress: InsecureEgressArgs,
 }
@@ -404,6 +407,11 @@ struct InvokeArgs {
     /// namespaces; never for production.
     #[arg(long)]
     insecure_skip_namespaces: bool,
+    /// Run the invocation in a process forked from a prepared worker, as
+    /// large apps' invocations always are (and every app's under `kiln serve
+    /// --process-per-invocation`)
+    #[arg(long)]
+    process_per_invocation: bool,
     /// Answer requestJira/requestConfluence from this dev site (`kiln devsite`), as the app's service account
     #[arg(long, value_name = "URL")]
     devsite: Option<String>,
@@ -833,6 +841,9 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
     let mut config = kiln_sandbox::SandboxConfig::for_current_exe()
         .map_err(|e| Failure { code: 1, message: e.to_string() })?;
     config.pool_size = 1;
+    if args.process_per_invocation {
+        config.fork_above_bytes = 0;
+    }
     if args.insecure_skip_namespaces {
         eprintln!(
             "WARNING: --insecure-skip-namespaces: app code runs WITHOUT user, network and mount namespaces. \
@@ -1421,6 +1432,7 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
             webtrigger_rate: args.webtrigger_rate,
             metrics_listen: args.metrics_listen,
             drain: std::time::Duration::from_secs(args.drain_seconds),
+            process_per_invocation: args.process_per_invocation,
             egress: server::EgressOptions {
                 insecure_loopback: args.egress.insecure_egress_loopback,
                 insecure_resolve: args.egress.insecure_egress_resolve,

@@ -28,6 +28,9 @@ pub(crate) struct Options {
     pub(crate) webtrigger_rate: u32,
     pub(crate) metrics_listen: Option<SocketAddr>,
     pub(crate) drain: Duration,
+    /// Fork a process for every invocation, small apps' too
+    /// (`kiln serve --process-per-invocation`).
+    pub(crate) process_per_invocation: bool,
     pub(crate) egress: EgressOptions,
     /// Set by `kiln dev`: what the settings file would otherwise say.
     pub(crate) dev: Option<DevParts>,
@@ -368,6 +371,21 @@ async fn drain(
     }
 }
 
+/// The server's sandbox settings. By default small programs run each
+/// invocation in a fresh runtime in a reused worker process, and larger
+/// ones in a process forked per invocation; `process_per_invocation` forks
+/// for every program, so that even an engine exploit cannot outlive the
+/// invocation it started in.
+fn sandbox_config(
+    process_per_invocation: bool,
+) -> Result<kiln_sandbox::SandboxConfig, kiln_sandbox::SandboxError> {
+    let mut config = kiln_sandbox::SandboxConfig::for_current_exe()?;
+    if process_per_invocation {
+        config.fork_above_bytes = 0;
+    }
+    Ok(config)
+}
+
 /// The runner every module type shares: jailed workers (refused where
 /// they cannot start), and host calls that reach the installation's own
 /// storage, its consented egress and the product site (`[product]` in the
@@ -381,7 +399,10 @@ fn runner(
     options: &Options,
 ) -> Result<Arc<kiln_server::runner::Runner>, Failure> {
     let fail = |m: String| Failure { code: 1, message: m };
-    let sandbox = kiln_sandbox::SandboxConfig::for_current_exe()
+    if options.process_per_invocation {
+        tracing::info!("every invocation runs in a process of its own (--process-per-invocation)");
+    }
+    let sandbox = sandbox_config(options.process_per_invocation)
         .and_then(kiln_sandbox::Sandbox::new)
         .map_err(|e| fail(format!("app code cannot run here: {e}")))?;
     let product = match (&options.dev, config) {
@@ -441,4 +462,16 @@ fn runner(
         runner = runner.with_logs(dev.app_logs.clone());
     }
     Ok(Arc::new(runner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_per_invocation_forks_for_every_program() {
+        let default = sandbox_config(false).unwrap();
+        assert_eq!(default.fork_above_bytes, kiln_sandbox::FORK_ABOVE_BYTES);
+        assert_eq!(sandbox_config(true).unwrap().fork_above_bytes, 0);
+    }
 }
