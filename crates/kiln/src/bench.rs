@@ -63,11 +63,17 @@ pub(crate) fn stats(mut samples: Vec<Duration>, wall: Duration) -> Stats {
 /// lot) falls on all of them alike instead of on whichever ran last.
 const BLOCKS: usize = 10;
 
-pub(crate) fn invoke(
-    iterations: usize,
-    insecure_skip_namespaces: bool,
-    only: Option<&str>,
-) -> Result<(), Failure> {
+/// How the measured sandbox is set up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Setup {
+    /// Workers without namespaces (for machines that cannot create them).
+    pub(crate) insecure_skip_namespaces: bool,
+    /// Every invocation in a forked process, as `kiln serve
+    /// --process-per-invocation` runs them.
+    pub(crate) process_per_invocation: bool,
+}
+
+pub(crate) fn invoke(iterations: usize, setup: Setup, only: Option<&str>) -> Result<(), Failure> {
     let fail = |m: String| Failure { code: 1, message: m };
     let mut report = String::new();
     let node = Command::new("node").arg("--version").output().ok().filter(|o| o.status.success());
@@ -84,12 +90,13 @@ pub(crate) fn invoke(
     let _ = writeln_out(
         &mut report,
         &format!(
-            "kiln bench invoke: {iterations} warm invocations per case, in {BLOCKS} alternating blocks; jail {}; node {}\n",
-            if insecure_skip_namespaces {
+            "kiln bench invoke: {iterations} warm invocations per case, in {BLOCKS} alternating blocks; jail {}{}; node {}\n",
+            if setup.insecure_skip_namespaces {
                 "WITHOUT namespaces (insecure)"
             } else {
                 "on (namespaces, seccomp, Landlock, rlimits)"
             },
+            if setup.process_per_invocation { "; a process forked for every invocation" } else { "" },
             node_version.as_deref().unwrap_or("not found")
         ),
     );
@@ -100,8 +107,8 @@ pub(crate) fn invoke(
     for w in &rows {
         let dir = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
         write_app(dir.path(), &w.code).map_err(|e| fail(e.to_string()))?;
-        let mut one = KilnCase::new(dir.path(), 1, 1, None, insecure_skip_namespaces)?;
-        let mut two = KilnCase::new(dir.path(), 2, 2, None, insecure_skip_namespaces)?;
+        let mut one = KilnCase::new(dir.path(), 1, 1, None, setup)?;
+        let mut two = KilnCase::new(dir.path(), 2, 2, None, setup)?;
         let mut vm = match &node_version {
             Some(_) => Some(NodeVm::start(dir.path())?),
             None => None,
@@ -116,8 +123,7 @@ pub(crate) fn invoke(
         }
         let (one, two) = (one.finish(), two.finish());
         let vm = vm.map(NodeVm::finish).transpose()?;
-        let mut paced =
-            KilnCase::new(dir.path(), 1, 1, Some(Duration::from_millis(10)), insecure_skip_namespaces)?;
+        let mut paced = KilnCase::new(dir.path(), 1, 1, Some(Duration::from_millis(10)), setup)?;
         paced.block(iterations.min(500))?;
         let paced = paced.finish();
         let process = match &node_version {
@@ -258,7 +264,7 @@ impl KilnCase {
         workers: usize,
         clients: usize,
         pace: Option<Duration>,
-        insecure: bool,
+        setup: Setup,
     ) -> Result<Self, Failure> {
         let fail = |m: String| Failure { code: 1, message: m };
         let manifest =
@@ -267,8 +273,11 @@ impl KilnCase {
         let mut config = SandboxConfig::for_current_exe().map_err(|e| fail(e.to_string()))?;
         config.pool_size = workers;
         config.recycle_after = u32::MAX;
-        if insecure {
+        if setup.insecure_skip_namespaces {
             config.namespaces = kiln_sandbox::Namespaces::InsecureSkipNamespaces;
+        }
+        if setup.process_per_invocation {
+            config.fork_above_bytes = 0;
         }
         let sandbox = Sandbox::new(config).map_err(|e| fail(e.to_string()))?;
         let mut case = KilnCase {

@@ -319,6 +319,9 @@ enum BenchCommand {
         /// Measure only workloads whose name contains this ("trivial", "bundle")
         #[arg(long)]
         only: Option<String>,
+        /// Fork a process for every invocation, small apps' too, as `kiln serve --process-per-invocation` does
+        #[arg(long)]
+        process_per_invocation: bool,
     },
     /// Key-value store get, set and prefix query, encrypted beside plaintext, on SQLite (and PostgreSQL)
     Kvs {
@@ -663,8 +666,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Webtrigger(args) => webtrigger_url(&data_dir, args).await,
         Command::Variables(command) => variables(&data_dir, command).await,
         Command::Keys(KeysCommand::Rotate { data_keys }) => rotate_keys(&data_dir, data_keys).await,
-        Command::Bench(BenchCommand::Invoke { iterations, insecure_skip_namespaces, only }) => {
-            bench::invoke(iterations.max(10), insecure_skip_namespaces, only.as_deref())
+        Command::Bench(BenchCommand::Invoke {
+            iterations,
+            insecure_skip_namespaces,
+            only,
+            process_per_invocation,
+        }) => {
+            let setup = bench::Setup { insecure_skip_namespaces, process_per_invocation };
+            bench::invoke(iterations.max(10), setup, only.as_deref())
         }
         Command::Bench(BenchCommand::Kvs { ops, postgres }) => bench_kvs::kvs(ops, postgres).await,
         Command::Bench(BenchCommand::Gateways { requests }) => {
