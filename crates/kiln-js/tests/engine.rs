@@ -122,6 +122,25 @@ fn thrown_errors_carry_message_and_stack() {
 }
 
 #[test]
+fn huge_error_messages_and_stacks_are_cut_to_size() {
+    // The stack comes from V8's formatting hook, which QuickJS also calls.
+    let p = App::new()
+        .esm(
+            "src/index.js",
+            "export const run = () => {\n  Error.prepareStackTrace = () => 's'.repeat(1 << 22);\n  throw new Error('m'.repeat(1 << 20));\n};",
+        )
+        .load();
+    let e = err(invoke(p, "src/index.js", "run"));
+    assert_eq!(e.code, ErrorCode::FunctionError);
+    // 8 KB of message and 16 KB of stack, each marked as cut.
+    assert!(e.message.starts_with("Error: mmm") && e.message.ends_with('…'), "{}", &e.message[..40]);
+    assert_eq!(e.message.len(), 8 * 1024 + '…'.len_utf8());
+    let stack = e.stack.unwrap_or_default();
+    assert!(stack.starts_with("sss") && stack.ends_with('…'));
+    assert_eq!(stack.len(), 16 * 1024 + '…'.len_utf8());
+}
+
+#[test]
 fn an_infinite_loop_times_out() {
     let p = App::new().esm("src/index.js", "export const run = () => { for (;;) {} };").load();
     let mut l = limits();
