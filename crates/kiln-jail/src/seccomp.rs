@@ -24,6 +24,9 @@ enum Use {
     Any,
     /// Only on these file descriptors (first argument).
     OnFds(&'static [u64]),
+    /// Only on these file descriptors, and with no flags (the fourth
+    /// argument of `recvfrom`): in particular never `MSG_PEEK`.
+    OnFdsWithoutFlags(&'static [u64]),
     /// Only with one of these values as the first argument (an operation
     /// code, or `clone`'s flags).
     FirstArgIn(&'static [u64]),
@@ -77,7 +80,11 @@ const ALLOWED: &[(libc::c_long, Use, &str)] = &[
         Use::OnFds(&[IPC_FD as u64, TURN_READ_FD as u64]),
         "read frames from the server; a forked child waits for its turn",
     ),
-    (libc::SYS_recvfrom, Use::OnFds(&[IPC_FD as u64]), "std reads sockets with recv"),
+    (
+        libc::SYS_recvfrom,
+        Use::OnFdsWithoutFlags(&[IPC_FD as u64]),
+        "std reads sockets with recv, flags 0: never MSG_PEEK, so a process cannot watch frames it leaves for another",
+    ),
     (
         libc::SYS_write,
         Use::OnFds(&[IPC_FD as u64, 2, TURN_WRITE_FD as u64]),
@@ -135,6 +142,19 @@ pub fn program(profile: Profile) -> Result<BpfProgram, JailError> {
             })
             .collect::<Result<Vec<_>, _>>()
     };
+    let without_flags = |fds: &[u64]| {
+        fds.iter()
+            .map(|fd| {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *fd)
+                    .and_then(|on_fd| {
+                        let no_flags =
+                            SeccompCondition::new(3, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?;
+                        SeccompRule::new(vec![on_fd, no_flags])
+                    })
+                    .map_err(|e| JailError::Seccomp(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
     let never_exec = || {
         // (prot & PROT_EXEC) == 0, over the whole 64-bit argument.
         SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)
@@ -147,6 +167,7 @@ pub fn program(profile: Profile) -> Result<BpfProgram, JailError> {
         let entry = match usage {
             Use::Any => Vec::new(),
             Use::OnFds(fds) => first_arg_in(fds, false)?,
+            Use::OnFdsWithoutFlags(fds) => without_flags(fds)?,
             Use::FirstArgIn(values) => first_arg_in(values, true)?,
             Use::NeverExec => never_exec()?,
         };

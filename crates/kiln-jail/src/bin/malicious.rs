@@ -118,6 +118,17 @@ fn attempt(action: &str) -> i64 {
             }
             // What a template may do and its invocation processes may not.
             "wait4" => libc::wait4(-1, std::ptr::null_mut(), libc::WNOHANG, std::ptr::null_mut()) as i64,
+            // Look at the channel without taking what is there (a process
+            // lingering after its invocation, watching frames meant for the
+            // next one); and the plain read every worker makes.
+            "recv-peek" => {
+                let mut buf = [0u8; 1];
+                libc::recv(3, buf.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) as i64
+            }
+            "recv-plain" => {
+                let mut buf = [0u8; 1];
+                libc::recv(3, buf.as_mut_ptr().cast(), 1, 0) as i64
+            }
             "getppid" => libc::getppid() as i64,
             "set-robust-list" => libc::syscall(libc::SYS_set_robust_list, std::ptr::null::<u8>(), 0),
             "prctl-pdeathsig" => libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as i64,
