@@ -140,6 +140,9 @@ fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
     // The worker starts in "/", so a relative path would no longer resolve.
     let executable = std::fs::canonicalize(&spec.executable).map_err(JailError::Spawn)?;
     let (server_end, worker_end) = UnixStream::pair().map_err(JailError::Channel)?;
+    // Before the worker exists, so that every byte it ever sends arrives
+    // with its sender (see `recv_from_worker`).
+    pass_credentials(&server_end).map_err(JailError::Channel)?;
     let worker_fd = worker_end.as_raw_fd();
     let limits = spec.limits;
     let namespaces = spec.namespaces;
@@ -500,6 +503,87 @@ pub fn probe_namespaces() -> Result<(), JailError> {
     let mut spawned = spawn(&spec)?;
     spawned.child.wait().map_err(JailError::Spawn)?;
     Ok(())
+}
+
+/// Have the kernel attach the sending process to everything that arrives
+/// on `server_end` (`SO_PASSCRED`).
+fn pass_credentials(server_end: &UnixStream) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int through the pointer, which lives on
+    // this stack frame, and the length given is that int's.
+    check(unsafe {
+        libc::setsockopt(
+            server_end.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+}
+
+/// Read from the server's end of a worker channel ([`Spawned::channel`]),
+/// and say which process sent the bytes read: the process id the kernel
+/// attached, in the server's pid namespace. The kernel never hands out
+/// bytes from two senders in one read, and a worker cannot name another
+/// process as the sender (that takes `CAP_SYS_ADMIN` over the server's pid
+/// namespace, and the allow-list has no `sendmsg` to try with), so the
+/// server can tell which of a worker's processes sent each frame. `None`:
+/// the bytes came without a sender, which does not happen on a channel
+/// made by [`spawn`] (or the read returned nothing).
+pub fn recv_from_worker(channel: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // Room for one credentials message (CMSG_SPACE of a ucred is 32 bytes
+    // on Linux), aligned as a cmsghdr must be.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let read = loop {
+        // SAFETY: recvmsg writes at most `iov_len` bytes into `buf` and at
+        // most `msg_controllen` bytes into `control`, both of which outlive
+        // the call; descriptors a peer might pass would arrive close-on-exec.
+        let n = unsafe { libc::recvmsg(channel.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if let Ok(n) = usize::try_from(n) {
+            break n;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut sender = None;
+    // SAFETY: the CMSG_* functions walk the control buffer recvmsg filled,
+    // within the length it reported in `msg_controllen`; each header they
+    // return points into `control`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            let header = &*cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            let payload =
+                (header.cmsg_len as usize).saturating_sub(data.offset_from(cmsg.cast::<u8>()) as usize);
+            if header.cmsg_level == libc::SOL_SOCKET {
+                if header.cmsg_type == libc::SCM_CREDENTIALS && payload >= std::mem::size_of::<libc::ucred>()
+                {
+                    let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
+                    sender = Some(cred.pid);
+                } else if header.cmsg_type == libc::SCM_RIGHTS {
+                    // Never sent by a jailed worker (no sendmsg); closed if
+                    // they ever came, so that none leaks into the server.
+                    for i in 0..payload / std::mem::size_of::<libc::c_int>() {
+                        let fd: libc::c_int = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                        libc::close(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    Ok((read, sender.filter(|_| read > 0)))
 }
 
 /// Wait until `stream` has data to read (or its peer hung up), for at most
