@@ -405,7 +405,15 @@ impl Sandbox {
             .channel
             .set_read_timeout(Some(FRAME_STALL_TIMEOUT))
             .map_err(|e| SandboxError::Platform(format!("cannot configure the worker channel: {e}")))?;
-        let mut worker = Worker { child: spawned.child, channel: spawned.channel, served: 0, jail: None };
+        let mut worker = Worker {
+            child: spawned.child,
+            channel: spawned.channel,
+            served: 0,
+            jail: None,
+            forked: false,
+            sender: None,
+            served_by: std::collections::VecDeque::new(),
+        };
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
             Ok(FromWorker::Ready { protocol, jail }) if protocol == kiln_ipc::PROTOCOL_VERSION => {
                 if !jail.seccomp || (self.config.namespaces == NamespacePolicy::Require && !jail.namespaces) {
@@ -468,6 +476,7 @@ impl Pool {
         let mut worker = sandbox.start_worker(self.memory_mb)?;
         let bytes: usize = self.program.modules.iter().map(|m| m.code.len()).sum();
         let fork = bytes >= sandbox.config.fork_above_bytes;
+        worker.forked = fork;
         worker.send(&ToWorker::Load { program: (*self.program).clone(), fork, env: self.env.clone() })?;
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
             Ok(FromWorker::Loaded {}) => Ok(worker),
@@ -553,6 +562,42 @@ struct Worker {
     channel: UnixStream,
     served: u32,
     jail: Option<JailReport>,
+    /// Whether each invocation runs in a process forked for it alone.
+    forked: bool,
+    /// Who sent the last frame received: a process id, from the kernel.
+    sender: Option<i32>,
+    /// The processes that served this worker's latest invocations, newest
+    /// last (forked workers only; see `Worker::run`).
+    served_by: std::collections::VecDeque<i32>,
+}
+
+/// How many of a forked worker's latest serving processes the server
+/// remembers. A process id comes round again only after the kernel has
+/// handed out every other (at least 32,768 of them), far more than a
+/// worker forks in this many invocations.
+const SERVERS_REMEMBERED: usize = 64;
+
+/// Reads a worker's channel and notes who sent what it read: a frame read
+/// through it in pieces is one sender's only if every piece was
+/// ([`kiln_jail::recv_from_worker`]).
+struct SenderReader<'a> {
+    channel: &'a UnixStream,
+    sender: Option<i32>,
+    mixed: bool,
+}
+
+impl std::io::Read for SenderReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (read, sender) = kiln_jail::recv_from_worker(self.channel, buf)?;
+        if read > 0 {
+            match self.sender {
+                None => self.sender = Some(sender.unwrap_or(0)),
+                Some(first) if Some(first) != sender => self.mixed = true,
+                Some(_) => {}
+            }
+        }
+        Ok(read)
+    }
 }
 
 impl Worker {
@@ -573,7 +618,16 @@ impl Worker {
                 return Err(InvocationError::new(ErrorCode::PlatformError, format!("worker channel: {e}")));
             }
         }
-        let message = read_frame(&mut self.channel, limit);
+        let mut reader = SenderReader { channel: &self.channel, sender: None, mixed: false };
+        let message = read_frame(&mut reader, limit);
+        if reader.mixed {
+            self.kill();
+            return Err(InvocationError::new(
+                ErrorCode::PlatformError,
+                "the worker broke the protocol: one frame came from two processes",
+            ));
+        }
+        self.sender = reader.sender;
         #[cfg(feature = "testing")]
         if let Ok(m) = &message {
             tap::record(serde_json::to_vec(m));
@@ -593,6 +647,37 @@ impl Worker {
                 format!("the worker broke the protocol: {other}"),
             ),
         })
+    }
+
+    /// Every frame of one invocation comes from one process, and on a
+    /// forked worker that process served none of the latest invocations:
+    /// it was forked for this one and ends with it. A process that breaks
+    /// either rule is one that outlived its invocation (an engine exploit
+    /// that did not let its process end) and is reading the channel out of
+    /// turn, so the worker is killed rather than trusted with the answer.
+    /// In place, the same two processes take turns by design
+    /// (docs/THREAT_MODEL.md), so only the first rule applies.
+    fn check_sender(&mut self, serving: &mut Option<i32>) -> Result<(), String> {
+        let sender = self.sender.filter(|pid| *pid > 0).ok_or("a frame arrived without its sender")?;
+        match *serving {
+            Some(pid) if pid == sender => Ok(()),
+            Some(pid) => Err(format!("process {sender} wrote into the invocation process {pid} serves")),
+            None => {
+                if self.forked {
+                    if self.served_by.contains(&sender) {
+                        return Err(format!(
+                            "process {sender}, forked for an earlier invocation, answered this one"
+                        ));
+                    }
+                    if self.served_by.len() == SERVERS_REMEMBERED {
+                        self.served_by.pop_front();
+                    }
+                    self.served_by.push_back(sender);
+                }
+                *serving = Some(sender);
+                Ok(())
+            }
+        }
     }
 
     /// Why the worker is gone, from its exit status.
@@ -624,6 +709,7 @@ impl Worker {
             return (Outcome::Err(err), false);
         }
         let (mut log_lines, mut log_bytes, mut calls) = (0u32, 0usize, 0u32);
+        let mut serving = None;
         loop {
             let message = match self.receive(hard_deadline, MAX_FRAME_BYTES) {
                 Ok(m) => m,
@@ -638,6 +724,15 @@ impl Worker {
                     return (Outcome::Err(e), false);
                 }
             };
+            // The template reports a child's death itself; every other frame
+            // must come from the process serving this invocation.
+            if !matches!(message, FromWorker::InvocationDied { .. })
+                && let Err(why) = self.check_sender(&mut serving)
+            {
+                self.kill();
+                let message = format!("the sandbox killed the worker: {why}");
+                return (Outcome::Err(InvocationError::new(ErrorCode::PlatformError, message)), false);
+            }
             match message {
                 FromWorker::Log { level, text } => {
                     log_lines += 1;

@@ -1,0 +1,56 @@
+//! A worker that speaks the protocol but plays a compromised one, for the
+//! tests of what the server checks (`tests/senders.rs`). Built only with
+//! the `testing` feature; never part of Kiln.
+//!
+//! `answer-all`: one process answers every invocation itself, as a forked
+//! child that an exploit kept alive past its invocation would.
+//! `split`: a log line from this process, then the answer from a second
+//! process sharing the channel, as a lingering child writing into another
+//! child's invocation would.
+
+use std::process::ExitCode;
+
+use kiln_ipc::{
+    FromWorker, JailReport, LogLevel, Outcome, PROTOCOL_VERSION, ToWorker, read_frame, write_frame,
+};
+
+fn main() -> ExitCode {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let Ok(mut channel) = kiln_jail::inherited_channel() else {
+        return ExitCode::from(2);
+    };
+    let done = FromWorker::Done { outcome: Outcome::Ok { result: "\"served\"".into() } };
+    if mode == "split-answer" {
+        return if write_frame(&mut channel, &done).is_ok() { ExitCode::SUCCESS } else { ExitCode::from(3) };
+    }
+    // It claims the jail it was asked for (the server starts it in the
+    // namespaces; what it does afterwards is what is under test).
+    let jail = JailReport { namespaces: true, seccomp: true, landlock: "claimed".into(), no_new_privs: true };
+    if write_frame(&mut channel, &FromWorker::Ready { protocol: PROTOCOL_VERSION, jail }).is_err() {
+        return ExitCode::from(3);
+    }
+    loop {
+        let Ok(message) = read_frame::<_, ToWorker>(&mut channel, 64 << 20) else {
+            return ExitCode::SUCCESS;
+        };
+        let sent = match (message, mode.as_str()) {
+            (ToWorker::Load { .. }, _) => write_frame(&mut channel, &FromWorker::Loaded {}).is_ok(),
+            (ToWorker::Invoke { .. }, "answer-all") => write_frame(&mut channel, &done).is_ok(),
+            (ToWorker::Invoke { .. }, "split") => {
+                let logged = write_frame(
+                    &mut channel,
+                    &FromWorker::Log { level: LogLevel::Info, text: "begun".into() },
+                );
+                let answered = std::env::current_exe()
+                    .and_then(|exe| std::process::Command::new(exe).arg("split-answer").status())
+                    .is_ok_and(|status| status.success());
+                logged.is_ok() && answered
+            }
+            (ToWorker::Shutdown {}, _) => return ExitCode::SUCCESS,
+            _ => true,
+        };
+        if !sent {
+            return ExitCode::from(4);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The server knows which process sent each frame (the kernel says, with
+//! `SO_PASSCRED`), and holds a worker to it: every frame of an invocation
+//! from one process, and on a forked worker a process that has served no
+//! earlier invocation. A fake worker (`kiln-fake-worker`, built with the
+//! `testing` feature) plays the compromised processes that break the rules;
+//! the real worker, in both modes, runs the whole corpus under them in
+//! `adversarial.rs`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{App, app, app_id, invoke, ok, sandbox};
+use kiln_ipc::{ErrorCode, Outcome};
+use kiln_sandbox::{Sandbox, SandboxConfig};
+use serde_json::json;
+
+/// A jailed sandbox whose workers are the fake, acting out `mode`, serving
+/// `app` (compiled by a real worker first: the fake compiles nothing).
+fn fake(mode: &str, fork_above_bytes: usize, app: &App) -> Sandbox {
+    let program = sandbox().program(&app_id(1), &app.bundle.hash, &app.bundle.bundle).unwrap();
+    let fake = Sandbox::new(SandboxConfig {
+        worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-fake-worker")),
+        worker_args: vec![mode.into()],
+        namespaces: kiln_sandbox::Namespaces::Require,
+        max_memory_mb: 64,
+        pool_size: 1,
+        recycle_after: 1_000,
+        inherit_stderr: false,
+        fork_above_bytes,
+    })
+    .unwrap();
+    fake.insert_program(&app_id(1), &app.bundle.hash, (*program).clone());
+    fake
+}
+
+fn refused(outcome: Outcome, why: &str) {
+    match outcome {
+        Outcome::Err(e) => {
+            assert_eq!(e.code, ErrorCode::PlatformError, "{e:?}");
+            assert!(e.message.contains("the sandbox killed the worker") && e.message.contains(why), "{e:?}");
+        }
+        other => panic!("expected the worker to be killed for it ({why}), got {other:?}"),
+    }
+}
+
+const FORKED: usize = 0;
+const IN_PLACE: usize = usize::MAX;
+
+#[test]
+fn a_process_that_served_once_may_not_answer_again_on_a_forked_worker() {
+    let app = app("export const run = () => 'real';\n");
+    let sandbox = fake("answer-all", FORKED, &app);
+    // The first answer is its own invocation's.
+    assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("served"));
+    // The same process answering the next is one that outlived its
+    // invocation: the worker is killed, and so on for every new worker.
+    refused(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap(), "forked for an earlier invocation");
+    assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("served"));
+    refused(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap(), "forked for an earlier invocation");
+}
+
+#[test]
+fn in_place_the_same_process_may_serve_again() {
+    let app = app("export const run = () => 'real';\n");
+    let sandbox = fake("answer-all", IN_PLACE, &app);
+    for _ in 0..3 {
+        assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("served"));
+    }
+}
+
+#[test]
+fn a_second_process_may_not_write_into_an_invocation() {
+    let app = app("export const run = () => 'real';\n");
+    for mode in [FORKED, IN_PLACE] {
+        let sandbox = fake("split", mode, &app);
+        refused(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap(), "wrote into the invocation");
+    }
+}
