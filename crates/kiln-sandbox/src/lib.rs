@@ -757,7 +757,16 @@ impl Worker {
                     }
                 }
                 FromWorker::Done { outcome } => {
-                    let healthy = !matches!(&outcome, Outcome::Err(e) if e.code == ErrorCode::PlatformError);
+                    // On a forked worker a time-out can also be the mark of a
+                    // process that outlived its invocation and took a host
+                    // reply meant for this one (it can take frames, not watch
+                    // them: see `check_sender`), so the worker is replaced.
+                    let healthy = match &outcome {
+                        Outcome::Err(e) => {
+                            e.code != ErrorCode::PlatformError && !(self.forked && e.code == ErrorCode::TimeOut)
+                        }
+                        Outcome::Ok { .. } => true,
+                    };
                     let outcome = match outcome {
                         Outcome::Ok { result } if result.len() > kiln_ipc::MAX_PAYLOAD_BYTES => Outcome::Err(
                             InvocationError::new(ErrorCode::FunctionError, "the result is larger than 5 MB"),

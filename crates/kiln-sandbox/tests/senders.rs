@@ -85,3 +85,28 @@ fn a_second_process_may_not_write_into_an_invocation() {
         refused(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap(), "wrote into the invocation");
     }
 }
+
+/// What the fake's `fork-each` worker answered: its own process id.
+fn worker_pid(outcome: Outcome) -> u64 {
+    ok(outcome).as_u64().expect("the fake answers with its process id")
+}
+
+#[test]
+fn a_time_out_on_a_forked_worker_replaces_the_worker() {
+    // A process that outlived its invocation can take a host reply meant
+    // for a later one, which then times out in its engine and says so
+    // itself; on a forked worker that is reason enough not to keep it.
+    let app = app("export const run = () => 'real';\n");
+    for (mode, replaced) in [(FORKED, true), (IN_PLACE, false)] {
+        let sandbox = fake("fork-each", mode, &app);
+        let before = worker_pid(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+        // An honest forked worker: a new process for every invocation.
+        assert_eq!(worker_pid(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), before);
+        match invoke(&sandbox, &app_id(1), &app, json!({ "timeout": true })).unwrap() {
+            Outcome::Err(e) => assert_eq!(e.code, ErrorCode::TimeOut, "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        let after = worker_pid(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+        assert_eq!(after != before, replaced, "forked: {}, worker {before} then {after}", mode == FORKED);
+    }
+}

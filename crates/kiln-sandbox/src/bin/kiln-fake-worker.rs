@@ -7,11 +7,15 @@
 //! `split`: a log line from this process, then the answer from a second
 //! process sharing the channel, as a lingering child writing into another
 //! child's invocation would.
+//! `fork-each`: what an honest forked worker does, a new process for every
+//! invocation; it answers with this process's id (so a test can tell a
+//! replaced worker), or times out if the payload says `"timeout":true`.
 
 use std::process::ExitCode;
 
 use kiln_ipc::{
-    FromWorker, JailReport, LogLevel, Outcome, PROTOCOL_VERSION, ToWorker, read_frame, write_frame,
+    ErrorCode, FromWorker, InvocationError, JailReport, LogLevel, Outcome, PROTOCOL_VERSION, ToWorker,
+    read_frame, write_frame,
 };
 
 fn main() -> ExitCode {
@@ -20,8 +24,20 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let done = FromWorker::Done { outcome: Outcome::Ok { result: "\"served\"".into() } };
-    if mode == "split-answer" {
-        return if write_frame(&mut channel, &done).is_ok() { ExitCode::SUCCESS } else { ExitCode::from(3) };
+    let answer = |channel: &mut std::os::unix::net::UnixStream, outcome: FromWorker| {
+        if write_frame(channel, &outcome).is_ok() { ExitCode::SUCCESS } else { ExitCode::from(3) }
+    };
+    match mode.as_str() {
+        "split-answer" => return answer(&mut channel, done),
+        "child-answer" => {
+            let result = std::env::args().nth(2).unwrap_or_default();
+            return answer(&mut channel, FromWorker::Done { outcome: Outcome::Ok { result } });
+        }
+        "child-time-out" => {
+            let error = InvocationError::new(ErrorCode::TimeOut, "the function did not finish");
+            return answer(&mut channel, FromWorker::Done { outcome: Outcome::Err(error) });
+        }
+        _ => {}
     }
     // It claims the jail it was asked for (the server starts it in the
     // namespaces; what it does afterwards is what is under test).
@@ -45,6 +61,16 @@ fn main() -> ExitCode {
                     .and_then(|exe| std::process::Command::new(exe).arg("split-answer").status())
                     .is_ok_and(|status| status.success());
                 logged.is_ok() && answered
+            }
+            (ToWorker::Invoke { invocation }, "fork-each") => {
+                let child = if invocation.payload.contains("\"timeout\":true") {
+                    vec!["child-time-out".to_owned()]
+                } else {
+                    vec!["child-answer".to_owned(), std::process::id().to_string()]
+                };
+                std::env::current_exe()
+                    .and_then(|exe| std::process::Command::new(exe).args(child).status())
+                    .is_ok_and(|status| status.success())
             }
             (ToWorker::Shutdown {}, _) => return ExitCode::SUCCESS,
             _ => true,
