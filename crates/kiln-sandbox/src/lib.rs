@@ -763,7 +763,8 @@ impl Worker {
                     // them: see `check_sender`), so the worker is replaced.
                     let healthy = match &outcome {
                         Outcome::Err(e) => {
-                            e.code != ErrorCode::PlatformError && !(self.forked && e.code == ErrorCode::TimeOut)
+                            e.code != ErrorCode::PlatformError
+                                && !(self.forked && e.code == ErrorCode::TimeOut)
                         }
                         Outcome::Ok { .. } => true,
                     };
