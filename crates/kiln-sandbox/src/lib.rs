@@ -567,14 +567,14 @@ struct Worker {
     /// Who sent the last frame received: a process id, from the kernel.
     sender: Option<i32>,
     /// The processes that served this worker's latest invocations, newest
-    /// last (forked workers only; see `Worker::run`).
+    /// last (forked workers only; see `Worker::check_sender`).
     served_by: std::collections::VecDeque<i32>,
 }
 
 /// How many of a forked worker's latest serving processes the server
-/// remembers. A process id comes round again only after the kernel has
-/// handed out every other (at least 32,768 of them), far more than a
-/// worker forks in this many invocations.
+/// remembers. The kernel hands out process ids in turn, so one comes round
+/// again only after the counter has gone through all of them (32,768 at
+/// the least), far more forks than a worker makes in this many invocations.
 const SERVERS_REMEMBERED: usize = 64;
 
 /// Reads a worker's channel and notes who sent what it read: a frame read
