@@ -495,8 +495,15 @@ impl Pool {
     fn checkout(&self, sandbox: &Sandbox, until: Instant) -> Result<Worker, InvocationError> {
         let mut state = lock(&self.idle);
         loop {
-            if let Some(worker) = state.idle.pop() {
-                return Ok(worker);
+            if let Some(mut worker) = state.idle.pop() {
+                if worker.quiet() {
+                    return Ok(worker);
+                }
+                // It spoke out of turn (a frame no invocation asked for,
+                // which the next one would take as its own) or hung up.
+                worker.kill();
+                state.live -= 1;
+                continue;
             }
             if state.live < self.size {
                 state.live += 1;
@@ -678,6 +685,12 @@ impl Worker {
                 Ok(())
             }
         }
+    }
+
+    /// Whether an idle worker is silent, as it should be between
+    /// invocations: nothing waiting on its channel, and the channel open.
+    fn quiet(&self) -> bool {
+        matches!(kiln_jail::wait_readable(&self.channel, Duration::ZERO), Ok(false))
     }
 
     /// Why the worker is gone, from its exit status.

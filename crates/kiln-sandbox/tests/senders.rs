@@ -110,3 +110,17 @@ fn a_time_out_on_a_forked_worker_replaces_the_worker() {
         assert_eq!(after != before, replaced, "forked: {}, worker {before} then {after}", mode == FORKED);
     }
 }
+
+#[test]
+fn a_worker_that_speaks_between_invocations_is_replaced_before_the_next() {
+    // In place the second answer would pass every sender check (the same
+    // process serves again by design); it is caught because an idle worker
+    // must be silent.
+    let app = app("export const run = () => 'real';\n");
+    for mode in [FORKED, IN_PLACE] {
+        let sandbox = fake("forge-ahead", mode, &app);
+        for _ in 0..3 {
+            assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!("served"));
+        }
+    }
+}

@@ -7,6 +7,8 @@
 //! `split`: a log line from this process, then the answer from a second
 //! process sharing the channel, as a lingering child writing into another
 //! child's invocation would.
+//! `forge-ahead`: answers, and in the same write a second answer no
+//! invocation has asked for yet, for the next one to take as its own.
 //! `fork-each`: what an honest forked worker does, a new process for every
 //! invocation; it answers with this process's id (so a test can tell a
 //! replaced worker), or times out if the payload says `"timeout":true`.
@@ -61,6 +63,13 @@ fn main() -> ExitCode {
                     .and_then(|exe| std::process::Command::new(exe).arg("split-answer").status())
                     .is_ok_and(|status| status.success());
                 logged.is_ok() && answered
+            }
+            (ToWorker::Invoke { .. }, "forge-ahead") => {
+                let forged = FromWorker::Done { outcome: Outcome::Ok { result: "\"forged\"".into() } };
+                let mut both = Vec::new();
+                write_frame(&mut both, &done).is_ok()
+                    && write_frame(&mut both, &forged).is_ok()
+                    && std::io::Write::write_all(&mut channel, &both).is_ok()
             }
             (ToWorker::Invoke { invocation }, "fork-each") => {
                 let child = if invocation.payload.contains("\"timeout\":true") {
