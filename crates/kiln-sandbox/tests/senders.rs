@@ -124,3 +124,32 @@ fn a_worker_that_speaks_between_invocations_is_replaced_before_the_next() {
         }
     }
 }
+
+#[test]
+fn a_worker_that_died_while_idle_is_replaced_before_the_next_invocation() {
+    // Its death is found when it is taken from the pool, so the next call is
+    // served by a new worker instead of failing on a closed channel.
+    let app = app("export const run = () => 'real';\n");
+    for mode in [FORKED, IN_PLACE] {
+        let sandbox = fake("answer-once", mode, &app);
+        let mut last = worker_pid(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+        for _ in 0..2 {
+            wait_until_dead(last);
+            let next = worker_pid(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+            assert_ne!(next, last);
+            last = next;
+        }
+    }
+}
+
+/// Until process `pid` has exited (a zombie not yet reaped counts).
+fn wait_until_dead(pid: u64) {
+    for _ in 0..1_000 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    panic!("process {pid} did not exit");
+}

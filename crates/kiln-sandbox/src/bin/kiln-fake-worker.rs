@@ -9,6 +9,8 @@
 //! child's invocation would.
 //! `forge-ahead`: answers, and in the same write a second answer no
 //! invocation has asked for yet, for the next one to take as its own.
+//! `answer-once`: answers one invocation with its process id, then exits,
+//! as a worker that dies while idle (a killed template, say) would.
 //! `fork-each`: what an honest forked worker does, a new process for every
 //! invocation; it answers with this process's id (so a test can tell a
 //! replaced worker), or times out if the payload says `"timeout":true`.
@@ -54,6 +56,10 @@ fn main() -> ExitCode {
         let sent = match (message, mode.as_str()) {
             (ToWorker::Load { .. }, _) => write_frame(&mut channel, &FromWorker::Loaded {}).is_ok(),
             (ToWorker::Invoke { .. }, "answer-all") => write_frame(&mut channel, &done).is_ok(),
+            (ToWorker::Invoke { .. }, "answer-once") => {
+                let result = std::process::id().to_string();
+                return answer(&mut channel, FromWorker::Done { outcome: Outcome::Ok { result } });
+            }
             (ToWorker::Invoke { .. }, "split") => {
                 let logged = write_frame(
                     &mut channel,
