@@ -15,9 +15,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use kiln_sandbox::{Sandbox, SandboxConfig};
+use kiln_sandbox::Sandbox;
 
 const LOCAL_TIME: &str = r"
 export const run = () => {
@@ -31,20 +29,6 @@ export const run = () => {
   };
 };
 ";
-
-fn sandbox(fork_above_bytes: usize) -> Sandbox {
-    Sandbox::new(SandboxConfig {
-        worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
-        worker_args: Vec::new(),
-        namespaces: kiln_sandbox::Namespaces::Require,
-        max_memory_mb: 64,
-        pool_size: 1,
-        recycle_after: 1_000,
-        inherit_stderr: false,
-        fork_above_bytes,
-    })
-    .expect("jailed workers must start on this machine")
-}
 
 fn local_time_methods_work_in(sandbox: &Sandbox) {
     let app = common::app(LOCAL_TIME);
@@ -64,12 +48,12 @@ fn local_time_methods_work_in(sandbox: &Sandbox) {
 
 #[test]
 fn local_time_date_methods_do_not_kill_a_forked_worker() {
-    local_time_methods_work_in(&sandbox(0));
+    local_time_methods_work_in(&common::sandbox_with(0));
 }
 
 #[test]
 fn local_time_date_methods_do_not_kill_an_in_place_worker() {
-    local_time_methods_work_in(&sandbox(usize::MAX));
+    local_time_methods_work_in(&common::sandbox_with(usize::MAX));
 }
 
 const TIME_ZONES: &str = r"
@@ -86,7 +70,7 @@ export const run = () => {
 #[test]
 fn intl_time_zones_work_in_jailed_workers_of_both_kinds() {
     for fork_above_bytes in [0, usize::MAX] {
-        let sandbox = sandbox(fork_above_bytes);
+        let sandbox = common::sandbox_with(fork_above_bytes);
         let app = common::app(TIME_ZONES);
         for _ in 0..2 {
             let outcome = common::invoke(&sandbox, &common::app_id(1), &app, serde_json::json!({})).unwrap();

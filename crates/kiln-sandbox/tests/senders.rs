@@ -30,12 +30,7 @@ fn fake(mode: &str, fork_above_bytes: usize, app: &App) -> Sandbox {
     let fake = Sandbox::new(SandboxConfig {
         worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-fake-worker")),
         worker_args: vec![mode.into()],
-        namespaces: kiln_sandbox::Namespaces::Require,
-        max_memory_mb: 64,
-        pool_size: 1,
-        recycle_after: 1_000,
-        inherit_stderr: false,
-        fork_above_bytes,
+        ..common::config(fork_above_bytes)
     })
     .unwrap();
     fake.insert_program(&app_id(1), &app.bundle.hash, (*program).clone());

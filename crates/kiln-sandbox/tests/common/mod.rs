@@ -20,7 +20,12 @@ pub(crate) const MODES: [(&str, usize); 2] = [("forked", 0), ("in place", usize:
 /// A jailed sandbox whose workers fork for programs of at least
 /// `fork_above_bytes` of bytecode and serve smaller ones in place.
 pub(crate) fn sandbox_with(fork_above_bytes: usize) -> Sandbox {
-    Sandbox::new(SandboxConfig {
+    Sandbox::new(config(fork_above_bytes)).expect("jailed workers must start on this machine")
+}
+
+/// The tests' sandbox settings: jailed `kiln-worker`s, one per app.
+pub(crate) fn config(fork_above_bytes: usize) -> SandboxConfig {
+    SandboxConfig {
         worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
         worker_args: Vec::new(),
         namespaces: kiln_sandbox::Namespaces::Require,
@@ -29,8 +34,7 @@ pub(crate) fn sandbox_with(fork_above_bytes: usize) -> Sandbox {
         recycle_after: 1_000,
         inherit_stderr: false,
         fork_above_bytes,
-    })
-    .expect("jailed workers must start on this machine")
+    }
 }
 
 /// An app whose function `main` is `run` exported from `src/index.js`.
