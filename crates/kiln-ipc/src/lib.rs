@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in every header. A peer speaking another
 /// version is refused at the first frame.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"KL";
@@ -71,6 +71,11 @@ pub enum ToWorker {
     HostReply { call: u64, reply: HostReply },
     /// Finish and exit.
     Shutdown {},
+    /// For a forked worker: fork the next child on the channel that rides
+    /// with this frame (`SCM_RIGHTS`), the child's alone. The server keeps
+    /// the other end and sends the children their invocations in the
+    /// order it sent their channels.
+    Standby {},
 }
 
 /// Messages from a worker to the server. Untrusted.

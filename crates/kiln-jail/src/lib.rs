@@ -22,7 +22,7 @@ pub mod seccomp;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -141,7 +141,7 @@ fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
     let executable = std::fs::canonicalize(&spec.executable).map_err(JailError::Spawn)?;
     let (server_end, worker_end) = UnixStream::pair().map_err(JailError::Channel)?;
     // Before the worker exists, so that every byte it ever sends arrives
-    // with its sender (see `recv_from_worker`).
+    // with its sender (see `recv_ancillary`).
     pass_credentials(&server_end).map_err(JailError::Channel)?;
     let worker_fd = worker_end.as_raw_fd();
     let limits = spec.limits;
@@ -265,12 +265,16 @@ pub fn inherited_channel() -> Result<UnixStream, JailError> {
     Ok(UnixStream::from(owned))
 }
 
-/// The pipe a template's children pass the turn to read the channel
-/// through, placed at [`TURN_READ_FD`] and [`TURN_WRITE_FD`] (the only
-/// descriptors besides the channel the allow-list lets a worker use). Call
-/// before lockdown: afterwards creating it is a forbidden call. A child that
+/// The pipe a template's children pass a turn through, placed at
+/// [`TURN_READ_FD`] and [`TURN_WRITE_FD`] (the only descriptors besides the
+/// channel the allow-list lets a worker use), both ends non-blocking so
+/// that a process taking a turn byte another was waiting for cannot leave
+/// it blocked. In place, the turn says which child reads the shared
+/// channel; forked children each have a channel of their own and use it
+/// only to learn that the child before them has answered. Call before
+/// lockdown: afterwards creating it is a forbidden call. A child that
 /// abuses the pipe can only confuse its own worker's protocol, which the
-/// server answers by killing the worker.
+/// server answers by killing the worker, or its pacing.
 pub fn turn_pipe() -> Result<(std::fs::File, std::fs::File), JailError> {
     let err = |e: io::Error| JailError::Spawn(e);
     for fd in [TURN_READ_FD, TURN_WRITE_FD] {
@@ -282,7 +286,7 @@ pub fn turn_pipe() -> Result<(std::fs::File, std::fs::File), JailError> {
     let mut ends = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array, which lives on
     // this stack frame.
-    check(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(err)?;
+    check(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }).map_err(err)?;
     // SAFETY: pipe2 just returned these descriptors; this function is their
     // only owner, so wrapping them cannot alias or double-close.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
@@ -351,6 +355,29 @@ pub enum Forked {
 /// installed on top of the template's filter. The process must be
 /// single-threaded (workers are).
 pub fn fork_invocation() -> Result<Forked, JailError> {
+    fork_restricted(|| true)
+}
+
+/// As [`fork_invocation`], and give the child `channel` (one the server
+/// made for it, from [`recv_ancillary`]) as its own: the child puts it at
+/// [`IPC_FD`], which closes the worker's channel in it by the same call,
+/// before it restricts itself. Whatever the child does, even living on
+/// after its invocation, it can then reach only the invocation the server
+/// sends on that channel, which the server closes once answered. The
+/// template drops its copy once this returns.
+pub fn fork_with_channel(channel: &UnixStream) -> Result<Forked, JailError> {
+    fork_restricted(|| {
+        // SAFETY: dup3 with two descriptors this process holds; IPC_FD is
+        // owned by the worker's channel, which from now on reads and
+        // writes the child's own socket under the same number.
+        unsafe { libc::dup3(channel.as_raw_fd(), IPC_FD, libc::O_CLOEXEC) == IPC_FD }
+    })
+}
+
+/// Fork, then in the child: arm death with the parent, check the parent is
+/// the template, run `prepare` (still under the template's filter), and
+/// install the invocation layer. A child for which any step fails exits.
+fn fork_restricted(prepare: impl FnOnce() -> bool) -> Result<Forked, JailError> {
     let template = TEMPLATE
         .get()
         .ok_or_else(|| JailError::Lockdown(io::Error::other("not locked down as a template")))?;
@@ -366,13 +393,64 @@ pub fn fork_invocation() -> Result<Forked, JailError> {
             // SAFETY: getppid takes no arguments.
             let parent = unsafe { libc::getppid() };
             let orphaned = u32::try_from(parent).ok() != Some(template.pid);
-            if !armed || orphaned || seccompiler::apply_filter(&template.layer).is_err() {
+            if !armed || orphaned || !prepare() || seccompiler::apply_filter(&template.layer).is_err() {
                 exit_now(1);
             }
             Ok(Forked::Child)
         }
         child => Ok(Forked::Parent(child)),
     }
+}
+
+/// Send `frame` on `channel` with `passed` riding along (`SCM_RIGHTS`): how
+/// the server hands a forked worker the channel of its next child. (The
+/// server sends: descriptors in flight count against the sender's open
+/// files limit, which for a worker is tiny.)
+pub fn send_channel(channel: &UnixStream, frame: &[u8], passed: &UnixStream) -> io::Result<()> {
+    let fd: libc::c_int = passed.as_raw_fd();
+    let mut iov = libc::iovec { iov_base: frame.as_ptr().cast_mut().cast(), iov_len: frame.len() };
+    // Room for one descriptor's control message (CMSG_SPACE of an int is 24
+    // bytes on Linux), aligned as a cmsghdr must be.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE computes a size from an integer.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // SAFETY: the control buffer is larger than msg_controllen, so the first
+    // header and its data (one int) lie inside it; sendmsg only reads the
+    // frame (through iov) and the control buffer, both alive for the call,
+    // and never writes through `iov_base`.
+    let sent = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null() {
+            return Err(io::Error::other("no room for the control message"));
+        }
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        loop {
+            let n = libc::sendmsg(channel.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL);
+            if let Ok(n) = usize::try_from(n) {
+                break n;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    };
+    // The descriptor went with the first byte; the rest of a frame cut short
+    // follows as plain bytes.
+    if let Some(rest) = frame.get(sent..)
+        && !rest.is_empty()
+    {
+        io::Write::write_all(&mut &*channel, rest)?;
+    }
+    Ok(())
 }
 
 /// Give up a template's extra rights for good: restrict this process itself
@@ -522,20 +600,24 @@ fn pass_credentials(server_end: &UnixStream) -> io::Result<()> {
     })
 }
 
-/// Read from the server's end of a worker channel ([`Spawned::channel`]),
-/// and say which process sent the bytes read: the process id the kernel
-/// attached, in the server's pid namespace. The kernel never hands out
-/// bytes from two senders in one read, and a worker cannot name another
-/// process as the sender (that takes `CAP_SYS_ADMIN` over the server's pid
-/// namespace, and the allow-list has no `sendmsg` to try with), so the
-/// server can tell which of a worker's processes sent each frame. `None`:
-/// the bytes came without a sender, which does not happen on a channel
-/// made by [`spawn`] (or the read returned nothing).
-pub fn recv_from_worker(channel: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+/// Read from a channel with what rode along: on the server's end of a
+/// worker channel ([`Spawned::channel`]), which process sent the bytes
+/// read: the process id the kernel attached, in the server's pid
+/// namespace. The kernel never hands out bytes from two senders in one
+/// read, and a worker cannot name another process as the sender (that
+/// takes `CAP_SYS_ADMIN` over the server's pid namespace, and the
+/// allow-list has no `sendmsg` to try with), so the server can tell which
+/// of a worker's processes sent each frame. `None`: the bytes came without
+/// a sender, which does not happen on a channel made by [`spawn`] (or the
+/// read returned nothing). On a template's end, the descriptor the server
+/// passed with a frame (flags `MSG_CMSG_CLOEXEC` only, as its allow-list
+/// demands).
+pub fn recv_ancillary(channel: &UnixStream, buf: &mut [u8]) -> io::Result<Received> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // Room for one credentials message (CMSG_SPACE of a ucred is 32 bytes
-    // on Linux), aligned as a cmsghdr must be.
-    let mut control = [0u64; 8];
+    // on Linux) and a few descriptors, aligned as a cmsghdr must be.
+    // Descriptors that do not fit are closed by the kernel.
+    let mut control = [0u64; 12];
     // SAFETY: msghdr is plain data for which all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &raw mut iov;
@@ -556,6 +638,7 @@ pub fn recv_from_worker(channel: &UnixStream, buf: &mut [u8]) -> io::Result<(usi
         }
     };
     let mut sender = None;
+    let mut passed: Option<OwnedFd> = None;
     // SAFETY: the CMSG_* functions walk the control buffer recvmsg filled,
     // within the length it reported in `msg_controllen`; each header they
     // return points into `control`.
@@ -572,29 +655,57 @@ pub fn recv_from_worker(channel: &UnixStream, buf: &mut [u8]) -> io::Result<(usi
                     let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
                     sender = Some(cred.pid);
                 } else if header.cmsg_type == libc::SCM_RIGHTS {
-                    // Never sent by a jailed worker (no sendmsg); closed if
-                    // they ever came, so that none leaks into the server.
+                    // The kernel installed these descriptors in this process
+                    // for this call alone: each is owned here. The first is
+                    // kept for the caller; any more are closed, so that none
+                    // leaks into the server.
                     for i in 0..payload / std::mem::size_of::<libc::c_int>() {
                         let fd: libc::c_int = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
-                        libc::close(fd);
+                        let owned = OwnedFd::from_raw_fd(fd);
+                        if passed.is_none() {
+                            passed = Some(owned);
+                        }
                     }
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
         }
     }
-    Ok((read, sender.filter(|_| read > 0)))
+    Ok(Received { read, sender: sender.filter(|_| read > 0), passed })
+}
+
+/// What one [`recv_ancillary`] brought.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes read into the buffer.
+    pub read: usize,
+    /// The process that sent them, if the kernel said.
+    pub sender: Option<i32>,
+    /// A descriptor that rode with them (the server handing a template a
+    /// child's channel).
+    pub passed: Option<OwnedFd>,
 }
 
 /// Wait until `stream` has data to read (or its peer hung up), for at most
 /// `timeout`. Returns whether it became readable.
-pub fn wait_readable(stream: &UnixStream, timeout: std::time::Duration) -> io::Result<bool> {
-    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    let mut fds = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+pub fn wait_readable(stream: &impl AsFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let [ready] = wait_any([stream.as_fd()], Some(timeout))?;
+    Ok(ready)
+}
+
+/// Wait until any of `fds` has data to read (or its peer hung up), for at
+/// most `timeout` (without one, for as long as it takes). Returns which
+/// became readable.
+pub fn wait_any<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<[bool; N]> {
+    let millis = timeout.map_or(-1, |t| libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX));
+    let mut polled = fds.map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
     loop {
-        // SAFETY: poll reads and writes exactly one pollfd, which lives on
+        // SAFETY: poll reads and writes exactly N pollfds, which live on
         // this stack frame for the duration of the call.
-        let n = unsafe { libc::poll(&mut fds, 1, millis) };
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, millis) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -602,6 +713,6 @@ pub fn wait_readable(stream: &UnixStream, timeout: std::time::Duration) -> io::R
             }
             return Err(err);
         }
-        return Ok(n > 0);
+        return Ok(polled.map(|p| p.revents != 0));
     }
 }

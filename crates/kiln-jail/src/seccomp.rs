@@ -24,12 +24,16 @@ enum Use {
     Any,
     /// Only on these file descriptors (first argument).
     OnFds(&'static [u64]),
-    /// Only on these file descriptors, and with no flags (the fourth
-    /// argument of `recvfrom`): in particular never `MSG_PEEK`.
-    OnFdsWithoutFlags(&'static [u64]),
+    /// Only on these file descriptors, and with exactly this value as the
+    /// argument at this index (the flags of `recvfrom` or `recvmsg`): in
+    /// particular never `MSG_PEEK`.
+    OnFdsWithArg(&'static [u64], u8, u64),
     /// Only with one of these values as the first argument (an operation
     /// code, or `clone`'s flags).
     FirstArgIn(&'static [u64]),
+    /// Only with one of these values as the second argument (`dup3`'s
+    /// target descriptor).
+    SecondArgIn(&'static [u64]),
     /// Only without `PROT_EXEC` in the protection (third) argument: memory
     /// made after lockdown is never executable, so code injected into the
     /// engine has nowhere to run from (W^X, kept by the kernel).
@@ -48,6 +52,22 @@ const FORK_FLAGS: u64 = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID |
 const TEMPLATE_EXTRA: &[(libc::c_long, Use, &str)] = &[
     (libc::SYS_clone, Use::FirstArgIn(&[FORK_FLAGS]), "fork one invocation process; glibc's fork flags only"),
     (libc::SYS_wait4, Use::Any, "reap the invocation process and learn how it ended"),
+    (
+        libc::SYS_recvmsg,
+        Use::OnFdsWithArg(&[IPC_FD as u64], 2, libc::MSG_CMSG_CLOEXEC as u64),
+        "take the channel the server made for the next child (SCM_RIGHTS); never MSG_PEEK",
+    ),
+    (
+        libc::SYS_dup3,
+        Use::SecondArgIn(&[IPC_FD as u64]),
+        "the child puts its own channel where the worker's was, so it never holds the worker's",
+    ),
+    (libc::SYS_close, Use::Any, "drop the template's copies of a child's channel once handed out"),
+    (
+        libc::SYS_fcntl,
+        Use::SecondArgIn(&[libc::F_GETFD as u64]),
+        "std's debug builds check a descriptor is open before closing it; a query, nothing more",
+    ),
     (libc::SYS_set_robust_list, Use::Any, "glibc resets the robust-futex list in a forked child"),
     (libc::SYS_getppid, Use::Any, "the child checks that the template is still its parent"),
     (
@@ -82,7 +102,7 @@ const ALLOWED: &[(libc::c_long, Use, &str)] = &[
     ),
     (
         libc::SYS_recvfrom,
-        Use::OnFdsWithoutFlags(&[IPC_FD as u64]),
+        Use::OnFdsWithArg(&[IPC_FD as u64], 3, 0),
         "std reads sockets with recv, flags 0: never MSG_PEEK, so a process cannot watch frames it leaves for another",
     ),
     (
@@ -142,14 +162,24 @@ pub fn program(profile: Profile) -> Result<BpfProgram, JailError> {
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    let without_flags = |fds: &[u64]| {
+    let second_arg_in = |values: &[u64]| {
+        values
+            .iter()
+            .map(|v| {
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *v)
+                    .and_then(|c| SeccompRule::new(vec![c]))
+                    .map_err(|e| JailError::Seccomp(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let with_arg = |fds: &[u64], index: u8, value: u64| {
         fds.iter()
             .map(|fd| {
                 SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *fd)
                     .and_then(|on_fd| {
-                        let no_flags =
-                            SeccompCondition::new(3, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?;
-                        SeccompRule::new(vec![on_fd, no_flags])
+                        let arg =
+                            SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)?;
+                        SeccompRule::new(vec![on_fd, arg])
                     })
                     .map_err(|e| JailError::Seccomp(e.to_string()))
             })
@@ -167,8 +197,9 @@ pub fn program(profile: Profile) -> Result<BpfProgram, JailError> {
         let entry = match usage {
             Use::Any => Vec::new(),
             Use::OnFds(fds) => first_arg_in(fds, false)?,
-            Use::OnFdsWithoutFlags(fds) => without_flags(fds)?,
+            Use::OnFdsWithArg(fds, index, value) => with_arg(fds, *index, *value)?,
             Use::FirstArgIn(values) => first_arg_in(values, true)?,
+            Use::SecondArgIn(values) => second_arg_in(values)?,
             Use::NeverExec => never_exec()?,
         };
         rules.insert(*call, entry);
@@ -218,8 +249,10 @@ mod tests {
     fn the_template_adds_only_forking_and_restricts_each_addition() {
         assert!(program(Profile::Template).is_ok());
         for (call, usage, _) in TEMPLATE_EXTRA {
-            let restricted = matches!(usage, Use::FirstArgIn(_));
-            let harmless = [libc::SYS_wait4, libc::SYS_set_robust_list, libc::SYS_getppid].contains(call);
+            let restricted =
+                matches!(usage, Use::FirstArgIn(_) | Use::SecondArgIn(_) | Use::OnFdsWithArg(..));
+            let harmless = [libc::SYS_wait4, libc::SYS_set_robust_list, libc::SYS_getppid, libc::SYS_close]
+                .contains(call);
             assert!(restricted || harmless, "template call {call} must be restricted by its arguments");
         }
         for never in [
@@ -231,6 +264,12 @@ mod tests {
             libc::SYS_setns,
             libc::SYS_kill,
             libc::SYS_ptrace,
+            libc::SYS_socket,
+            libc::SYS_socketpair,
+            libc::SYS_connect,
+            libc::SYS_sendmsg,
+            libc::SYS_dup,
+            libc::SYS_dup2,
         ] {
             assert!(!TEMPLATE_EXTRA.iter().any(|(c, _, _)| *c == never), "syscall {never} must not be added");
         }

@@ -152,6 +152,9 @@ fn a_template_forks_invocation_processes_that_cannot_fork_or_escape() {
         "prctl-pdeathsig",
         "prctl-no-new-privs",
         "seccomp-filter",
+        "recvmsg-channel",
+        "dup3-onto-channel",
+        "close",
     ] {
         let out = template(action);
         assert_eq!(
@@ -184,6 +187,25 @@ fn a_template_itself_may_fork_only_plain_processes() {
             Some(libc::SIGSYS),
             "{action} in the template: expected SIGSYS, got {status:?}"
         );
+    }
+}
+
+#[test]
+fn a_template_may_take_channels_from_the_server_and_nothing_more() {
+    // What giving each child the channel the server made for it takes (a
+    // refusal by the kernel, exit 3, is fine: the call was allowed; the
+    // test runs without a channel at fd 3)...
+    for action in ["recvmsg-channel", "dup3-onto-channel", "close"] {
+        let status =
+            Command::new(malicious()).args(["template", &format!("self:{action}")]).status().unwrap();
+        assert!(matches!(status.code(), Some(0 | 3)), "{action} in the template: {status:?}");
+    }
+    // ...and nothing more: no peeking, no sockets of its own, no sending
+    // descriptors, no copying descriptors elsewhere.
+    for action in ["recvmsg-peek", "socketpair-unix", "sendmsg-channel", "dup3-elsewhere"] {
+        let status =
+            Command::new(malicious()).args(["template", &format!("self:{action}")]).status().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGSYS), "{action} in the template: {status:?}");
     }
 }
 

@@ -401,9 +401,11 @@ impl Sandbox {
             inherit_stderr: self.config.inherit_stderr,
         };
         let spawned = kiln_jail::spawn(&spec)?;
+        // A worker that stops reading cannot hold the server's thread either.
         spawned
             .channel
             .set_read_timeout(Some(FRAME_STALL_TIMEOUT))
+            .and_then(|()| spawned.channel.set_write_timeout(Some(FRAME_STALL_TIMEOUT)))
             .map_err(|e| SandboxError::Platform(format!("cannot configure the worker channel: {e}")))?;
         let mut worker = Worker {
             child: spawned.child,
@@ -412,7 +414,7 @@ impl Sandbox {
             jail: None,
             forked: false,
             sender: None,
-            served_by: std::collections::VecDeque::new(),
+            standbys: std::collections::VecDeque::new(),
         };
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
             Ok(FromWorker::Ready { protocol, jail }) if protocol == kiln_ipc::PROTOCOL_VERSION => {
@@ -479,7 +481,14 @@ impl Pool {
         worker.forked = fork;
         worker.send(&ToWorker::Load { program: (*self.program).clone(), fork, env: self.env.clone() })?;
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
-            Ok(FromWorker::Loaded {}) => Ok(worker),
+            Ok(FromWorker::Loaded {}) => {
+                // A forked worker keeps two children ready.
+                if fork {
+                    worker.add_standby()?;
+                    worker.add_standby()?;
+                }
+                Ok(worker)
+            }
             Ok(other) => {
                 worker.kill();
                 Err(SandboxError::Platform(format!("the worker did not load the program: {other:?}")))
@@ -566,121 +575,188 @@ impl Pool {
 #[derive(Debug)]
 struct Worker {
     child: Child,
+    /// The worker's own channel: start-up, loading, compiling, and in place
+    /// every invocation; a forked worker's template announces its children
+    /// and their deaths on it.
     channel: UnixStream,
     served: u32,
     jail: Option<JailReport>,
-    /// Whether each invocation runs in a process forked for it alone.
+    /// Whether each invocation runs in a process forked for it alone, on a
+    /// channel of its own.
     forked: bool,
-    /// Who sent the last frame received: a process id, from the kernel.
+    /// Who sent the last frame received on `channel`: a process id, from
+    /// the kernel.
     sender: Option<i32>,
-    /// The processes that served this worker's latest invocations, newest
-    /// last (forked workers only; see `Worker::check_sender`).
-    served_by: std::collections::VecDeque<i32>,
+    /// A forked worker's standby processes: the server's ends of their own
+    /// channels, oldest first. Each serves one invocation and is closed.
+    standbys: std::collections::VecDeque<UnixStream>,
 }
-
-/// How many of a forked worker's latest serving processes the server
-/// remembers. The kernel hands out process ids in turn, so one comes round
-/// again only after the counter has gone through all of them (32,768 at
-/// the least), far more forks than a worker makes in this many invocations.
-const SERVERS_REMEMBERED: usize = 64;
 
 /// Reads a worker's channel and notes who sent what it read: a frame read
 /// through it in pieces is one sender's only if every piece was
-/// ([`kiln_jail::recv_from_worker`]).
+/// ([`kiln_jail::recv_ancillary`]). A worker never passes descriptors;
+/// any that came are counted (and closed).
 struct SenderReader<'a> {
     channel: &'a UnixStream,
     sender: Option<i32>,
     mixed: bool,
+    passed: usize,
 }
 
 impl std::io::Read for SenderReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let (read, sender) = kiln_jail::recv_from_worker(self.channel, buf)?;
-        if read > 0 {
+        let received = kiln_jail::recv_ancillary(self.channel, buf)?;
+        if received.read > 0 {
+            // 0: no sender said (a child's own channel, where the server
+            // does not ask).
+            let sender = received.sender.unwrap_or(0);
             match self.sender {
-                None => self.sender = Some(sender.unwrap_or(0)),
-                Some(first) if Some(first) != sender => self.mixed = true,
+                None => self.sender = Some(sender),
+                Some(first) if first != sender => self.mixed = true,
                 Some(_) => {}
             }
         }
-        Ok(read)
+        self.passed += usize::from(received.passed.is_some());
+        Ok(received.read)
     }
+}
+
+/// Which channel of a worker a frame is read from or sent on.
+#[derive(Clone, Copy)]
+enum On<'a> {
+    /// The worker's own.
+    Worker,
+    /// A forked child's, for its one invocation.
+    Child(&'a UnixStream),
+}
+
+fn send_frame(mut channel: &UnixStream, message: &ToWorker) -> Result<(), SandboxError> {
+    #[cfg(feature = "testing")]
+    tap::record(serde_json::to_vec(message));
+    write_frame(&mut channel, message)
+        .map_err(|e| SandboxError::Platform(format!("cannot reach the worker: {e}")))
 }
 
 impl Worker {
     fn send(&mut self, message: &ToWorker) -> Result<(), SandboxError> {
-        #[cfg(feature = "testing")]
-        tap::record(serde_json::to_vec(message));
-        write_frame(&mut self.channel, message)
-            .map_err(|e| SandboxError::Platform(format!("cannot reach the worker: {e}")))
+        send_frame(&self.channel, message)
     }
 
-    /// The next message, or why there is none (timed out, died, broke the protocol).
+    /// The next message on the worker's own channel, or why there is none
+    /// (timed out, died, broke the protocol).
     fn receive(&mut self, until: Instant, limit: usize) -> Result<FromWorker, InvocationError> {
+        self.receive_on(On::Worker, until, limit)
+    }
+
+    /// The next message on `on`, or why there is none.
+    fn receive_on(
+        &mut self,
+        on: On<'_>,
+        until: Instant,
+        limit: usize,
+    ) -> Result<FromWorker, InvocationError> {
+        let channel = match on {
+            On::Worker => &self.channel,
+            On::Child(channel) => channel,
+        };
         let remaining = until.saturating_duration_since(Instant::now());
-        match kiln_jail::wait_readable(&self.channel, remaining) {
+        match kiln_jail::wait_readable(channel, remaining) {
             Ok(true) => {}
             Ok(false) => return Err(InvocationError::new(ErrorCode::TimeOut, "the deadline passed")),
             Err(e) => {
                 return Err(InvocationError::new(ErrorCode::PlatformError, format!("worker channel: {e}")));
             }
         }
-        let mut reader = SenderReader { channel: &self.channel, sender: None, mixed: false };
+        let mut reader = SenderReader { channel, sender: None, mixed: false, passed: 0 };
         let message = read_frame(&mut reader, limit);
-        if reader.mixed {
+        let SenderReader { sender, mixed, passed, .. } = reader;
+        if mixed || passed > 0 {
             self.kill();
+            let why = if mixed { "one frame came from two processes" } else { "it passed a descriptor" };
             return Err(InvocationError::new(
                 ErrorCode::PlatformError,
-                "the worker broke the protocol: one frame came from two processes",
+                format!("the worker broke the protocol: {why}"),
             ));
         }
-        self.sender = reader.sender;
+        if matches!(on, On::Worker) {
+            self.sender = sender;
+        }
         #[cfg(feature = "testing")]
         if let Ok(m) = &message {
             tap::record(serde_json::to_vec(m));
         }
-        message.map_err(|e| match e {
-            kiln_ipc::IpcError::Closed => self.death(),
-            kiln_ipc::IpcError::Io(io)
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                self.death()
+        let closed = |e: &kiln_ipc::IpcError| match e {
+            kiln_ipc::IpcError::Closed => true,
+            kiln_ipc::IpcError::Io(io) => {
+                matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
             }
-            other => InvocationError::new(
-                ErrorCode::PlatformError,
-                format!("the worker broke the protocol: {other}"),
-            ),
+            _ => false,
+        };
+        message.map_err(|e| {
+            if !closed(&e) {
+                return InvocationError::new(
+                    ErrorCode::PlatformError,
+                    format!("the worker broke the protocol: {e}"),
+                );
+            }
+            match on {
+                On::Worker => self.death(),
+                On::Child(_) => self.child_death(),
+            }
         })
     }
 
-    /// Every frame of one invocation comes from one process, and on a
-    /// forked worker that process served none of the latest invocations:
-    /// it was forked for this one and ends with it. A process that breaks
-    /// either rule is one that outlived its invocation (an engine exploit
-    /// that did not let its process end) and is reading the channel out of
-    /// turn, so the worker is killed rather than trusted with the answer.
-    /// In place, the same two processes take turns by design
-    /// (docs/THREAT_MODEL.md), so only the first rule applies.
+    /// Make the channel of a forked worker's next child and send the
+    /// worker its end (`ToWorker::Standby`), keeping ours in line.
+    fn add_standby(&mut self) -> Result<(), SandboxError> {
+        let platform =
+            |e: std::io::Error| SandboxError::Platform(format!("cannot give the worker a channel: {e}"));
+        let (ours, theirs) = UnixStream::pair().map_err(platform)?;
+        ours.set_read_timeout(Some(FRAME_STALL_TIMEOUT)).map_err(platform)?;
+        // A child that stops reading cannot hold the server's thread.
+        ours.set_write_timeout(Some(FRAME_STALL_TIMEOUT)).map_err(platform)?;
+        let message = ToWorker::Standby {};
+        #[cfg(feature = "testing")]
+        tap::record(serde_json::to_vec(&message));
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &message).map_err(|e| platform(std::io::Error::other(e.to_string())))?;
+        kiln_jail::send_channel(&self.channel, &frame, &theirs).map_err(platform)?;
+        self.standbys.push_back(ours);
+        Ok(())
+    }
+
+    /// Why a forked child's channel closed mid-invocation: the worker
+    /// reports how the child ended on its own channel, then exits.
+    fn child_death(&mut self) -> InvocationError {
+        match self.receive(Instant::now() + Duration::from_secs(1), MAX_FRAME_BYTES) {
+            Ok(FromWorker::InvocationDied { code, signal }) => {
+                InvocationError::new(ErrorCode::PlatformError, death_reason("the invocation", signal, code))
+            }
+            Ok(other) => InvocationError::new(
+                ErrorCode::PlatformError,
+                format!("the worker broke the protocol: {} on its own channel", variant(&other)),
+            ),
+            Err(e) if e.code == ErrorCode::TimeOut => InvocationError::new(
+                ErrorCode::PlatformError,
+                "the invocation's process hung up without an answer",
+            ),
+            Err(e) => e,
+        }
+    }
+
+    /// Every frame of one in-place invocation comes from one process. A
+    /// process that writes into another's invocation is one that reads the
+    /// shared channel out of turn (an engine exploit in one of the two
+    /// children), so the worker is killed rather than trusted with the
+    /// answer. (The same two processes take turns by design in place,
+    /// docs/THREAT_MODEL.md; forked children each have a channel of their
+    /// own, which no other process holds.)
     fn check_sender(&mut self, serving: &mut Option<i32>) -> Result<(), String> {
         let sender = self.sender.filter(|pid| *pid > 0).ok_or("a frame arrived without its sender")?;
         match *serving {
             Some(pid) if pid == sender => Ok(()),
             Some(pid) => Err(format!("process {sender} wrote into the invocation process {pid} serves")),
             None => {
-                if self.forked {
-                    if self.served_by.contains(&sender) {
-                        return Err(format!(
-                            "process {sender}, forked for an earlier invocation, answered this one"
-                        ));
-                    }
-                    if self.served_by.len() == SERVERS_REMEMBERED {
-                        self.served_by.pop_front();
-                    }
-                    self.served_by.push_back(sender);
-                }
                 *serving = Some(sender);
                 Ok(())
             }
@@ -688,9 +764,10 @@ impl Worker {
     }
 
     /// Whether an idle worker is silent, as it should be between
-    /// invocations: nothing waiting on its channel, and the channel open.
+    /// invocations: nothing waiting on its channel and the channel open,
+    /// and the same for each standby's own channel.
     fn quiet(&self) -> bool {
-        matches!(kiln_jail::wait_readable(&self.channel, Duration::ZERO), Ok(false))
+        silent(&self.channel) && self.standbys.iter().all(silent)
     }
 
     /// Why the worker is gone, from its exit status.
@@ -716,16 +793,47 @@ impl Worker {
         host: &mut dyn HostHandler,
         logs: &mut Vec<(LogLevel, String)>,
     ) -> (Outcome, bool) {
-        if let Err(e) = self.send(&ToWorker::Invoke { invocation: invocation.clone() }) {
-            let mut err = self.death();
+        // A forked worker's invocation goes to its oldest standby, on that
+        // child's own channel, which is dropped (closed) when this returns.
+        // The worker forks the child after next while this one serves.
+        let standby = if self.forked {
+            // A child speaks only when spoken to: a frame already waiting
+            // would be taken for this invocation's.
+            let next = match self.standbys.pop_front() {
+                None => Err("the worker has no standby".to_owned()),
+                Some(channel) if !silent(&channel) => Err("a standby spoke before it was asked".to_owned()),
+                Some(channel) => Ok(channel),
+            };
+            match next.and_then(|channel| self.add_standby().map(|()| channel).map_err(|e| e.to_string())) {
+                Ok(channel) => Some(channel),
+                Err(why) => {
+                    self.kill();
+                    let message = format!("the sandbox killed the worker: {why}");
+                    return (Outcome::Err(InvocationError::new(ErrorCode::PlatformError, message)), false);
+                }
+            }
+        } else {
+            None
+        };
+        let on = standby.as_ref().map_or(On::Worker, On::Child);
+        let sent = match on {
+            On::Worker => self.send(&ToWorker::Invoke { invocation: invocation.clone() }),
+            On::Child(channel) => send_frame(channel, &ToWorker::Invoke { invocation: invocation.clone() }),
+        };
+        if let Err(e) = sent {
+            let mut err = match on {
+                On::Worker => self.death(),
+                On::Child(_) => self.child_death(),
+            };
+            self.kill();
             err.message = format!("{}: {err_message}", e, err_message = err.message);
             return (Outcome::Err(err), false);
         }
         let (mut log_lines, mut log_bytes, mut calls) = (0u32, 0usize, 0u32);
         let mut serving = None;
         loop {
-            let message = match self.receive(hard_deadline, MAX_FRAME_BYTES) {
-                Ok(m) => m,
+            let message = match self.receive_on(on, hard_deadline, MAX_FRAME_BYTES) {
+                Ok(message) => message,
                 Err(e) if e.code == ErrorCode::TimeOut => {
                     self.kill();
                     let message =
@@ -737,9 +845,11 @@ impl Worker {
                     return (Outcome::Err(e), false);
                 }
             };
-            // The template reports a child's death itself; every other frame
-            // must come from the process serving this invocation.
-            if !matches!(message, FromWorker::InvocationDied { .. })
+            // In place, the worker reports a child's death itself; every
+            // other frame must come from the process serving this
+            // invocation.
+            if matches!(on, On::Worker)
+                && !matches!(message, FromWorker::InvocationDied { .. })
                 && let Err(why) = self.check_sender(&mut serving)
             {
                 self.kill();
@@ -765,20 +875,25 @@ impl Worker {
                     } else {
                         host.handle(&capability, args)
                     };
-                    if self.send(&ToWorker::HostReply { call, reply }).is_err() {
-                        return (Outcome::Err(self.death()), false);
+                    let reply = ToWorker::HostReply { call, reply };
+                    match on {
+                        On::Worker => {
+                            if self.send(&reply).is_err() {
+                                return (Outcome::Err(self.death()), false);
+                            }
+                        }
+                        // A child that answered while calls were in flight
+                        // has exited and closed its channel: the answer is
+                        // still there to read, and a child that died has
+                        // its death read next.
+                        On::Child(channel) => {
+                            let _ = send_frame(channel, &reply);
+                        }
                     }
                 }
                 FromWorker::Done { outcome } => {
-                    // On a forked worker a time-out can also be the mark of a
-                    // process that outlived its invocation and took a host
-                    // reply meant for this one (it can take frames, not watch
-                    // them: see `check_sender`), so the worker is replaced.
                     let healthy = match &outcome {
-                        Outcome::Err(e) => {
-                            e.code != ErrorCode::PlatformError
-                                && !(self.forked && e.code == ErrorCode::TimeOut)
-                        }
+                        Outcome::Err(e) => e.code != ErrorCode::PlatformError,
                         Outcome::Ok { .. } => true,
                     };
                     let outcome = match outcome {
@@ -789,7 +904,7 @@ impl Worker {
                     };
                     return (outcome, healthy);
                 }
-                FromWorker::InvocationDied { code, signal } => {
+                FromWorker::InvocationDied { code, signal } if matches!(on, On::Worker) => {
                     // The worker exits next; whatever the cause, replace it.
                     self.kill();
                     let why = death_reason("the invocation", signal, code);
@@ -810,6 +925,11 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Nothing waiting on `channel`, and its peer still there.
+fn silent(channel: &UnixStream) -> bool {
+    matches!(kiln_jail::wait_readable(channel, Duration::ZERO), Ok(false))
 }
 
 fn variant(m: &FromWorker) -> &'static str {

@@ -11,14 +11,16 @@
 //!
 //! - forked: it keeps one prepared runtime (the prelude loaded, the entry
 //!   modules calls use evaluated) and never runs an invocation itself. Each
-//!   child restricts itself to the invocation allow-list (no fork, no wait:
-//!   `kiln_jail::fork_invocation` does it before returning), waits for
-//!   its turn, serves one request from the channel, passes the turn on and
-//!   exits. A standby is forked while the current child serves, so forks
-//!   and exits happen beside calls, not between them. Every invocation
-//!   starts from the same prepared state, nothing it does survives it, and
-//!   a large bundle's bytecode is read and its top level run once per
-//!   worker, not per call.
+//!   child gets a channel of its own, whose other end the template hands
+//!   to the server (`FromWorker::Standby`), and restricts itself to the
+//!   invocation allow-list (no fork, no wait: `kiln_jail::fork_with_channel`
+//!   does both before returning). It serves the one request the server
+//!   sends on that channel and exits. A standby is forked while the current
+//!   child serves, so forks and exits happen beside calls, not between
+//!   them. Every invocation starts from the same prepared state, nothing it
+//!   does survives it, a process that outlives its invocation holds nothing
+//!   but a channel the server has closed, and a large bundle's bytecode is
+//!   read and its top level run once per worker, not per call.
 //! - in place: each invocation runs in a fresh runtime prepared ahead
 //!   (cheaper than a fork for small programs). The template forks two
 //!   children that take turns on the channel the same way: while one
@@ -30,6 +32,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -56,7 +59,9 @@ const FAILED: i32 = 1;
 const SHUTDOWN: i32 = 2;
 const FIRST_MODULE: i32 = 3;
 
-/// The byte that hands the channel from one forked child to the next.
+/// The byte that hands the shared channel from one in-place child to the
+/// other. Forked children pass on the number of the child that comes next
+/// instead (see `Worker::standby`).
 const TURN: u8 = b'T';
 
 /// Entry point of `kiln __worker`. Never returns to app code on error: any
@@ -186,6 +191,8 @@ impl Worker {
                 // A reply to a call of an invocation that has already ended
                 // (it finished while calls were in flight): nothing awaits it.
                 ToWorker::HostReply { .. } => {}
+                // Only a forked worker takes children's channels.
+                ToWorker::Standby {} => return Err(()),
             }
         }
     }
@@ -220,28 +227,46 @@ impl Worker {
         }
     }
 
-    /// Serve a loaded program by forking. Two children live at a time: the
-    /// one whose turn it is serves the next request, and a standby forked
-    /// while it works waits for the turn. A child passes the turn on (a byte
-    /// on `turn`) as soon as it has answered, so forking, setting up the
-    /// child's filter and tearing the previous child down all happen beside
-    /// a call instead of between two. The template itself only forks,
+    /// Serve a loaded program by forking. Two children live at a time, each
+    /// on a channel of its own that the server made and sent for it: the
+    /// older serves the next request, and a standby forked while it works
+    /// waits for the one after. So forking, setting up the child's filter
+    /// and tearing the previous child down all happen beside a call instead
+    /// of between two. The template itself only takes channels, forks,
     /// waits, and keeps the modules calls use evaluated.
     fn serve_forked(&mut self) -> Result<(), ()> {
         let program = self.program.ok_or(())?;
         let modules = program.module_ids();
         let turn = self.turn.take().ok_or(())?;
-        // The first child takes the turn from the template.
-        (&turn.1).write_all(&[TURN]).map_err(drop)?;
+        // Children are numbered as forked; the first is told at once that
+        // no child comes before it.
+        let mut number: u8 = 0;
+        (&turn.1).write_all(&[number]).map_err(drop)?;
         let mut children = 0;
+        // A channel taken but not yet given to a child (no room to fork).
+        let mut pending: Option<UnixStream> = None;
         loop {
             while children < 2 {
-                match kiln_jail::fork_invocation() {
-                    Ok(Forked::Child) => self.standby(&modules, &turn),
-                    Ok(Forked::Parent(_)) => children += 1,
+                let channel = match pending.take() {
+                    Some(channel) => channel,
+                    None => match self.take_channel()? {
+                        Some(channel) => channel,
+                        // The server is done with the worker.
+                        None => return Ok(()),
+                    },
+                };
+                match kiln_jail::fork_with_channel(&channel) {
+                    Ok(Forked::Child) => self.standby(&modules, &turn, number),
+                    Ok(Forked::Parent(_)) => {
+                        children += 1;
+                        number = number.wrapping_add(1);
+                    }
                     // No room for a standby (a process limit): serve with
                     // one child at a time.
-                    Err(_) if children > 0 => break,
+                    Err(_) if children > 0 => {
+                        pending = Some(channel);
+                        break;
+                    }
                     Err(_) => return Err(()),
                 }
             }
@@ -257,8 +282,7 @@ impl Worker {
                         self.preload(program, module.clone());
                     }
                 }
-                // The turn was not passed on: the standby never serves, and
-                // the worker ends after saying why.
+                // The worker ends after saying why.
                 _ => {
                     let _ = self.send(&FromWorker::InvocationDied { code: exit.code, signal: exit.signal });
                     return Err(());
@@ -267,20 +291,48 @@ impl Worker {
         }
     }
 
-    /// A forked child: wait for the turn, serve the next request from the
-    /// template's prepared runtime, pass the turn on, then end, telling the
-    /// template through the exit status whether the call used a module it
-    /// should keep evaluated.
-    fn standby(&mut self, modules: &[String], turn: &(std::fs::File, std::fs::File)) -> ! {
-        let mut byte = [0u8; 1];
-        if (&turn.0).read_exact(&mut byte).is_err() || byte[0] != TURN {
-            kiln_jail::exit_now(FAILED);
+    /// The next child's channel, from the server (`ToWorker::Standby`, the
+    /// channel riding along); `None` if the server shuts the worker down.
+    fn take_channel(&mut self) -> Result<Option<UnixStream>, ()> {
+        let mut reader = PassedReader { channel: &self.channel, passed: Vec::new() };
+        let message = read_frame::<_, ToWorker>(&mut reader, kiln_ipc::MAX_FRAME_BYTES).map_err(drop)?;
+        let mut passed = reader.passed;
+        match message {
+            // From the server, which made it: a Unix stream socket.
+            ToWorker::Standby {} if passed.len() == 1 => Ok(passed.pop().map(UnixStream::from)),
+            ToWorker::Shutdown {} => Ok(None),
+            _ => Err(()),
         }
+    }
+
+    /// A forked child, number `number`: wait for a request on its own
+    /// channel, serve it from the template's prepared runtime, tell the next
+    /// child it has answered, then end, telling the template through the
+    /// exit status whether the call used a module it should keep evaluated.
+    fn standby(&mut self, modules: &[String], turn: &(std::fs::File, std::fs::File), number: u8) -> ! {
         // Back-to-back requests are served from the template's state at
-        // once. After a gap, the child prepares a runtime of its own while
+        // once. After a gap (no request a moment after the child before
+        // this one answered), the child prepares a runtime of its own while
         // it waits: the call then writes to pages it already owns instead
         // of copying the template's (about 90 copy-on-write faults a call).
-        let idle = matches!(kiln_jail::wait_readable(&self.channel, OWN_RUNTIME_AFTER), Ok(false));
+        // The turn only paces this: bytes meant for another child, stale or
+        // forged, are dropped, and a request is served whether or not the
+        // turn came.
+        let idle = loop {
+            match kiln_jail::wait_any([turn.0.as_fd(), self.channel.as_fd()], None) {
+                Ok([_, true]) => break false,
+                Ok([true, false]) => {
+                    if take_turn(&turn.0) == Some(number) {
+                        break matches!(
+                            kiln_jail::wait_readable(&self.channel, OWN_RUNTIME_AFTER),
+                            Ok(false)
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => kiln_jail::exit_now(FAILED),
+            }
+        };
         if idle && let Some(program) = self.program {
             // Freeing the template's runtime would write to every page it
             // shares with the template: leave it be, the process is short.
@@ -303,11 +355,9 @@ impl Worker {
                     if host.broken || self.send(&FromWorker::Done { outcome }).is_err() {
                         kiln_jail::exit_now(FAILED);
                     }
-                    // The next child may read the channel from now on; this
-                    // one never does again.
-                    if (&turn.1).write_all(&[TURN]).is_err() {
-                        kiln_jail::exit_now(FAILED);
-                    }
+                    // Pacing only: if the pipe were full of forged bytes,
+                    // the next child would serve its request all the same.
+                    let _ = (&turn.1).write(&[number.wrapping_add(1)]);
                     let module = &invocation.module;
                     let known = self.preloads.knows(module);
                     let index = modules.iter().position(|m| m == module);
@@ -319,8 +369,11 @@ impl Worker {
                 }
                 ToWorker::Shutdown {} => kiln_jail::exit_now(SHUTDOWN),
                 ToWorker::HostReply { .. } => {}
-                // A loaded worker neither compiles nor loads again.
-                ToWorker::Compile { .. } | ToWorker::Load { .. } => kiln_jail::exit_now(FAILED),
+                // A loaded worker neither compiles nor loads again, and a
+                // child makes no children.
+                ToWorker::Compile { .. } | ToWorker::Load { .. } | ToWorker::Standby {} => {
+                    kiln_jail::exit_now(FAILED)
+                }
             }
         }
     }
@@ -365,9 +418,17 @@ impl Worker {
         let Some(program) = self.program else { kiln_jail::exit_now(FAILED) };
         self.template = Some(kiln_js::Prepared::new(program, None));
         loop {
-            let mut byte = [0u8; 1];
-            if (&turn.0).read_exact(&mut byte).is_err() || byte[0] != TURN {
-                kiln_jail::exit_now(FAILED);
+            // Both children wait for the turn; the one that takes the byte
+            // reads the channel.
+            loop {
+                if kiln_jail::wait_any([turn.0.as_fd()], None).is_err() {
+                    kiln_jail::exit_now(FAILED);
+                }
+                match take_turn(&turn.0) {
+                    Some(TURN) => break,
+                    Some(_) => kiln_jail::exit_now(FAILED),
+                    None => {}
+                }
             }
             loop {
                 let Ok(message) = read_frame::<_, ToWorker>(&mut self.channel, MAX_PROGRAM_FRAME_BYTES)
@@ -385,7 +446,9 @@ impl Worker {
                     // child with it.
                     ToWorker::Shutdown {} => kiln_jail::exit_now(SHUTDOWN),
                     ToWorker::HostReply { .. } => {}
-                    ToWorker::Compile { .. } | ToWorker::Load { .. } => kiln_jail::exit_now(FAILED),
+                    ToWorker::Compile { .. } | ToWorker::Load { .. } | ToWorker::Standby {} => {
+                        kiln_jail::exit_now(FAILED)
+                    }
                 }
             }
         }
@@ -441,6 +504,31 @@ impl Worker {
         }
         self.template = Some(next);
         Ok(())
+    }
+}
+
+/// Reads a template's channel, keeping the descriptors that ride along.
+struct PassedReader<'a> {
+    channel: &'a UnixStream,
+    passed: Vec<std::os::fd::OwnedFd>,
+}
+
+impl Read for PassedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let received = kiln_jail::recv_ancillary(self.channel, buf)?;
+        self.passed.extend(received.passed);
+        Ok(received.read)
+    }
+}
+
+/// Take one byte from the (non-blocking) turn pipe: `None` if another
+/// process took it first. A pipe that cannot be read ends the process.
+fn take_turn(mut read_end: &std::fs::File) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    match read_end.read(&mut byte) {
+        Ok(1) => Some(byte[0]),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        _ => kiln_jail::exit_now(FAILED),
     }
 }
 

@@ -129,6 +129,34 @@ fn attempt(action: &str) -> i64 {
                 let mut buf = [0u8; 1];
                 libc::recv(3, buf.as_mut_ptr().cast(), 1, 0) as i64
             }
+            // What a template needs to take each child's channel from the
+            // server, and a look at the channel without taking.
+            "recvmsg-channel" | "recvmsg-peek" => {
+                let flags = if action == "recvmsg-channel" {
+                    libc::MSG_CMSG_CLOEXEC
+                } else {
+                    libc::MSG_CMSG_CLOEXEC | libc::MSG_PEEK | libc::MSG_DONTWAIT
+                };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                let mut buf = [0u8; 1];
+                let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 1 };
+                msg.msg_iov = &raw mut iov;
+                msg.msg_iovlen = 1;
+                libc::recvmsg(3, &raw mut msg, flags) as i64
+            }
+            "socketpair-unix" => {
+                let mut fds = [0 as libc::c_int; 2];
+                libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) as i64
+            }
+            "sendmsg-channel" => {
+                let msg: libc::msghdr = std::mem::zeroed();
+                libc::sendmsg(3, &raw const msg, libc::MSG_DONTWAIT) as i64
+            }
+            // Onto the channel's number (what a child does with its own
+            // channel), and anywhere else.
+            "dup3-onto-channel" => libc::dup3(2, 3, libc::O_CLOEXEC) as i64,
+            "dup3-elsewhere" => libc::dup3(3, 9, libc::O_CLOEXEC) as i64,
+            "close" => libc::close(9) as i64,
             "getppid" => libc::getppid() as i64,
             "set-robust-list" => libc::syscall(libc::SYS_set_robust_list, std::ptr::null::<u8>(), 0),
             "prctl-pdeathsig" => libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as i64,

@@ -2,20 +2,35 @@
 //! tests of what the server checks (`tests/senders.rs`). Built only with
 //! the `testing` feature; never part of Kiln.
 //!
-//! `answer-all`: one process answers every invocation itself, as a forked
-//! child that an exploit kept alive past its invocation would.
-//! `split`: a log line from this process, then the answer from a second
-//! process sharing the channel, as a lingering child writing into another
-//! child's invocation would.
-//! `forge-ahead`: answers, and in the same write a second answer no
-//! invocation has asked for yet, for the next one to take as its own.
-//! `answer-once`: answers one invocation with its process id, then exits,
-//! as a worker that dies while idle (a killed template, say) would.
-//! `fork-each`: what an honest forked worker does, a new process for every
-//! invocation; it answers with this process's id (so a test can tell a
-//! replaced worker), or times out if the payload says `"timeout":true`.
+//! In place (one channel, shared by the worker's processes):
+//! - `answer-all`: one process answers every invocation itself.
+//! - `split`: a log line from this process, then the answer from a second
+//!   process sharing the channel, as a child reading the channel out of turn
+//!   and writing into the other's invocation would.
+//! - `forge-ahead`: answers, and in the same write a second answer no
+//!   invocation has asked for yet, for the next one to take as its own.
+//!
+//! Forked (each child on the channel the server sent for it, served here by
+//! a thread):
+//! - `linger`: each child answers, then lives on as a process an exploit
+//!   kept alive would, writing forged answers into its channel until that
+//!   fails. The next child says whether the one before it was cut off
+//!   (`{"served": n, "previousCutOff": bool}`).
+//! - `standby-speaks`: the first child answers with the process id, late;
+//!   every later one writes an answer as soon as it has its channel, before
+//!   any invocation was sent to it.
+//!
+//! Either mode:
+//! - `answer-once`: answers one invocation with its process id, then exits,
+//!   as a worker that dies while idle (a killed template, say) would.
+//! - `fork-each`: honest; answers with this process's id (so a test can
+//!   tell a replaced worker), or times out if the payload says
+//!   `"timeout":true` (in place through a new process for every invocation).
 
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use kiln_ipc::{
     ErrorCode, FromWorker, InvocationError, JailReport, LogLevel, Outcome, PROTOCOL_VERSION, ToWorker,
@@ -28,7 +43,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let done = FromWorker::Done { outcome: Outcome::Ok { result: "\"served\"".into() } };
-    let answer = |channel: &mut std::os::unix::net::UnixStream, outcome: FromWorker| {
+    let answer = |channel: &mut UnixStream, outcome: FromWorker| {
         if write_frame(channel, &outcome).is_ok() { ExitCode::SUCCESS } else { ExitCode::from(3) }
     };
     match mode.as_str() {
@@ -37,10 +52,7 @@ fn main() -> ExitCode {
             let result = std::env::args().nth(2).unwrap_or_default();
             return answer(&mut channel, FromWorker::Done { outcome: Outcome::Ok { result } });
         }
-        "child-time-out" => {
-            let error = InvocationError::new(ErrorCode::TimeOut, "the function did not finish");
-            return answer(&mut channel, FromWorker::Done { outcome: Outcome::Err(error) });
-        }
+        "child-time-out" => return answer(&mut channel, time_out()),
         _ => {}
     }
     // It claims the jail it was asked for (the server starts it in the
@@ -54,6 +66,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         };
         let sent = match (message, mode.as_str()) {
+            (ToWorker::Load { fork: true, .. }, _) => {
+                if write_frame(&mut channel, &FromWorker::Loaded {}).is_err() {
+                    return ExitCode::from(3);
+                }
+                return serve_forked(&channel, &mode);
+            }
             (ToWorker::Load { .. }, _) => write_frame(&mut channel, &FromWorker::Loaded {}).is_ok(),
             (ToWorker::Invoke { .. }, "answer-all") => write_frame(&mut channel, &done).is_ok(),
             (ToWorker::Invoke { .. }, "answer-once") => {
@@ -93,5 +111,117 @@ fn main() -> ExitCode {
         if !sent {
             return ExitCode::from(4);
         }
+    }
+}
+
+fn time_out() -> FromWorker {
+    let error = InvocationError::new(ErrorCode::TimeOut, "the function did not finish");
+    FromWorker::Done { outcome: Outcome::Err(error) }
+}
+
+/// Whether each child's channel was found closed after its invocation
+/// (`None` until its lingering thread knows).
+type CutOff = Arc<(Mutex<Vec<Option<bool>>>, Condvar)>;
+
+/// Take each child's channel from the server and serve it on a thread.
+fn serve_forked(channel: &UnixStream, mode: &str) -> ExitCode {
+    let cut_off: CutOff = Arc::default();
+    for number in 0.. {
+        let mut reader = PassedReader { channel, passed: Vec::new() };
+        match read_frame::<_, ToWorker>(&mut reader, 1 << 20) {
+            Ok(ToWorker::Standby {}) => {}
+            _ => return ExitCode::SUCCESS,
+        }
+        let Some(own) = reader.passed.pop().map(UnixStream::from) else {
+            return ExitCode::from(5);
+        };
+        let (mode, cut_off) = (mode.to_owned(), cut_off.clone());
+        std::thread::spawn(move || child(own, &mode, number, &cut_off));
+    }
+    ExitCode::SUCCESS
+}
+
+/// One forked child, on its own channel.
+fn child(mut own: UnixStream, mode: &str, number: usize, cut_off: &CutOff) {
+    let forged = FromWorker::Done { outcome: Outcome::Ok { result: "\"forged\"".into() } };
+    if mode == "standby-speaks" {
+        if number > 0 {
+            let _ = write_frame(&mut own, &forged);
+            return;
+        }
+        // The first child answers late, so the next has spoken by then.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Ok(ToWorker::Invoke { invocation }) = read_frame::<_, ToWorker>(&mut own, 64 << 20) else {
+        return;
+    };
+    let result = match mode {
+        "linger" => {
+            let previous = number.checked_sub(1).map(|p| wait_cut_off(cut_off, p));
+            serde_json::json!({ "served": number, "previousCutOff": previous }).to_string()
+        }
+        _ => std::process::id().to_string(),
+    };
+    let done = if invocation.payload.contains("\"timeout\":true") {
+        time_out()
+    } else {
+        FromWorker::Done { outcome: Outcome::Ok { result } }
+    };
+    if write_frame(&mut own, &done).is_err() {
+        return;
+    }
+    match mode {
+        "answer-once" => std::process::exit(0),
+        "linger" => {
+            // Answer again and again, as long as the channel takes it.
+            let mut cut = false;
+            for _ in 0..3_000 {
+                if write_frame(&mut own, &forged).is_err() {
+                    cut = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (slots, changed) = &**cut_off;
+            let mut slots = slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slots.len() <= number {
+                slots.resize(number + 1, None);
+            }
+            if let Some(slot) = slots.get_mut(number) {
+                *slot = Some(cut);
+            }
+            changed.notify_all();
+        }
+        _ => {}
+    }
+}
+
+/// Whether child `number`'s channel was cut off after its invocation, once
+/// its lingering thread knows.
+fn wait_cut_off(cut_off: &CutOff, number: usize) -> bool {
+    let (slots, changed) = &**cut_off;
+    let mut slots = slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        if let Some(Some(cut)) = slots.get(number) {
+            return *cut;
+        }
+        slots = match changed.wait(slots) {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+    }
+}
+
+/// Reads the worker's channel, keeping the descriptors that ride along.
+struct PassedReader<'a> {
+    channel: &'a UnixStream,
+    passed: Vec<std::os::fd::OwnedFd>,
+}
+
+impl std::io::Read for PassedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let received = kiln_jail::recv_ancillary(self.channel, buf)?;
+        self.passed.extend(received.passed);
+        Ok(received.read)
     }
 }
