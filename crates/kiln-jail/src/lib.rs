@@ -33,8 +33,8 @@ use kiln_ipc::JailReport;
 /// The worker finds its IPC channel here.
 pub const IPC_FD: RawFd = 3;
 
-/// A forked worker's children hand the channel on through a pipe at these
-/// descriptors (see [`turn_pipe`]); the allow-list lets them read the one
+/// A template's children pass a turn through a pipe at these descriptors
+/// (see [`turn_pipe`]); the allow-list lets them read the one
 /// and write the other, and nothing else.
 pub const TURN_READ_FD: RawFd = 4;
 pub const TURN_WRITE_FD: RawFd = 5;

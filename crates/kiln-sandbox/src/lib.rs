@@ -795,23 +795,21 @@ impl Worker {
     ) -> (Outcome, bool) {
         // A forked worker's invocation goes to its oldest standby, on that
         // child's own channel, which is dropped (closed) when this returns.
-        // The worker forks the child after next while this one serves.
         let standby = if self.forked {
             // A child speaks only when spoken to: a frame already waiting
             // would be taken for this invocation's.
-            let next = match self.standbys.pop_front() {
-                None => Err("the worker has no standby".to_owned()),
-                Some(channel) if !silent(&channel) => Err("a standby spoke before it was asked".to_owned()),
-                Some(channel) => Ok(channel),
+            let next = self.standbys.pop_front();
+            let why = match &next {
+                None => Some("the worker has no standby"),
+                Some(channel) if !silent(channel) => Some("a standby spoke before it was asked"),
+                Some(_) => None,
             };
-            match next.and_then(|channel| self.add_standby().map(|()| channel).map_err(|e| e.to_string())) {
-                Ok(channel) => Some(channel),
-                Err(why) => {
-                    self.kill();
-                    let message = format!("the sandbox killed the worker: {why}");
-                    return (Outcome::Err(InvocationError::new(ErrorCode::PlatformError, message)), false);
-                }
+            if let Some(why) = why {
+                self.kill();
+                let message = format!("the sandbox killed the worker: {why}");
+                return (Outcome::Err(InvocationError::new(ErrorCode::PlatformError, message)), false);
             }
+            next
         } else {
             None
         };
@@ -829,6 +827,10 @@ impl Worker {
             err.message = format!("{}: {err_message}", e, err_message = err.message);
             return (Outcome::Err(err), false);
         }
+        // The worker forks the child after next while this one serves; one
+        // it cannot be given (the server out of descriptors, say) ends it
+        // after this invocation.
+        let can_go_on = !self.forked || self.add_standby().is_ok();
         let (mut log_lines, mut log_bytes, mut calls) = (0u32, 0usize, 0u32);
         let mut serving = None;
         loop {
@@ -892,10 +894,11 @@ impl Worker {
                     }
                 }
                 FromWorker::Done { outcome } => {
-                    let healthy = match &outcome {
-                        Outcome::Err(e) => e.code != ErrorCode::PlatformError,
-                        Outcome::Ok { .. } => true,
-                    };
+                    let healthy = can_go_on
+                        && match &outcome {
+                            Outcome::Err(e) => e.code != ErrorCode::PlatformError,
+                            Outcome::Ok { .. } => true,
+                        };
                     let outcome = match outcome {
                         Outcome::Ok { result } if result.len() > kiln_ipc::MAX_PAYLOAD_BYTES => Outcome::Err(
                             InvocationError::new(ErrorCode::FunctionError, "the result is larger than 5 MB"),
