@@ -74,8 +74,13 @@ pub enum ToWorker {
     /// For a forked worker: fork the next child on the channel that rides
     /// with this frame (`SCM_RIGHTS`), the child's alone. The server keeps
     /// the other end and sends the children their invocations in the
-    /// order it sent their channels.
-    Standby {},
+    /// order it sent their channels. `module`: the entry module of the
+    /// invocation just sent, which the worker may evaluate ahead for the
+    /// calls after it (the server says, so that no child has a say).
+    Standby {
+        #[serde(default)]
+        module: Option<String>,
+    },
 }
 
 /// Messages from a worker to the server. Untrusted.

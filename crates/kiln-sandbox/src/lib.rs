@@ -484,8 +484,8 @@ impl Pool {
             Ok(FromWorker::Loaded {}) => {
                 // A forked worker keeps two children ready.
                 if fork {
-                    worker.add_standby()?;
-                    worker.add_standby()?;
+                    worker.add_standby(None)?;
+                    worker.add_standby(None)?;
                 }
                 Ok(worker)
             }
@@ -707,15 +707,17 @@ impl Worker {
     }
 
     /// Make the channel of a forked worker's next child and send the
-    /// worker its end (`ToWorker::Standby`), keeping ours in line.
-    fn add_standby(&mut self) -> Result<(), SandboxError> {
+    /// worker its end (`ToWorker::Standby`), keeping ours in line; with
+    /// the module of the invocation just sent, for the worker to evaluate
+    /// ahead.
+    fn add_standby(&mut self, module: Option<&str>) -> Result<(), SandboxError> {
         let platform =
             |e: std::io::Error| SandboxError::Platform(format!("cannot give the worker a channel: {e}"));
         let (ours, theirs) = UnixStream::pair().map_err(platform)?;
         ours.set_read_timeout(Some(FRAME_STALL_TIMEOUT)).map_err(platform)?;
         // A child that stops reading cannot hold the server's thread.
         ours.set_write_timeout(Some(FRAME_STALL_TIMEOUT)).map_err(platform)?;
-        let message = ToWorker::Standby {};
+        let message = ToWorker::Standby { module: module.map(str::to_owned) };
         #[cfg(feature = "testing")]
         tap::record(serde_json::to_vec(&message));
         let mut frame = Vec::new();
@@ -830,7 +832,7 @@ impl Worker {
         // The worker forks the child after next while this one serves; one
         // it cannot be given (the server out of descriptors, say) ends it
         // after this invocation.
-        let can_go_on = !self.forked || self.add_standby().is_ok();
+        let can_go_on = !self.forked || self.add_standby(Some(&invocation.module)).is_ok();
         let (mut log_lines, mut log_bytes, mut calls) = (0u32, 0usize, 0u32);
         let mut serving = None;
         loop {

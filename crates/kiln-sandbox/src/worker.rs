@@ -10,11 +10,11 @@
 //! two modes, chosen by the server:
 //!
 //! - forked: it keeps one prepared runtime (the prelude loaded, the entry
-//!   modules calls use evaluated) and never runs an invocation itself. Each
-//!   child gets a channel of its own, whose other end the template hands
-//!   to the server (`FromWorker::Standby`), and restricts itself to the
-//!   invocation allow-list (no fork, no wait: `kiln_jail::fork_with_channel`
-//!   does both before returning). It serves the one request the server
+//!   modules calls use evaluated, as the server names them) and never runs
+//!   an invocation itself. Each child gets a channel of its own, made by
+//!   the server, which keeps the other end (`ToWorker::Standby`), and
+//!   restricts itself to the invocation allow-list (no fork, no wait:
+//!   `kiln_jail::fork_with_channel` does both before returning). It serves the one request the server
 //!   sends on that channel and exits. A standby is forked while the current
 //!   child serves, so forks and exits happen beside calls, not between
 //!   them. Every invocation starts from the same prepared state, nothing it
@@ -51,13 +51,12 @@ const MAX_PRELOADED: usize = 16;
 const OWN_RUNTIME_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How a forked child ends, for the template: it served its request; it
-/// failed (its channel broke, or the server broke the protocol); the server
-/// asked the worker to shut down; or it served a call whose module the
-/// template should evaluate ahead (`FIRST_MODULE` + the module's index).
+/// failed (its channel broke, or the server broke the protocol); or the
+/// server asked the worker to shut down. Nothing else: any other ending
+/// ends the worker, so a child has no way to tell the template more.
 const SERVED: i32 = 0;
 const FAILED: i32 = 1;
 const SHUTDOWN: i32 = 2;
-const FIRST_MODULE: i32 = 3;
 
 /// The byte that hands the shared channel from one in-place child to the
 /// other. Forked children pass on the number of the child that comes next
@@ -136,11 +135,9 @@ impl Preloads {
     }
 
     /// Whether rebuilding the template with `module` evaluated is worth it.
-    /// A forked child reports the module of its call unless the template it
-    /// came from had decided about it; the standby forked before the
-    /// template heard the first report reports the same module again, and
-    /// that report must not rebuild the template twice or take a second
-    /// slot.
+    /// The server names the module of every forked call as it sends the
+    /// next child's channel; the same module named again must not rebuild
+    /// the template twice or take a second slot.
     fn wants(&self, module: &str) -> bool {
         !self.knows(module) && self.evaluated.len() < MAX_PRELOADED
     }
@@ -192,7 +189,7 @@ impl Worker {
                 // (it finished while calls were in flight): nothing awaits it.
                 ToWorker::HostReply { .. } => {}
                 // Only a forked worker takes children's channels.
-                ToWorker::Standby {} => return Err(()),
+                ToWorker::Standby { .. } => return Err(()),
             }
         }
     }
@@ -250,13 +247,20 @@ impl Worker {
                 let channel = match pending.take() {
                     Some(channel) => channel,
                     None => match self.take_channel()? {
-                        Some(channel) => channel,
+                        Some((channel, module)) => {
+                            // Evaluated ahead for the children forked from
+                            // now on, if the program has it.
+                            if let Some(module) = module.filter(|m| modules.contains(m)) {
+                                self.preload(program, module);
+                            }
+                            channel
+                        }
                         // The server is done with the worker.
                         None => return Ok(()),
                     },
                 };
                 match kiln_jail::fork_with_channel(&channel) {
-                    Ok(Forked::Child) => self.standby(&modules, &turn, number),
+                    Ok(Forked::Child) => self.standby(&turn, number),
                     Ok(Forked::Parent(_)) => {
                         children += 1;
                         number = number.wrapping_add(1);
@@ -276,12 +280,6 @@ impl Worker {
                 Some(SERVED) => {}
                 // The standby dies with the template (its parent-death signal).
                 Some(SHUTDOWN) => return Ok(()),
-                Some(code) if code >= FIRST_MODULE => {
-                    let index = usize::try_from(code - FIRST_MODULE).unwrap_or(usize::MAX);
-                    if let Some(module) = modules.get(index) {
-                        self.preload(program, module.clone());
-                    }
-                }
                 // The worker ends after saying why.
                 _ => {
                     let _ = self.send(&FromWorker::InvocationDied { code: exit.code, signal: exit.signal });
@@ -292,14 +290,17 @@ impl Worker {
     }
 
     /// The next child's channel, from the server (`ToWorker::Standby`, the
-    /// channel riding along); `None` if the server shuts the worker down.
-    fn take_channel(&mut self) -> Result<Option<UnixStream>, ()> {
+    /// channel riding along), and the module to evaluate ahead; `None` if
+    /// the server shuts the worker down.
+    fn take_channel(&mut self) -> Result<Option<(UnixStream, Option<String>)>, ()> {
         let mut reader = PassedReader { channel: &self.channel, passed: Vec::new() };
         let message = read_frame::<_, ToWorker>(&mut reader, kiln_ipc::MAX_FRAME_BYTES).map_err(drop)?;
         let mut passed = reader.passed;
         match message {
             // From the server, which made it: a Unix stream socket.
-            ToWorker::Standby {} if passed.len() == 1 => Ok(passed.pop().map(UnixStream::from)),
+            ToWorker::Standby { module } if passed.len() == 1 => {
+                Ok(passed.pop().map(|fd| (UnixStream::from(fd), module)))
+            }
             ToWorker::Shutdown {} => Ok(None),
             _ => Err(()),
         }
@@ -307,9 +308,8 @@ impl Worker {
 
     /// A forked child, number `number`: wait for a request on its own
     /// channel, serve it from the template's prepared runtime, tell the next
-    /// child it has answered, then end, telling the template through the
-    /// exit status whether the call used a module it should keep evaluated.
-    fn standby(&mut self, modules: &[String], turn: &(std::fs::File, std::fs::File), number: u8) -> ! {
+    /// child it has answered, then end.
+    fn standby(&mut self, turn: &(std::fs::File, std::fs::File), number: u8) -> ! {
         // Back-to-back requests are served from the template's state at
         // once. After a gap (no request a moment after the child before
         // this one answered), the child prepares a runtime of its own while
@@ -358,20 +358,13 @@ impl Worker {
                     // Pacing only: if the pipe were full of forged bytes,
                     // the next child would serve its request all the same.
                     let _ = (&turn.1).write(&[number.wrapping_add(1)]);
-                    let module = &invocation.module;
-                    let known = self.preloads.knows(module);
-                    let index = modules.iter().position(|m| m == module);
-                    let code = match index.and_then(|i| i32::try_from(i).ok()) {
-                        Some(i) if !known && FIRST_MODULE + i <= 255 => FIRST_MODULE + i,
-                        _ => SERVED,
-                    };
-                    kiln_jail::exit_now(code);
+                    kiln_jail::exit_now(SERVED);
                 }
                 ToWorker::Shutdown {} => kiln_jail::exit_now(SHUTDOWN),
                 ToWorker::HostReply { .. } => {}
                 // A loaded worker neither compiles nor loads again, and a
                 // child makes no children.
-                ToWorker::Compile { .. } | ToWorker::Load { .. } | ToWorker::Standby {} => {
+                ToWorker::Compile { .. } | ToWorker::Load { .. } | ToWorker::Standby { .. } => {
                     kiln_jail::exit_now(FAILED)
                 }
             }
@@ -446,7 +439,7 @@ impl Worker {
                     // child with it.
                     ToWorker::Shutdown {} => kiln_jail::exit_now(SHUTDOWN),
                     ToWorker::HostReply { .. } => {}
-                    ToWorker::Compile { .. } | ToWorker::Load { .. } | ToWorker::Standby {} => {
+                    ToWorker::Compile { .. } | ToWorker::Load { .. } | ToWorker::Standby { .. } => {
                         kiln_jail::exit_now(FAILED)
                     }
                 }

@@ -129,7 +129,7 @@ fn serve_forked(channel: &UnixStream, mode: &str) -> ExitCode {
     for number in 0.. {
         let mut reader = PassedReader { channel, passed: Vec::new() };
         match read_frame::<_, ToWorker>(&mut reader, 1 << 20) {
-            Ok(ToWorker::Standby {}) => {}
+            Ok(ToWorker::Standby { .. }) => {}
             _ => return ExitCode::SUCCESS,
         }
         let Some(own) = reader.passed.pop().map(UnixStream::from) else {
