@@ -70,6 +70,7 @@ fn a_spawned_worker_is_in_new_namespaces_with_nothing_inherited() {
         limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
         namespaces: NamespacePolicy::Require,
         inherit_stderr: true,
+        huge_pages: false,
     };
     let mut spawned = match spawn(&spec) {
         Ok(s) => s,
@@ -100,6 +101,25 @@ fn a_spawned_worker_is_in_new_namespaces_with_nothing_inherited() {
     // Batch scheduling: a woken worker does not preempt the server.
     assert_eq!(field("policy"), libc::SCHED_BATCH.to_string());
     drop(leaked);
+}
+
+#[test]
+fn a_worker_asked_for_huge_pages_gets_the_one_setting_and_nothing_else() {
+    let spec = WorkerSpec {
+        executable: malicious(),
+        args: vec!["report".into()],
+        limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
+        namespaces: NamespacePolicy::Require,
+        inherit_stderr: true,
+        huge_pages: true,
+    };
+    let mut spawned = spawn(&spec).unwrap();
+    let mut report = String::new();
+    spawned.channel.read_to_string(&mut report).unwrap();
+    assert!(spawned.child.wait().unwrap().success(), "{report}");
+    assert!(report.lines().any(|l| l == "env=1"), "{report}");
+    let tunables = format!("tunables={}", kiln_jail::HUGE_PAGES_TUNABLE);
+    assert!(report.lines().any(|l| l == tunables), "{report}");
 }
 
 #[test]
@@ -237,6 +257,7 @@ fn a_worker_outlives_the_thread_that_asked_for_it() {
         limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
         namespaces: NamespacePolicy::Require,
         inherit_stderr: false,
+        huge_pages: false,
     };
     let mut spawned = std::thread::spawn(move || spawn(&spec).unwrap()).join().unwrap();
     // The asking thread has ended; give a death signal time to arrive.

@@ -292,7 +292,7 @@ impl Sandbox {
             .collect();
         let imports = imports_of(bundle);
         let kinds = bundle.modules.iter().map(|(id, m)| (id.clone(), m.kind)).collect();
-        let mut worker = self.start_worker(512)?;
+        let mut worker = self.start_worker(512, false)?;
         let deadline = Instant::now() + COMPILE_TIMEOUT;
         worker.send(&ToWorker::Compile { modules, imports: imports.clone() })?;
         let reply = worker.receive(deadline, MAX_PROGRAM_FRAME_BYTES);
@@ -387,7 +387,9 @@ impl Sandbox {
         Ok(pool)
     }
 
-    fn start_worker(&self, memory_mb: u32) -> Result<Worker, SandboxError> {
+    /// Start a jailed worker; `forks`: it will fork a child per invocation
+    /// (so huge pages pay, see `kiln_jail::WorkerSpec::huge_pages`).
+    fn start_worker(&self, memory_mb: u32, forks: bool) -> Result<Worker, SandboxError> {
         let spec = WorkerSpec {
             executable: self.config.worker_executable.clone(),
             args: self.config.worker_args.clone(),
@@ -399,6 +401,7 @@ impl Sandbox {
             },
             namespaces: self.config.namespaces,
             inherit_stderr: self.config.inherit_stderr,
+            huge_pages: forks,
         };
         let spawned = kiln_jail::spawn(&spec)?;
         // A worker that stops reading cannot hold the server's thread either.
@@ -475,9 +478,9 @@ struct PoolState {
 
 impl Pool {
     fn start(&self, sandbox: &Sandbox) -> Result<Worker, SandboxError> {
-        let mut worker = sandbox.start_worker(self.memory_mb)?;
         let bytes: usize = self.program.modules.iter().map(|m| m.code.len()).sum();
         let fork = bytes >= sandbox.config.fork_above_bytes;
+        let mut worker = sandbox.start_worker(self.memory_mb, fork)?;
         worker.forked = fork;
         worker.send(&ToWorker::Load { program: (*self.program).clone(), fork, env: self.env.clone() })?;
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {

@@ -277,11 +277,12 @@ fn report() -> ExitCode {
     // SAFETY: sched_getscheduler takes a pid only.
     let policy = unsafe { libc::sched_getscheduler(0) };
     let text = format!(
-        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\npolicy={policy}\n",
+        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\ntunables={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\npolicy={policy}\n",
         read("/proc/self/uid_map").split_whitespace().collect::<Vec<_>>().join(" "),
         interfaces.join(","),
         fds.join(","),
         std::env::vars_os().count(),
+        std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
         limit(libc::RLIMIT_NOFILE),
         limit(libc::RLIMIT_FSIZE),
         limit(libc::RLIMIT_CORE),
