@@ -88,6 +88,25 @@ fn a_forked_child_that_speaks_before_it_is_asked_is_not_believed() {
 }
 
 #[test]
+fn the_server_names_the_module_a_forked_worker_evaluates_ahead() {
+    // Not a child: its exit status no longer says anything but how it
+    // ended. The server names each invocation's module with the channel it
+    // sends next.
+    let app = app("export const run = () => 'real';\n");
+    let sandbox = fake("named-modules", FORKED, &app);
+    // The first call's module may have been named before its child answers.
+    ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+    let named = ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap());
+    // The first call's module, and perhaps already the second's.
+    let named = named.as_array().unwrap();
+    assert!(!named.is_empty(), "the server named no module");
+    assert!(
+        named.iter().all(|m| m == &named[0] && m.as_str().is_some_and(|m| m.contains("index"))),
+        "{named:?}"
+    );
+}
+
+#[test]
 fn in_place_the_same_process_may_serve_again() {
     let app = app("export const run = () => 'real';\n");
     let sandbox = fake("answer-all", IN_PLACE, &app);

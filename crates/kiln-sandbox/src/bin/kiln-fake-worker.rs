@@ -16,6 +16,9 @@
 //!   kept alive would, writing forged answers into its channel until that
 //!   fails. The next child says whether the one before it was cut off
 //!   (`{"served": n, "previousCutOff": bool}`).
+//! - `named-modules`: each child answers with the modules the server has
+//!   named so far for evaluating ahead (`ToWorker::Standby { module }`),
+//!   once it has named as many as the child's number.
 //! - `standby-speaks`: the first child answers with the process id, late;
 //!   every later one writes an answer as soon as it has its channel, before
 //!   any invocation was sent to it.
@@ -123,26 +126,34 @@ fn time_out() -> FromWorker {
 /// (`None` until its lingering thread knows).
 type CutOff = Arc<(Mutex<Vec<Option<bool>>>, Condvar)>;
 
+/// The modules the server named with the channels it sent.
+type Named = Arc<(Mutex<Vec<String>>, Condvar)>;
+
 /// Take each child's channel from the server and serve it on a thread.
 fn serve_forked(channel: &UnixStream, mode: &str) -> ExitCode {
     let cut_off: CutOff = Arc::default();
+    let named: Named = Arc::default();
     for number in 0.. {
         let mut reader = PassedReader { channel, passed: Vec::new() };
         match read_frame::<_, ToWorker>(&mut reader, 1 << 20) {
-            Ok(ToWorker::Standby { .. }) => {}
+            Ok(ToWorker::Standby { module }) => {
+                let (list, changed) = &*named;
+                list.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(module);
+                changed.notify_all();
+            }
             _ => return ExitCode::SUCCESS,
         }
         let Some(own) = reader.passed.pop().map(UnixStream::from) else {
             return ExitCode::from(5);
         };
-        let (mode, cut_off) = (mode.to_owned(), cut_off.clone());
-        std::thread::spawn(move || child(own, &mode, number, &cut_off));
+        let (mode, cut_off, named) = (mode.to_owned(), cut_off.clone(), named.clone());
+        std::thread::spawn(move || child(own, &mode, number, &cut_off, &named));
     }
     ExitCode::SUCCESS
 }
 
 /// One forked child, on its own channel.
-fn child(mut own: UnixStream, mode: &str, number: usize, cut_off: &CutOff) {
+fn child(mut own: UnixStream, mode: &str, number: usize, cut_off: &CutOff, named: &Named) {
     let forged = FromWorker::Done { outcome: Outcome::Ok { result: "\"forged\"".into() } };
     if mode == "standby-speaks" {
         if number > 0 {
@@ -159,6 +170,21 @@ fn child(mut own: UnixStream, mode: &str, number: usize, cut_off: &CutOff) {
         "linger" => {
             let previous = number.checked_sub(1).map(|p| wait_cut_off(cut_off, p));
             serde_json::json!({ "served": number, "previousCutOff": previous }).to_string()
+        }
+        "named-modules" => {
+            let (list, changed) = &**named;
+            let mut list = list.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while list.len() < number {
+                let (waited, timeout) = match changed.wait_timeout(list, Duration::from_secs(2)) {
+                    Ok(w) => w,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                list = waited;
+                if timeout.timed_out() {
+                    break;
+                }
+            }
+            serde_json::json!(*list).to_string()
         }
         _ => std::process::id().to_string(),
     };
