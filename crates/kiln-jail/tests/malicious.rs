@@ -60,18 +60,23 @@ fn what_a_worker_needs_still_works_after_lockdown() {
     assert!(status.success(), "{status:?}");
 }
 
+/// How the tests start the malicious program as a worker.
+fn spec(action: &str, inherit_stderr: bool, huge_pages: bool) -> WorkerSpec {
+    WorkerSpec {
+        executable: malicious(),
+        args: vec![action.into()],
+        limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
+        namespaces: NamespacePolicy::Require,
+        inherit_stderr,
+        huge_pages,
+    }
+}
+
 #[test]
 fn a_spawned_worker_is_in_new_namespaces_with_nothing_inherited() {
     // Leave a descriptor open in this process that a careless spawn would leak.
     let leaked = std::fs::File::open("/proc/self/status").unwrap();
-    let spec = WorkerSpec {
-        executable: malicious(),
-        args: vec!["report".into()],
-        limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
-        namespaces: NamespacePolicy::Require,
-        inherit_stderr: true,
-        huge_pages: false,
-    };
+    let spec = spec("report", true, false);
     let mut spawned = match spawn(&spec) {
         Ok(s) => s,
         Err(e) => panic!("this machine must support unprivileged namespaces for the jail tests: {e}"),
@@ -105,14 +110,7 @@ fn a_spawned_worker_is_in_new_namespaces_with_nothing_inherited() {
 
 #[test]
 fn a_worker_asked_for_huge_pages_gets_the_one_setting_and_nothing_else() {
-    let spec = WorkerSpec {
-        executable: malicious(),
-        args: vec!["report".into()],
-        limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
-        namespaces: NamespacePolicy::Require,
-        inherit_stderr: true,
-        huge_pages: true,
-    };
+    let spec = spec("report", true, true);
     let mut spawned = spawn(&spec).unwrap();
     let mut report = String::new();
     spawned.channel.read_to_string(&mut report).unwrap();
@@ -251,14 +249,7 @@ fn a_template_that_gives_up_forking_cannot_fork_again() {
 /// blocking threads do after ten idle seconds.
 #[test]
 fn a_worker_outlives_the_thread_that_asked_for_it() {
-    let spec = WorkerSpec {
-        executable: malicious(),
-        args: vec!["linger".into()],
-        limits: ProcessLimits { address_space_bytes: 1 << 30, cpu_seconds: 10 },
-        namespaces: NamespacePolicy::Require,
-        inherit_stderr: false,
-        huge_pages: false,
-    };
+    let spec = spec("linger", false, false);
     let mut spawned = std::thread::spawn(move || spawn(&spec).unwrap()).join().unwrap();
     // The asking thread has ended; give a death signal time to arrive.
     std::thread::sleep(std::time::Duration::from_millis(500));
