@@ -18,7 +18,10 @@
 //! This is the only Kiln crate allowed `unsafe`; every block says why it is
 //! sound. Nothing here knows about JavaScript or apps.
 
+mod huge_code;
 pub mod seccomp;
+
+pub use huge_code::{HugeCode, move_code_to_huge_pages};
 
 use std::ffi::OsString;
 use std::io;
@@ -82,17 +85,26 @@ pub struct WorkerSpec {
     /// entry per 2 MB of the template's heap instead of 512 (a written page
     /// is still copied 4 KB at a time). Not for workers that allocate and
     /// free runtimes in place, which it slowed. No effect where the
-    /// kernel's THP mode is `never`.
+    /// kernel's THP mode is `never`. The worker also moves its code onto
+    /// huge pages ([`move_code_to_huge_pages`]), for the same reason.
     pub huge_pages: bool,
 }
 
 /// The glibc setting [`WorkerSpec::huge_pages`] passes.
 pub const HUGE_PAGES_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 
+/// Whether the server started this worker with [`WorkerSpec::huge_pages`]
+/// (which also asks it to [`move_code_to_huge_pages`]).
+pub fn huge_pages_requested() -> bool {
+    std::env::var_os("GLIBC_TUNABLES").is_some_and(|v| v == HUGE_PAGES_TUNABLE)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
     #[error("cannot create the IPC channel: {0}")]
     Channel(io::Error),
+    #[error("cannot move the executable's code onto huge pages: {0}")]
+    HugeCode(io::Error),
     #[error(
         "cannot start a jailed worker: {0}. Kiln runs app code only inside new user, network and mount namespaces; \
          enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or \

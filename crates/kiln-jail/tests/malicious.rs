@@ -121,6 +121,36 @@ fn a_worker_asked_for_huge_pages_gets_the_one_setting_and_nothing_else() {
 }
 
 #[test]
+fn a_worker_asked_for_huge_pages_moves_its_code_onto_them_and_runs_on() {
+    let field = |report: &str, name: &str| -> String {
+        let prefix = format!("{name}=");
+        report.lines().find_map(|l| l.strip_prefix(prefix.as_str())).unwrap_or_default().to_owned()
+    };
+    let run = |huge_pages: bool| -> String {
+        let mut spawned = spawn(&spec("report", true, huge_pages)).unwrap();
+        let mut report = String::new();
+        spawned.channel.read_to_string(&mut report).unwrap();
+        assert!(spawned.child.wait().unwrap().success(), "{report}");
+        report
+    };
+    // Not asked: the code stays in the executable's file mapping.
+    let plain = run(false);
+    assert_eq!(field(&plain, "moved"), "not asked", "{plain}");
+    let exe = std::fs::canonicalize(malicious()).unwrap();
+    assert_eq!(field(&plain, "code"), exe.display().to_string(), "{plain}");
+    // Asked: moved into anonymous memory that asks for huge pages, and the
+    // program ran on from there to write this report.
+    let huge = run(true);
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[never]") || thp.is_empty() {
+        assert!(field(&huge, "moved").starts_with("Ok(Skipped("), "{huge}");
+        return;
+    }
+    assert!(field(&huge, "moved").starts_with("Ok(Moved { bytes: "), "{huge}");
+    assert_eq!(field(&huge, "code"), "anonymous,huge", "{huge}");
+}
+
+#[test]
 fn without_unprivileged_user_namespaces_workers_are_refused_with_the_reason() {
     let out = Command::new(malicious()).arg("no-userns-probe").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -72,6 +72,12 @@ pub fn worker_main() -> ExitCode {
     let Ok(channel) = kiln_jail::inherited_channel() else {
         return ExitCode::from(2);
     };
+    // A worker that will fork per invocation moves its code onto huge
+    // pages first, while it has one thread and no filter. Where that is not
+    // possible or fails, it serves all the same, only slower.
+    if kiln_jail::huge_pages_requested() {
+        let _ = kiln_jail::move_code_to_huge_pages();
+    }
     // Initialise the engine's process-wide state before the filter is in
     // place: the first runtime does one-time setup.
     kiln_js::warm_up();

@@ -251,8 +251,15 @@ fn template(what: &str) -> ExitCode {
     }
 }
 
-/// Describe the jail from inside, on the IPC channel.
+/// Describe the jail from inside, on the IPC channel. Asked for huge
+/// pages, it first moves its code as a forking worker does, and reports
+/// what that did and where its code now lives.
 fn report() -> ExitCode {
+    let moved = if kiln_jail::huge_pages_requested() {
+        format!("{:?}", kiln_jail::move_code_to_huge_pages())
+    } else {
+        "not asked".to_owned()
+    };
     let Ok(mut channel) = kiln_jail::inherited_channel() else {
         eprintln!("no channel");
         return ExitCode::from(2);
@@ -277,7 +284,7 @@ fn report() -> ExitCode {
     // SAFETY: sched_getscheduler takes a pid only.
     let policy = unsafe { libc::sched_getscheduler(0) };
     let text = format!(
-        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\ntunables={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\npolicy={policy}\n",
+        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\ntunables={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\npolicy={policy}\nmoved={moved}\ncode={}\n",
         read("/proc/self/uid_map").split_whitespace().collect::<Vec<_>>().join(" "),
         interfaces.join(","),
         fds.join(","),
@@ -286,7 +293,32 @@ fn report() -> ExitCode {
         limit(libc::RLIMIT_NOFILE),
         limit(libc::RLIMIT_FSIZE),
         limit(libc::RLIMIT_CORE),
+        code_mapping(&read("/proc/self/smaps"), report as *const () as usize),
     );
     let _ = channel.write_all(text.as_bytes());
     ExitCode::SUCCESS
+}
+
+/// The mapping that holds `address`, from `/proc/self/smaps`: its file (or
+/// `anonymous`), then `huge` if it asks for huge pages (`hg`).
+fn code_mapping(smaps: &str, address: usize) -> String {
+    let mut found: Option<String> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
+        {
+            if found.is_some() {
+                break;
+            }
+            if (start..end).contains(&address) {
+                found = Some(fields.nth(4).unwrap_or("anonymous").to_owned());
+            }
+        } else if let (Some(file), Some(flags)) = (&found, line.strip_prefix("VmFlags:")) {
+            let huge = flags.split_whitespace().any(|f| f == "hg");
+            return format!("{file}{}", if huge { ",huge" } else { "" });
+        }
+    }
+    found.unwrap_or_else(|| "not found".to_owned())
 }
