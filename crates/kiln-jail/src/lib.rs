@@ -80,13 +80,15 @@ pub struct WorkerSpec {
     pub inherit_stderr: bool,
     /// Have glibc's malloc ask for transparent huge pages
     /// (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, then the one variable in
-    /// the worker's environment). For a worker that forks a child per
-    /// invocation: each fork copies, and each exit unmaps, one page-table
-    /// entry per 2 MB of the template's heap instead of 512 (a written page
-    /// is still copied 4 KB at a time). Not for workers that allocate and
-    /// free runtimes in place, which it slowed. No effect where the
-    /// kernel's THP mode is `never`. The worker also moves its code onto
-    /// huge pages ([`move_code_to_huge_pages`]), for the same reason.
+    /// the worker's environment), and have the worker move its code onto
+    /// them ([`move_code_to_huge_pages`]). For a worker that forks a child
+    /// per invocation: each fork copies, and each exit drops, one
+    /// page-table entry per 2 MB of the code instead of a child faulting it
+    /// in 4 KB at a time. (The malloc setting measured faster too, but the
+    /// template's heap, smaller than two huge pages and not aligned to
+    /// one, does not end up on them; docs/PERFORMANCE.md.) Not for workers
+    /// that allocate and free runtimes in place, which the malloc setting
+    /// slowed. No effect where the kernel's THP mode is `never`.
     pub huge_pages: bool,
 }
 
