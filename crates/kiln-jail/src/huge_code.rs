@@ -84,16 +84,21 @@ pub fn move_code_to_huge_pages() -> Result<HugeCode, JailError> {
     }
     let mut bytes = 0;
     for (segment, mapped, whole) in moves {
-        move_segment(segment, mapped, whole).map_err(JailError::HugeCode)?;
-        bytes += whole;
+        if move_segment(segment, mapped, whole).map_err(JailError::HugeCode)? {
+            bytes += whole;
+        }
+    }
+    if bytes == 0 {
+        return Ok(HugeCode::Skipped("the kernel had no huge pages to give"));
     }
     Ok(HugeCode::Moved { bytes })
 }
 
 /// Copy `mapped` bytes at `segment.start` into fresh memory of `whole`
-/// bytes (the rest zero) that asks for huge pages, then move that memory
-/// over the segment.
-fn move_segment(segment: Segment, mapped: usize, whole: usize) -> io::Result<()> {
+/// bytes (the rest zero) that asks for huge pages, then, if the kernel
+/// backed all of it with huge pages, move that memory over the segment.
+/// `Ok(false)`: it did not, and the segment stays where it was.
+fn move_segment(segment: Segment, mapped: usize, whole: usize) -> io::Result<bool> {
     let reserve = whole + HUGE;
     // SAFETY: a fresh private anonymous mapping at an address the kernel
     // chooses; it aliases nothing.
@@ -161,22 +166,32 @@ fn move_segment(segment: Segment, mapped: usize, whole: usize) -> io::Result<()>
     // HUGE - 1 bytes are skipped before it, and HUGE were added). The source
     // [segment.start, + mapped) is the loader's mapping of a readable
     // segment, page-rounded, which stays mapped; the two do not overlap.
-    let moved = unsafe {
+    let protected = unsafe {
         if libc::madvise(copy as *mut libc::c_void, whole, libc::MADV_HUGEPAGE) != 0 {
             let e = io::Error::last_os_error();
             release();
             return Err(e);
         }
         std::ptr::copy_nonoverlapping(segment.start as *const u8, copy as *mut u8, mapped);
-        if libc::mprotect(copy as *mut libc::c_void, whole, prot) != 0 {
-            let e = io::Error::last_os_error();
-            release();
-            return Err(e);
-        }
-        // Atomically replaces [segment.start, + whole): the segment itself
-        // (identical bytes) and the unused gap up to the next 2 MB boundary
-        // (checked free by the caller). Only this thread runs, and its code
-        // reads the same bytes at the same addresses before and after.
+        libc::mprotect(copy as *mut libc::c_void, whole, prot)
+    };
+    if protected != 0 {
+        let e = io::Error::last_os_error();
+        release();
+        return Err(e);
+    }
+    // Without huge pages the copy would be worse than the file mapping:
+    // thousands of 4 KB entries for every fork to copy. The kernel may not
+    // have any to give (memory too fragmented): then nothing moves.
+    if huge_bytes_at(copy) != Some(whole) {
+        release();
+        return Ok(false);
+    }
+    // SAFETY: atomically replaces [segment.start, + whole): the segment
+    // itself (identical bytes) and the unused gap up to the next 2 MB
+    // boundary (reserved above). Only this thread runs, and its code reads
+    // the same bytes at the same addresses before and after.
+    let moved = unsafe {
         libc::mremap(
             copy as *mut libc::c_void,
             whole,
@@ -192,7 +207,7 @@ fn move_segment(segment: Segment, mapped: usize, whole: usize) -> io::Result<()>
     }
     // SAFETY: what is left of the reservation around the moved pages.
     unsafe { libc::munmap(raw, reserve) };
-    Ok(())
+    Ok(true)
 }
 
 /// The executable's `PT_LOAD` segments, at their loaded addresses.
@@ -225,6 +240,17 @@ fn executable_segments() -> Vec<Segment> {
     // writes to `segments`, which outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut segments).cast()) };
     segments
+}
+
+/// How many bytes of the mapping that starts at `start` are on huge pages
+/// (`AnonHugePages` in `/proc/self/smaps`).
+fn huge_bytes_at(start: usize) -> Option<usize> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let header = format!("{start:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header)).skip(1);
+    let field = lines.find_map(|l| l.strip_prefix("AnonHugePages:"))?;
+    let kib: usize = field.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// How many threads this process has.
