@@ -71,6 +71,8 @@ pub(crate) struct Setup {
     /// Every invocation in a forked process, as `kiln serve
     /// --process-per-invocation` runs them.
     pub(crate) process_per_invocation: bool,
+    /// Forking workers' code off huge pages (`kiln serve --no-huge-pages`).
+    pub(crate) no_huge_pages: bool,
 }
 
 pub(crate) fn invoke(iterations: usize, setup: Setup, only: Option<&str>) -> Result<(), Failure> {
@@ -90,13 +92,14 @@ pub(crate) fn invoke(iterations: usize, setup: Setup, only: Option<&str>) -> Res
     let _ = writeln_out(
         &mut report,
         &format!(
-            "kiln bench invoke: {iterations} warm invocations per case, in {BLOCKS} alternating blocks; jail {}{}; node {}\n",
+            "kiln bench invoke: {iterations} warm invocations per case, in {BLOCKS} alternating blocks; jail {}{}{}; node {}\n",
             if setup.insecure_skip_namespaces {
                 "WITHOUT namespaces (insecure)"
             } else {
                 "on (namespaces, seccomp, Landlock, rlimits)"
             },
             if setup.process_per_invocation { "; a process forked for every invocation" } else { "" },
+            if setup.no_huge_pages { "; forking workers' code off huge pages" } else { "" },
             node_version.as_deref().unwrap_or("not found")
         ),
     );
@@ -279,6 +282,7 @@ impl KilnCase {
         if setup.process_per_invocation {
             config.fork_above_bytes = 0;
         }
+        config.huge_pages = !setup.no_huge_pages;
         let sandbox = Sandbox::new(config).map_err(|e| fail(e.to_string()))?;
         let mut case = KilnCase {
             sandbox,

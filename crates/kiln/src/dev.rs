@@ -309,6 +309,7 @@ pub(crate) async fn run(options: DevOptions) -> Result<(), Failure> {
             metrics_listen: None,
             drain: Duration::from_secs(10),
             process_per_invocation: false,
+            huge_pages: true,
             egress: options.egress.clone(),
             dev: Some(crate::server::DevParts {
                 product: std::sync::Arc::new(product),

@@ -177,6 +177,9 @@ struct ServeArgs {
     /// Run every invocation of every app in a process of its own, forked from the app's prepared worker, even where a fresh runtime in a reused process would be faster (small apps: see docs/THREAT_MODEL.md for what this bounds)
     #[arg(long)]
     process_per_invocation: bool,
+    /// Keep the code of workers that fork per invocation in the executable's shared file mapping instead of a private copy on huge pages: saves about 24 MB per such worker; forked invocations then run about 10% slower (docs/PERFORMANCE.md)
+    #[arg(long)]
+    no_huge_pages: bool,
     #[command(flatten)]
     egress: InsecureEgressArgs,
 }
@@ -322,6 +325,9 @@ enum BenchCommand {
         /// Fork a process for every invocation, small apps' too, as `kiln serve --process-per-invocation` does
         #[arg(long)]
         process_per_invocation: bool,
+        /// Keep forking workers' code off huge pages, as `kiln serve --no-huge-pages` does
+        #[arg(long)]
+        no_huge_pages: bool,
     },
     /// Key-value store get, set and prefix query, encrypted beside plaintext, on SQLite (and PostgreSQL)
     Kvs {
@@ -671,8 +677,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             insecure_skip_namespaces,
             only,
             process_per_invocation,
+            no_huge_pages,
         }) => {
-            let setup = bench::Setup { insecure_skip_namespaces, process_per_invocation };
+            let setup = bench::Setup { insecure_skip_namespaces, process_per_invocation, no_huge_pages };
             bench::invoke(iterations.max(10), setup, only.as_deref())
         }
         Command::Bench(BenchCommand::Kvs { ops, postgres }) => bench_kvs::kvs(ops, postgres).await,
@@ -1442,6 +1449,7 @@ async fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), Failure> {
             metrics_listen: args.metrics_listen,
             drain: std::time::Duration::from_secs(args.drain_seconds),
             process_per_invocation: args.process_per_invocation,
+            huge_pages: !args.no_huge_pages,
             egress: server::EgressOptions {
                 insecure_loopback: args.egress.insecure_egress_loopback,
                 insecure_resolve: args.egress.insecure_egress_resolve,

@@ -31,6 +31,8 @@ pub(crate) struct Options {
     /// Fork a process for every invocation, small apps' too
     /// (`kiln serve --process-per-invocation`).
     pub(crate) process_per_invocation: bool,
+    /// Forking workers' code on huge pages (off: `kiln serve --no-huge-pages`).
+    pub(crate) huge_pages: bool,
     pub(crate) egress: EgressOptions,
     /// Set by `kiln dev`: what the settings file would otherwise say.
     pub(crate) dev: Option<DevParts>,
@@ -378,11 +380,13 @@ async fn drain(
 /// invocation it started in.
 fn sandbox_config(
     process_per_invocation: bool,
+    huge_pages: bool,
 ) -> Result<kiln_sandbox::SandboxConfig, kiln_sandbox::SandboxError> {
     let mut config = kiln_sandbox::SandboxConfig::for_current_exe()?;
     if process_per_invocation {
         config.fork_above_bytes = 0;
     }
+    config.huge_pages = huge_pages;
     Ok(config)
 }
 
@@ -402,7 +406,10 @@ fn runner(
     if options.process_per_invocation {
         tracing::info!("every invocation runs in a process of its own (--process-per-invocation)");
     }
-    let sandbox = sandbox_config(options.process_per_invocation)
+    if !options.huge_pages {
+        tracing::info!("forking workers keep their code off huge pages (--no-huge-pages)");
+    }
+    let sandbox = sandbox_config(options.process_per_invocation, options.huge_pages)
         .and_then(kiln_sandbox::Sandbox::new)
         .map_err(|e| fail(format!("app code cannot run here: {e}")))?;
     let product = match (&options.dev, config) {
@@ -469,9 +476,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn process_per_invocation_forks_for_every_program() {
-        let default = sandbox_config(false).unwrap();
+    fn the_sandbox_follows_process_per_invocation_and_no_huge_pages() {
+        let default = sandbox_config(false, true).unwrap();
         assert_eq!(default.fork_above_bytes, kiln_sandbox::FORK_ABOVE_BYTES);
-        assert_eq!(sandbox_config(true).unwrap().fork_above_bytes, 0);
+        assert!(default.huge_pages);
+        assert_eq!(sandbox_config(true, true).unwrap().fork_above_bytes, 0);
+        assert!(!sandbox_config(false, false).unwrap().huge_pages);
     }
 }

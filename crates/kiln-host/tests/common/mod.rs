@@ -26,6 +26,7 @@ pub(crate) fn sandbox() -> Sandbox {
         recycle_after: 1_000,
         inherit_stderr: false,
         fork_above_bytes: usize::MAX,
+        huge_pages: true,
     })
     .expect("jailed workers must start on this machine")
 }

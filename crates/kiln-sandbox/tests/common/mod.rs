@@ -34,6 +34,7 @@ pub(crate) fn config(fork_above_bytes: usize) -> SandboxConfig {
         recycle_after: 1_000,
         inherit_stderr: false,
         fork_above_bytes,
+        huge_pages: true,
     }
 }
 
