@@ -301,6 +301,11 @@ pub struct JailReport {
     pub seccomp: bool,
     pub landlock: String,
     pub no_new_privs: bool,
+    /// Whether the worker moved its code onto huge pages
+    /// (`kiln_jail::move_code_to_huge_pages`): a performance setting, not a
+    /// protection.
+    #[serde(default)]
+    pub code_on_huge_pages: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

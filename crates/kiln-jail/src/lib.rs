@@ -553,7 +553,7 @@ fn lockdown_as(profile: seccomp::Profile) -> Result<JailReport, JailError> {
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(JailError::Lockdown)?;
     let landlock = landlock_no_rights()?;
     seccomp::install(profile)?;
-    Ok(JailReport { namespaces, seccomp: true, landlock, no_new_privs: true })
+    Ok(JailReport { namespaces, seccomp: true, landlock, no_new_privs: true, code_on_huge_pages: false })
 }
 
 /// Deny every file-system and TCP right Landlock knows; report how much the

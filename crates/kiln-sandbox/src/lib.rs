@@ -264,6 +264,16 @@ impl Sandbox {
         stats
     }
 
+    /// What each idle worker reported of its jail when it started (for
+    /// diagnostics and tests: a worker's report proves nothing).
+    pub fn jail_reports(&self) -> Vec<JailReport> {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        pools
+            .iter()
+            .flat_map(|pool| lock(&pool.idle).idle.iter().filter_map(|w| w.jail.clone()).collect::<Vec<_>>())
+            .collect()
+    }
+
     /// The app's compiled program, compiling it in a fresh jailed worker the
     /// first time.
     pub fn program(&self, app: &str, hash: &Sha256, bundle: &Bundle) -> Result<Arc<Program>, SandboxError> {

@@ -75,9 +75,8 @@ pub fn worker_main() -> ExitCode {
     // A worker that will fork per invocation moves its code onto huge
     // pages first, while it has one thread and no filter. Where that is not
     // possible or fails, it serves all the same, only slower.
-    if kiln_jail::huge_pages_requested() {
-        let _ = kiln_jail::move_code_to_huge_pages();
-    }
+    let code_on_huge_pages = kiln_jail::huge_pages_requested()
+        && matches!(kiln_jail::move_code_to_huge_pages(), Ok(kiln_jail::HugeCode::Moved { .. }));
     // Initialise the engine's process-wide state before the filter is in
     // place: the first runtime does one-time setup.
     kiln_js::warm_up();
@@ -86,7 +85,7 @@ pub fn worker_main() -> ExitCode {
         return ExitCode::from(2);
     };
     let jail = match kiln_jail::lockdown_template() {
-        Ok(report) => report,
+        Ok(report) => kiln_ipc::JailReport { code_on_huge_pages, ..report },
         Err(e) => {
             let _ = (&channel).write_all(format!("lockdown failed: {e}").as_bytes());
             return ExitCode::from(3);

@@ -165,3 +165,25 @@ fn payloads_up_to_5_mb_cross_and_larger_ones_are_refused() {
     }
     assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({ "s": "ok" })).unwrap()), json!(2));
 }
+
+#[test]
+fn workers_that_fork_run_their_code_on_huge_pages_unless_told_not_to() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let available = thp.contains("[always]") || thp.contains("[madvise]");
+    let app = app("export function run() { return 'fine'; }\n");
+    let on_huge_pages = |sandbox: &kiln_sandbox::Sandbox| -> Vec<bool> {
+        assert_eq!(ok(invoke(sandbox, &app_id(1), &app, json!({})).unwrap()), json!("fine"));
+        sandbox.jail_reports().iter().map(|r| r.code_on_huge_pages).collect()
+    };
+    for (mode, fork_above_bytes) in MODES {
+        let reports = on_huge_pages(&sandbox_with(fork_above_bytes));
+        assert!(!reports.is_empty(), "{mode}: no idle worker to ask");
+        let expected = mode == "forked" && available;
+        assert!(reports.iter().all(|moved| *moved == expected), "{mode}: {reports:?}, expected {expected}");
+    }
+    let told_not_to =
+        kiln_sandbox::Sandbox::new(kiln_sandbox::SandboxConfig { huge_pages: false, ..common::config(0) })
+            .unwrap();
+    let reports = on_huge_pages(&told_not_to);
+    assert!(!reports.is_empty() && reports.iter().all(|moved| !moved), "{reports:?}");
+}

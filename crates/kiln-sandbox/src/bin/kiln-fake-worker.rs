@@ -60,7 +60,13 @@ fn main() -> ExitCode {
     }
     // It claims the jail it was asked for (the server starts it in the
     // namespaces; what it does afterwards is what is under test).
-    let jail = JailReport { namespaces: true, seccomp: true, landlock: "claimed".into(), no_new_privs: true };
+    let jail = JailReport {
+        namespaces: true,
+        seccomp: true,
+        landlock: "claimed".into(),
+        no_new_privs: true,
+        code_on_huge_pages: false,
+    };
     if write_frame(&mut channel, &FromWorker::Ready { protocol: PROTOCOL_VERSION, jail }).is_err() {
         return ExitCode::from(3);
     }
