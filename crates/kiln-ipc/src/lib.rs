@@ -60,6 +60,11 @@ pub enum ToWorker {
         program: Program,
         #[serde(default)]
         fork: bool,
+        /// With `reset` (and not `fork`), each invocation runs in the
+        /// worker itself from one prepared runtime, and the worker puts its
+        /// memory back as it was before the next (`kiln_jail::Snapshot`).
+        #[serde(default)]
+        reset: bool,
         /// The app's variables: `process.env` for every invocation this
         /// worker serves, known before any module's top level runs.
         #[serde(default)]
@@ -99,7 +104,12 @@ pub enum FromWorker {
         module: String,
         message: String,
     },
-    Loaded {},
+    Loaded {
+        /// Whether the worker serves by putting its memory back after each
+        /// invocation (asked with `ToWorker::Load::reset`, and possible).
+        #[serde(default)]
+        memory_reset: bool,
+    },
     /// App code asked the host for something; the server decides.
     HostCall {
         call: u64,
@@ -306,6 +316,11 @@ pub struct JailReport {
     /// protection.
     #[serde(default)]
     pub code_on_huge_pages: bool,
+    /// Whether the worker serves by putting its memory back after each
+    /// invocation (`kiln_jail::Snapshot`; the server records what the
+    /// worker said when it loaded its program).
+    #[serde(default)]
+    pub memory_reset: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

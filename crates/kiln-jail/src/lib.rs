@@ -20,8 +20,13 @@
 
 mod huge_code;
 pub mod seccomp;
+mod snapshot;
 
 pub use huge_code::{HugeCode, move_code_to_huge_pages};
+pub use snapshot::{
+    MAPS_FD, SNAPSHOT_FD, SNAPSHOT_HALF_BYTES, Snapshot, keep_heap_contiguous, open_own_maps,
+    snapshots_requested,
+};
 
 use std::ffi::OsString;
 use std::io;
@@ -90,6 +95,12 @@ pub struct WorkerSpec {
     /// that allocate and free runtimes in place, which the malloc setting
     /// slowed. No effect where the kernel's THP mode is `never`.
     pub huge_pages: bool,
+    /// Give the worker a memory file to keep snapshots of itself in
+    /// ([`Snapshot`]), at [`SNAPSHOT_FD`]: for a worker that serves every
+    /// invocation from one prepared state and puts its memory back after
+    /// each. Made here because the worker cannot size a file (its
+    /// file-size limit is 0).
+    pub snapshots: bool,
 }
 
 /// The glibc setting [`WorkerSpec::huge_pages`] passes.
@@ -121,6 +132,8 @@ pub enum JailError {
     Landlock(String),
     #[error("the worker was started without its IPC channel on fd {IPC_FD}")]
     NoChannel,
+    #[error("cannot keep a snapshot of the worker's memory: {0}")]
+    Snapshot(String),
 }
 
 /// A started worker and the server's end of its channel.
@@ -172,6 +185,7 @@ fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
     let worker_fd = worker_end.as_raw_fd();
     let limits = spec.limits;
     let namespaces = spec.namespaces;
+    let snapshots = spec.snapshots;
     let mut command = Command::new(&executable);
     command
         .args(&spec.args)
@@ -185,10 +199,11 @@ fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
         .stderr(if spec.inherit_stderr { Stdio::piped() } else { Stdio::null() });
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe operations are allowed. It makes raw system calls
-    // only (dup2, close_range, unshare, setrlimit, prctl), allocates nothing,
+    // only (dup2, close_range, memfd_create, ftruncate, close, unshare,
+    // setrlimit, prctl, sched_setscheduler), allocates nothing,
     // takes no locks and touches no Rust state beyond the copied integers.
     unsafe {
-        command.pre_exec(move || child_before_exec(worker_fd, limits, namespaces));
+        command.pre_exec(move || child_before_exec(worker_fd, limits, namespaces, snapshots));
     }
     let mut child = command.spawn().map_err(JailError::Spawn)?;
     drop(worker_end);
@@ -206,7 +221,12 @@ fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
 }
 
 /// The child's half of [`spawn`], in order. Async-signal-safe.
-fn child_before_exec(worker_fd: RawFd, limits: ProcessLimits, namespaces: NamespacePolicy) -> io::Result<()> {
+fn child_before_exec(
+    worker_fd: RawFd,
+    limits: ProcessLimits,
+    namespaces: NamespacePolicy,
+    snapshots: bool,
+) -> io::Result<()> {
     // 1. The channel becomes fd 3 (dup2 clears close-on-exec on the copy).
     // SAFETY: dup2 on descriptors this process owns; no memory is involved.
     check(unsafe { libc::dup2(worker_fd, IPC_FD) })?;
@@ -222,6 +242,21 @@ fn child_before_exec(worker_fd: RawFd, limits: ProcessLimits, namespaces: Namesp
             libc::CLOSE_RANGE_CLOEXEC,
         )
     })?;
+    // 2b. The snapshot file, sized while the file-size limit allows it
+    //     (sparse: it takes memory only as the worker writes to it).
+    if snapshots {
+        // SAFETY: memfd_create takes a static NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"kiln-snapshot".as_ptr(), 0) };
+        check(fd)?;
+        // SAFETY: ftruncate, dup2 and close on the descriptor just made.
+        unsafe {
+            check(libc::ftruncate(fd, (2 * SNAPSHOT_HALF_BYTES) as libc::off_t))?;
+            if fd != SNAPSHOT_FD {
+                check(libc::dup2(fd, SNAPSHOT_FD))?;
+                check(libc::close(fd))?;
+            }
+        }
+    }
     // 3. New namespaces: no network but a loopback that is down, private
     //    mounts, IPC and host name, and an unmapped user (no privileges
     //    outside).
@@ -553,7 +588,14 @@ fn lockdown_as(profile: seccomp::Profile) -> Result<JailReport, JailError> {
     check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map_err(JailError::Lockdown)?;
     let landlock = landlock_no_rights()?;
     seccomp::install(profile)?;
-    Ok(JailReport { namespaces, seccomp: true, landlock, no_new_privs: true, code_on_huge_pages: false })
+    Ok(JailReport {
+        namespaces,
+        seccomp: true,
+        landlock,
+        no_new_privs: true,
+        code_on_huge_pages: false,
+        memory_reset: false,
+    })
 }
 
 /// Deny every file-system and TCP right Landlock knows; report how much the
@@ -605,6 +647,7 @@ pub fn probe_namespaces() -> Result<(), JailError> {
         namespaces: NamespacePolicy::Require,
         inherit_stderr: false,
         huge_pages: false,
+        snapshots: false,
     };
     let mut spawned = spawn(&spec)?;
     spawned.child.wait().map_err(JailError::Spawn)?;

@@ -119,6 +119,40 @@ pub struct SandboxConfig {
     /// `kiln`), and a forked call takes about 10% less CPU than with the
     /// code left in the shared file mapping (docs/PERFORMANCE.md).
     pub huge_pages: bool,
+    /// Programs at or above [`SandboxConfig::fork_above_bytes`] run every
+    /// invocation from one prepared runtime in the worker itself, which
+    /// puts all of its writable memory back as it was after each
+    /// (`kiln_jail::Snapshot`), instead of in a process forked per
+    /// invocation. Both start every invocation from the same state; a
+    /// fork also starts it in a new process, at about twice the CPU
+    /// (docs/PERFORMANCE.md). `kiln serve --process-per-invocation` turns
+    /// this off.
+    pub reset_instead_of_fork: bool,
+}
+
+/// How a worker serves its program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// A fresh runtime per invocation, prepared ahead, in the worker's
+    /// children, which take turns.
+    InPlace,
+    /// A process forked per invocation from a prepared template.
+    Forked,
+    /// One prepared runtime, the worker's memory put back after each
+    /// invocation.
+    Reset,
+}
+
+impl Serving {
+    fn for_program(config: &SandboxConfig, bytes: usize) -> Serving {
+        if bytes < config.fork_above_bytes {
+            Serving::InPlace
+        } else if config.reset_instead_of_fork {
+            Serving::Reset
+        } else {
+            Serving::Forked
+        }
+    }
 }
 
 /// [`SandboxConfig::fork_above_bytes`] by default: where a fresh runtime
@@ -141,6 +175,7 @@ impl SandboxConfig {
             inherit_stderr: false,
             fork_above_bytes: FORK_ABOVE_BYTES,
             huge_pages: true,
+            reset_instead_of_fork: true,
         })
     }
 }
@@ -309,7 +344,7 @@ impl Sandbox {
             .collect();
         let imports = imports_of(bundle);
         let kinds = bundle.modules.iter().map(|(id, m)| (id.clone(), m.kind)).collect();
-        let mut worker = self.start_worker(512, false)?;
+        let mut worker = self.start_worker(512, Serving::InPlace)?;
         let deadline = Instant::now() + COMPILE_TIMEOUT;
         worker.send(&ToWorker::Compile { modules, imports: imports.clone() })?;
         let reply = worker.receive(deadline, MAX_PROGRAM_FRAME_BYTES);
@@ -404,9 +439,9 @@ impl Sandbox {
         Ok(pool)
     }
 
-    /// Start a jailed worker; `forks`: it will fork a child per invocation.
-    fn start_worker(&self, memory_mb: u32, forks: bool) -> Result<Worker, SandboxError> {
-        let spec = worker_spec(&self.config, memory_mb, forks);
+    /// Start a jailed worker that will serve as `serving` says.
+    fn start_worker(&self, memory_mb: u32, serving: Serving) -> Result<Worker, SandboxError> {
+        let spec = worker_spec(&self.config, memory_mb, serving);
         let spawned = kiln_jail::spawn(&spec)?;
         // A worker that stops reading cannot hold the server's thread either.
         spawned
@@ -483,12 +518,21 @@ struct PoolState {
 impl Pool {
     fn start(&self, sandbox: &Sandbox) -> Result<Worker, SandboxError> {
         let bytes: usize = self.program.modules.iter().map(|m| m.code.len()).sum();
-        let fork = bytes >= sandbox.config.fork_above_bytes;
-        let mut worker = sandbox.start_worker(self.memory_mb, fork)?;
+        let serving = Serving::for_program(&sandbox.config, bytes);
+        let fork = serving == Serving::Forked;
+        let mut worker = sandbox.start_worker(self.memory_mb, serving)?;
         worker.forked = fork;
-        worker.send(&ToWorker::Load { program: (*self.program).clone(), fork, env: self.env.clone() })?;
+        worker.send(&ToWorker::Load {
+            program: (*self.program).clone(),
+            fork,
+            reset: serving == Serving::Reset,
+            env: self.env.clone(),
+        })?;
         match worker.receive(Instant::now() + WORKER_START_TIMEOUT, MAX_FRAME_BYTES) {
-            Ok(FromWorker::Loaded {}) => {
+            Ok(FromWorker::Loaded { memory_reset }) => {
+                if let Some(jail) = worker.jail.as_mut() {
+                    jail.memory_reset = memory_reset;
+                }
                 // A forked worker keeps two children ready.
                 if fork {
                     worker.add_standby(None)?;
@@ -949,7 +993,7 @@ fn variant(m: &FromWorker) -> &'static str {
         FromWorker::Ready { .. } => "ready",
         FromWorker::Compiled { .. } => "compiled",
         FromWorker::CompileFailed { .. } => "compileFailed",
-        FromWorker::Loaded {} => "loaded",
+        FromWorker::Loaded { .. } => "loaded",
         FromWorker::HostCall { .. } => "hostCall",
         FromWorker::Log { .. } => "log",
         FromWorker::Done { .. } => "done",
@@ -1010,9 +1054,10 @@ pub fn caller_for(manifest: &kiln_manifest::Manifest, function: &str) -> Caller 
     }
 }
 
-/// How a worker is started; `forks`: it will fork a child per invocation
-/// (the only kind for which huge pages pay).
-fn worker_spec(config: &SandboxConfig, memory_mb: u32, forks: bool) -> WorkerSpec {
+/// How a worker that will serve as `serving` says is started: huge pages
+/// pay only for one that forks per invocation, and a snapshot file is
+/// only for one that puts its memory back.
+fn worker_spec(config: &SandboxConfig, memory_mb: u32, serving: Serving) -> WorkerSpec {
     WorkerSpec {
         executable: config.worker_executable.clone(),
         args: config.worker_args.clone(),
@@ -1024,7 +1069,8 @@ fn worker_spec(config: &SandboxConfig, memory_mb: u32, forks: bool) -> WorkerSpe
         },
         namespaces: config.namespaces,
         inherit_stderr: config.inherit_stderr,
-        huge_pages: forks && config.huge_pages,
+        huge_pages: serving == Serving::Forked && config.huge_pages,
+        snapshots: serving == Serving::Reset,
     }
 }
 
@@ -1042,14 +1088,31 @@ mod tests {
     }
 
     #[test]
-    fn only_workers_that_fork_get_huge_pages_and_only_if_configured() {
+    fn only_workers_that_fork_get_huge_pages_and_only_those_that_reset_a_snapshot_file() {
         let mut config = SandboxConfig::for_current_exe().unwrap_or_else(|e| panic!("{e}"));
         assert!(config.huge_pages, "on by default");
-        assert!(worker_spec(&config, 128, true).huge_pages);
-        assert!(!worker_spec(&config, 128, false).huge_pages);
+        assert!(worker_spec(&config, 128, Serving::Forked).huge_pages);
+        assert!(!worker_spec(&config, 128, Serving::InPlace).huge_pages);
+        assert!(!worker_spec(&config, 128, Serving::Reset).huge_pages);
+        for serving in [Serving::InPlace, Serving::Forked, Serving::Reset] {
+            assert_eq!(worker_spec(&config, 128, serving).snapshots, serving == Serving::Reset);
+        }
         config.huge_pages = false;
-        assert!(!worker_spec(&config, 128, true).huge_pages);
-        assert_eq!(worker_spec(&config, 128, true).limits.address_space_bytes, (128 + 1024) << 20);
+        assert!(!worker_spec(&config, 128, Serving::Forked).huge_pages);
+        assert_eq!(worker_spec(&config, 128, Serving::Forked).limits.address_space_bytes, (128 + 1024) << 20);
+    }
+
+    #[test]
+    fn large_programs_reset_unless_told_to_fork_and_small_ones_run_in_place() {
+        let mut config = SandboxConfig::for_current_exe().unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.reset_instead_of_fork, "on by default");
+        assert_eq!(Serving::for_program(&config, FORK_ABOVE_BYTES - 1), Serving::InPlace);
+        assert_eq!(Serving::for_program(&config, FORK_ABOVE_BYTES), Serving::Reset);
+        config.reset_instead_of_fork = false;
+        assert_eq!(Serving::for_program(&config, FORK_ABOVE_BYTES - 1), Serving::InPlace);
+        assert_eq!(Serving::for_program(&config, FORK_ABOVE_BYTES), Serving::Forked);
+        config.fork_above_bytes = 0;
+        assert_eq!(Serving::for_program(&config, 0), Serving::Forked);
     }
 
     #[test]

@@ -7,8 +7,14 @@
 //!
 //! The worker locks down as a *template* and compiles untrusted source only
 //! in children forked for it. Once it has its program, it serves in one of
-//! two modes, chosen by the server:
+//! three modes, chosen by the server:
 //!
+//! - reset: it gives up forking, keeps one prepared runtime, snapshots its
+//!   own writable memory (`kiln_jail::Snapshot`) and serves every
+//!   invocation in itself from that runtime, putting its memory back as it
+//!   was after each: every invocation starts from the same bytes, as a
+//!   forked child does, without a fork or an exit (`Worker::serve_reset`).
+//!   Where no snapshot can be taken it serves in place alone.
 //! - forked: it keeps one prepared runtime (the prelude loaded, the entry
 //!   modules calls use evaluated, as the server names them) and never runs
 //!   an invocation itself. Each child gets a channel of its own, made by
@@ -77,6 +83,12 @@ pub fn worker_main() -> ExitCode {
     // possible or fails, it serves all the same, only slower.
     let code_on_huge_pages = kiln_jail::huge_pages_requested()
         && matches!(kiln_jail::move_code_to_huge_pages(), Ok(kiln_jail::HugeCode::Moved { .. }));
+    // A worker that will put its memory back after each invocation keeps
+    // its heap where that can be done from the start, and opens its own
+    // memory map while it still may. Without either it serves in place.
+    let can_reset = kiln_jail::snapshots_requested()
+        && kiln_jail::keep_heap_contiguous().is_ok()
+        && kiln_jail::open_own_maps().is_ok();
     // Initialise the engine's process-wide state before the filter is in
     // place: the first runtime does one-time setup.
     kiln_js::warm_up();
@@ -96,6 +108,7 @@ pub fn worker_main() -> ExitCode {
         turn: Some(turn),
         program: None,
         fork: false,
+        can_reset,
         template: None,
         preloads: Preloads::default(),
     };
@@ -117,6 +130,9 @@ struct Worker {
     /// Whether invocations fork from `template` (else `template` is the
     /// fresh runtime the next invocation uses, in this process).
     fork: bool,
+    /// Whether this worker can serve by putting its memory back
+    /// (`serve_reset`).
+    can_reset: bool,
     /// The prepared runtime every invocation forks from, or (without
     /// `fork`) the next invocation's runtime.
     template: Option<kiln_js::Prepared>,
@@ -168,14 +184,32 @@ impl Worker {
             let message: ToWorker = read_frame(&mut self.channel, MAX_PROGRAM_FRAME_BYTES).map_err(|_| ())?;
             match message {
                 ToWorker::Compile { modules, imports } => self.compile(&modules, &imports)?,
-                ToWorker::Load { program, fork, env } => {
+                ToWorker::Load { program, fork, reset, env } => {
                     if self.program.is_some() {
                         // One program per worker, for its whole life.
                         return Err(());
                     }
                     let program = kiln_js::Program::load_with_env(program, &env).map_err(|_| ())?;
                     self.program = Some(program);
-                    self.send(&FromWorker::Loaded {})?;
+                    if reset && !fork && self.can_reset {
+                        // Invocations run in this process: it gives up forking first.
+                        kiln_jail::restrict_to_invocation().map_err(drop)?;
+                        self.template = Some(kiln_js::Prepared::new(program, None));
+                        let modules = program.module_ids();
+                        match kiln_jail::Snapshot::take(None) {
+                            Ok(snapshot) => {
+                                self.send(&FromWorker::Loaded { memory_reset: true })?;
+                                return self.serve_reset(snapshot, modules);
+                            }
+                            // Served in place instead: a fresh runtime per
+                            // invocation (the one just made is the first).
+                            Err(_) => {
+                                self.send(&FromWorker::Loaded { memory_reset: false })?;
+                                continue;
+                            }
+                        }
+                    }
+                    self.send(&FromWorker::Loaded { memory_reset: false })?;
                     if fork {
                         self.fork = true;
                         self.template = Some(kiln_js::Prepared::new(program, None));
@@ -290,6 +324,42 @@ impl Worker {
                     let _ = self.send(&FromWorker::InvocationDied { code: exit.code, signal: exit.signal });
                     return Err(());
                 }
+            }
+        }
+    }
+
+    /// Serve a loaded program from one prepared runtime in this process,
+    /// putting all of the process's writable memory back as it was before
+    /// each invocation (`kiln_jail::Snapshot`): every invocation starts
+    /// from the same state, as a forked child does, without a fork, an
+    /// exit or a child's faults on the template's pages. A module the
+    /// server calls is evaluated into the prepared runtime after its first
+    /// call, and the snapshot taken again. `snapshot` is the first, taken
+    /// with the runtime prepared. Returns when the worker's life is over.
+    ///
+    /// Whatever this loop keeps from one invocation to the next must have
+    /// been made before the snapshot it is restored to (as `modules` was):
+    /// memory allocated after it is handed out again once it is restored.
+    fn serve_reset(&mut self, mut snapshot: kiln_jail::Snapshot, modules: Vec<String>) -> Result<(), ()> {
+        let program = self.program.ok_or(())?;
+        loop {
+            let Some(template) = self.template.as_ref() else { return Err(()) };
+            let channel = &mut self.channel;
+            // Whatever the invocation does to memory is undone when this
+            // returns; what it returns is plain data.
+            let served =
+                snapshot.run_then_restore(template, |prepared| serve_one(channel, prepared, &modules));
+            match served {
+                Served::Invoked(module) => {
+                    if let Some(module) = module.and_then(|i| modules.get(i))
+                        && self.preloads.wants(module)
+                    {
+                        self.preload(program, module.clone());
+                        snapshot = kiln_jail::Snapshot::take(Some(snapshot)).map_err(drop)?;
+                    }
+                }
+                Served::Shutdown => return Ok(()),
+                Served::Failed => return Err(()),
             }
         }
     }
@@ -502,6 +572,45 @@ impl Worker {
         }
         self.template = Some(next);
         Ok(())
+    }
+}
+
+/// How one invocation served by `Worker::serve_reset` went: plain data,
+/// since everything else is undone before it is looked at.
+#[derive(Debug, Clone, Copy)]
+enum Served {
+    /// Answered; the called module's index in the program, if it is one.
+    Invoked(Option<usize>),
+    Shutdown,
+    Failed,
+}
+
+/// Read the channel until an invocation comes, run it in `prepared`, and
+/// answer. `prepared` is never freed: its memory comes back with the rest.
+fn serve_one(channel: &mut UnixStream, prepared: kiln_js::Prepared, modules: &[String]) -> Served {
+    let prepared = std::mem::ManuallyDrop::new(prepared);
+    loop {
+        let Ok(message) = read_frame::<_, ToWorker>(&mut *channel, MAX_PROGRAM_FRAME_BYTES) else {
+            return Served::Failed;
+        };
+        match message {
+            ToWorker::Invoke { invocation } => {
+                let mut host = IpcHost { channel: &mut *channel, broken: false };
+                let (outcome, spent) =
+                    std::mem::ManuallyDrop::into_inner(prepared).run(&invocation, &mut host);
+                std::mem::forget(spent);
+                if host.broken || write_frame(&mut *channel, &FromWorker::Done { outcome }).is_err() {
+                    return Served::Failed;
+                }
+                return Served::Invoked(modules.iter().position(|m| *m == invocation.module));
+            }
+            ToWorker::Shutdown {} => return Served::Shutdown,
+            // A reply to a call of an invocation that has already ended.
+            ToWorker::HostReply { .. } => {}
+            ToWorker::Compile { .. } | ToWorker::Load { .. } | ToWorker::Standby { .. } => {
+                return Served::Failed;
+            }
+        }
     }
 }
 

@@ -52,6 +52,11 @@ fn local_time_date_methods_do_not_kill_a_forked_worker() {
 }
 
 #[test]
+fn local_time_date_methods_do_not_kill_a_worker_that_resets() {
+    local_time_methods_work_in(&common::sandbox_with(common::Mode { fork_above_bytes: 0, reset: true }));
+}
+
+#[test]
 fn local_time_date_methods_do_not_kill_an_in_place_worker() {
     local_time_methods_work_in(&common::sandbox_with(usize::MAX));
 }
@@ -69,7 +74,7 @@ export const run = () => {
 
 #[test]
 fn intl_time_zones_work_in_jailed_workers_of_both_kinds() {
-    for fork_above_bytes in [0, usize::MAX] {
+    for (mode, fork_above_bytes) in common::MODES {
         let sandbox = common::sandbox_with(fork_above_bytes);
         let app = common::app(TIME_ZONES);
         for _ in 0..2 {
@@ -77,7 +82,7 @@ fn intl_time_zones_work_in_jailed_workers_of_both_kinds() {
             assert_eq!(
                 common::ok(outcome),
                 serde_json::json!(["7/4/2026, 8:30:00 AM EDT", "10:30:00 PM GMT+10", ["a", "A", "b"]]),
-                "fork above {fork_above_bytes} bytes"
+                "{mode}"
             );
         }
     }

@@ -123,13 +123,15 @@ fn children_end_with_the_worker(mode: &str, sandbox: kiln_sandbox::Sandbox) {
     // a moment after the call's answer: wait for it rather than race it.
     let has_children =
         |procs: &[(u32, u32)]| procs.iter().any(|(_, ppid)| *ppid != ours && is_worker_tree(procs, *ppid));
+    // A worker that resets serves in itself.
+    let serves_from_children = mode != "reset";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut before = worker_processes();
-    while !has_children(&before) && std::time::Instant::now() < deadline {
+    while serves_from_children && !has_children(&before) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
         before = worker_processes();
     }
-    assert!(has_children(&before), "{mode}: a worker serves from children: {before:?}");
+    assert_eq!(has_children(&before), serves_from_children, "{mode}: {before:?}");
     drop(sandbox);
     // Every process left must still belong to a live worker of this test
     // binary (other tests run beside this one); an orphaned standby would
@@ -186,4 +188,21 @@ fn workers_that_fork_run_their_code_on_huge_pages_unless_told_not_to() {
             .unwrap();
     let reports = on_huge_pages(&told_not_to);
     assert!(!reports.is_empty() && reports.iter().all(|moved| !moved), "{reports:?}");
+}
+
+#[test]
+fn workers_of_large_programs_put_their_memory_back_unless_told_to_fork() {
+    let app = app(
+        "let calls = 0;\nexport function run() { calls += 1; globalThis.seen = (globalThis.seen || 0) + 1; return [calls, globalThis.seen]; }\n",
+    );
+    for (mode, setting) in MODES {
+        let sandbox = sandbox_with(setting);
+        for _ in 0..5 {
+            assert_eq!(ok(invoke(&sandbox, &app_id(1), &app, json!({})).unwrap()), json!([1, 1]), "{mode}");
+        }
+        let reports = sandbox.jail_reports();
+        assert!(!reports.is_empty(), "{mode}: no idle worker to ask");
+        let expected = mode == "reset";
+        assert!(reports.iter().all(|r| r.memory_reset == expected), "{mode}: {reports:?}");
+    }
 }

@@ -281,6 +281,7 @@ impl KilnCase {
         }
         if setup.process_per_invocation {
             config.fork_above_bytes = 0;
+            config.reset_instead_of_fork = false;
         }
         config.huge_pages = !setup.no_huge_pages;
         let sandbox = Sandbox::new(config).map_err(|e| fail(e.to_string()))?;

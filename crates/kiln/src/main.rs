@@ -174,7 +174,7 @@ struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests and invocations may take to finish before the server stops anyway
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
-    /// Run every invocation of every app in a process of its own, forked from the app's prepared worker, even where a fresh runtime in a reused process would be faster (small apps: see docs/THREAT_MODEL.md for what this bounds)
+    /// Run every invocation of every app in a process of its own, forked from the app's prepared worker, even where a fresh runtime in a reused process (small apps) or a worker that puts its memory back after each invocation (large apps) would be faster: see docs/THREAT_MODEL.md for what this bounds
     #[arg(long)]
     process_per_invocation: bool,
     /// Keep the code of workers that fork per invocation in the executable's shared file mapping instead of a private copy on huge pages: saves about 24 MB per such worker; forked invocations then run about 10% slower (docs/PERFORMANCE.md)
@@ -417,8 +417,7 @@ struct InvokeArgs {
     #[arg(long)]
     insecure_skip_namespaces: bool,
     /// Run the invocation in a process forked from a prepared worker, as
-    /// large apps' invocations always are (and every app's under `kiln serve
-    /// --process-per-invocation`)
+    /// every app's are under `kiln serve --process-per-invocation`
     #[arg(long)]
     process_per_invocation: bool,
     /// Answer requestJira/requestConfluence from this dev site (`kiln devsite`), as the app's service account
@@ -859,6 +858,7 @@ async fn invoke(data_dir: &Path, args: InvokeArgs) -> Result<(), Failure> {
     config.pool_size = 1;
     if args.process_per_invocation {
         config.fork_above_bytes = 0;
+        config.reset_instead_of_fork = false;
     }
     if args.insecure_skip_namespaces {
         eprintln!(

@@ -375,7 +375,8 @@ async fn drain(
 
 /// The server's sandbox settings. By default small programs run each
 /// invocation in a fresh runtime in a reused worker process, and larger
-/// ones in a process forked per invocation; `process_per_invocation` forks
+/// ones from one prepared runtime in a worker that puts its memory back
+/// after each invocation; `process_per_invocation` forks
 /// for every program, so that even an engine exploit cannot outlive the
 /// invocation it started in.
 fn sandbox_config(
@@ -385,6 +386,7 @@ fn sandbox_config(
     let mut config = kiln_sandbox::SandboxConfig::for_current_exe()?;
     if process_per_invocation {
         config.fork_above_bytes = 0;
+        config.reset_instead_of_fork = false;
     }
     config.huge_pages = huge_pages;
     Ok(config)
@@ -480,7 +482,10 @@ mod tests {
         let default = sandbox_config(false, true).unwrap();
         assert_eq!(default.fork_above_bytes, kiln_sandbox::FORK_ABOVE_BYTES);
         assert!(default.huge_pages);
-        assert_eq!(sandbox_config(true, true).unwrap().fork_above_bytes, 0);
+        assert!(default.reset_instead_of_fork);
+        let per_invocation = sandbox_config(true, true).unwrap();
+        assert_eq!(per_invocation.fork_above_bytes, 0);
+        assert!(!per_invocation.reset_instead_of_fork, "a process per invocation, not one reset");
         assert!(!sandbox_config(false, false).unwrap().huge_pages);
     }
 }

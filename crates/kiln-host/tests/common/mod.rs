@@ -27,6 +27,7 @@ pub(crate) fn sandbox() -> Sandbox {
         inherit_stderr: false,
         fork_above_bytes: usize::MAX,
         huge_pages: true,
+        reset_instead_of_fork: false,
     })
     .expect("jailed workers must start on this machine")
 }

@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         std::thread::sleep(std::time::Duration::from_secs(60));
         return ExitCode::SUCCESS;
     }
+    if action == "snapshot" {
+        return snapshot();
+    }
     if action == "template" {
         return template(&std::env::args().nth(2).unwrap_or_default());
     }
@@ -321,4 +324,73 @@ fn code_mapping(smaps: &str, address: usize) -> String {
         }
     }
     found.unwrap_or_else(|| "not found".to_owned())
+}
+
+/// Set by `snapshot` before it takes its snapshot; an invocation changes it.
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn program_break() -> usize {
+    // SAFETY: brk(0) changes nothing and returns the current break.
+    unsafe { libc::syscall(libc::SYS_brk, 0) as usize }
+}
+
+/// Serve three "invocations" from a snapshot, as a worker that resets does
+/// (locked down, under the invocation allow-list), each of which changes a
+/// static, a heap buffer it was handed, and grows the heap by 64 MB; report
+/// on the channel what each saw on entry and what is left afterwards.
+fn snapshot() -> ExitCode {
+    let Ok(mut channel) = kiln_jail::inherited_channel() else {
+        eprintln!("no channel");
+        return ExitCode::from(2);
+    };
+    if !kiln_jail::snapshots_requested() {
+        let _ = channel.write_all(b"no snapshot file\n");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = kiln_jail::keep_heap_contiguous().and_then(|()| kiln_jail::open_own_maps()) {
+        let _ = channel.write_all(format!("setup failed: {e}\n").as_bytes());
+        return ExitCode::from(2);
+    }
+    if let Err(e) = kiln_jail::lockdown() {
+        let _ = channel.write_all(format!("lockdown failed: {e}\n").as_bytes());
+        return ExitCode::from(2);
+    }
+    let kept: Vec<u8> = vec![b'a'; 4096];
+    COUNTER.store(1, std::sync::atomic::Ordering::SeqCst);
+    let snapshot = match kiln_jail::Snapshot::take(None) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = channel.write_all(format!("take failed: {e}\n").as_bytes());
+            return ExitCode::from(2);
+        }
+    };
+    let at_snapshot = program_break();
+    for _ in 0..3 {
+        let (counter, first, grew) = snapshot.run_then_restore(&kept, |mut copy| {
+            let seen =
+                (COUNTER.load(std::sync::atomic::Ordering::SeqCst), copy.first().copied().unwrap_or(0));
+            COUNTER.store(99, std::sync::atomic::Ordering::SeqCst);
+            copy.fill(b'z');
+            let big = vec![7u8; 64 << 20];
+            std::hint::black_box(&big);
+            let grew = program_break() >= at_snapshot + (64 << 20);
+            std::mem::forget(big);
+            (seen.0, seen.1, grew)
+        });
+        // Straight to the channel: anything kept in memory from here would
+        // be undone by the next restore.
+        let _ = channel
+            .write_all(format!("round=counter:{counter},first:{},grew:{grew}\n", first as char).as_bytes());
+    }
+    let _ = channel.write_all(
+        format!(
+            "after=counter:{},first:{},brk_back:{}\n",
+            COUNTER.load(std::sync::atomic::Ordering::SeqCst),
+            kept.first().copied().unwrap_or(0) as char,
+            program_break() == at_snapshot
+        )
+        .as_bytes(),
+    );
+    // Without closing the channel: `close` is not on the allow-list.
+    kiln_jail::exit_now(0)
 }

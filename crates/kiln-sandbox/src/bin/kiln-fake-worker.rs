@@ -66,6 +66,7 @@ fn main() -> ExitCode {
         landlock: "claimed".into(),
         no_new_privs: true,
         code_on_huge_pages: false,
+        memory_reset: false,
     };
     if write_frame(&mut channel, &FromWorker::Ready { protocol: PROTOCOL_VERSION, jail }).is_err() {
         return ExitCode::from(3);
@@ -76,12 +77,14 @@ fn main() -> ExitCode {
         };
         let sent = match (message, mode.as_str()) {
             (ToWorker::Load { fork: true, .. }, _) => {
-                if write_frame(&mut channel, &FromWorker::Loaded {}).is_err() {
+                if write_frame(&mut channel, &FromWorker::Loaded { memory_reset: false }).is_err() {
                     return ExitCode::from(3);
                 }
                 return serve_forked(&channel, &mode);
             }
-            (ToWorker::Load { .. }, _) => write_frame(&mut channel, &FromWorker::Loaded {}).is_ok(),
+            (ToWorker::Load { .. }, _) => {
+                write_frame(&mut channel, &FromWorker::Loaded { memory_reset: false }).is_ok()
+            }
             (ToWorker::Invoke { .. }, "answer-all") => write_frame(&mut channel, &done).is_ok(),
             (ToWorker::Invoke { .. }, "answer-once") => {
                 let result = std::process::id().to_string();

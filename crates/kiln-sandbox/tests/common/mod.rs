@@ -14,17 +14,37 @@ pub(crate) fn sandbox() -> Sandbox {
     sandbox_with(0)
 }
 
-/// How a worker may serve a small app: (name, `fork_above_bytes`).
-pub(crate) const MODES: [(&str, usize); 2] = [("forked", 0), ("in place", usize::MAX)];
+/// How a worker serves: programs of at least `fork_above_bytes` of
+/// bytecode from a prepared runtime, in a process forked per invocation or
+/// (`reset`) in the worker, which puts its memory back after each; smaller
+/// ones in place. A bare number is a threshold with forking.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mode {
+    pub(crate) fork_above_bytes: usize,
+    pub(crate) reset: bool,
+}
 
-/// A jailed sandbox whose workers fork for programs of at least
-/// `fork_above_bytes` of bytecode and serve smaller ones in place.
-pub(crate) fn sandbox_with(fork_above_bytes: usize) -> Sandbox {
-    Sandbox::new(config(fork_above_bytes)).expect("jailed workers must start on this machine")
+impl From<usize> for Mode {
+    fn from(fork_above_bytes: usize) -> Mode {
+        Mode { fork_above_bytes, reset: false }
+    }
+}
+
+/// How a worker may serve a small app: (name, mode).
+pub(crate) const MODES: [(&str, Mode); 3] = [
+    ("forked", Mode { fork_above_bytes: 0, reset: false }),
+    ("reset", Mode { fork_above_bytes: 0, reset: true }),
+    ("in place", Mode { fork_above_bytes: usize::MAX, reset: false }),
+];
+
+/// A jailed sandbox whose workers serve as `mode` says.
+pub(crate) fn sandbox_with(mode: impl Into<Mode>) -> Sandbox {
+    Sandbox::new(config(mode)).expect("jailed workers must start on this machine")
 }
 
 /// The tests' sandbox settings: jailed `kiln-worker`s, one per app.
-pub(crate) fn config(fork_above_bytes: usize) -> SandboxConfig {
+pub(crate) fn config(mode: impl Into<Mode>) -> SandboxConfig {
+    let Mode { fork_above_bytes, reset } = mode.into();
     SandboxConfig {
         worker_executable: PathBuf::from(env!("CARGO_BIN_EXE_kiln-worker")),
         worker_args: Vec::new(),
@@ -35,6 +55,7 @@ pub(crate) fn config(fork_above_bytes: usize) -> SandboxConfig {
         inherit_stderr: false,
         fork_above_bytes,
         huge_pages: true,
+        reset_instead_of_fork: reset,
     }
 }
 
