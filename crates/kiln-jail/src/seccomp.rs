@@ -16,7 +16,7 @@ use seccompiler::{
     TargetArch,
 };
 
-use crate::{IPC_FD, JailError, MAPS_FD, TURN_READ_FD, TURN_WRITE_FD};
+use crate::{IPC_FD, JailError, MAPS_FD, PAGEMAP_FD, TURN_READ_FD, TURN_WRITE_FD};
 
 /// How a listed call may be used.
 enum Use {
@@ -113,8 +113,8 @@ const ALLOWED: &[(libc::c_long, Use, &str)] = &[
     (libc::SYS_sendto, Use::OnFds(&[IPC_FD as u64]), "std may write sockets with send"),
     (
         libc::SYS_pread64,
-        Use::OnFds(&[MAPS_FD as u64]),
-        "a worker that snapshots itself reads its own /proc/self/maps, opened before lockdown",
+        Use::OnFds(&[MAPS_FD as u64, PAGEMAP_FD as u64]),
+        "a worker that snapshots itself reads its own /proc/self/maps and pagemap, opened before lockdown",
     ),
     (libc::SYS_poll, Use::Any, "wait for a host reply with a timeout"),
     (libc::SYS_ppoll, Use::Any, "as poll, on newer libc"),

@@ -38,6 +38,10 @@ pub const SNAPSHOT_FD: RawFd = 6;
 /// ([`open_own_maps`]): after it, Landlock refuses every open.
 pub const MAPS_FD: RawFd = 7;
 
+/// The worker's own `/proc/self/pagemap`, opened with [`MAPS_FD`]: which
+/// pages an invocation wrote, so that only those are dropped.
+pub const PAGEMAP_FD: RawFd = 8;
+
 /// The file holds two snapshots' worth, one half each: a new snapshot is
 /// written to the half the current one does not use, so that writing it
 /// never changes what the current mappings show. Sparse: only what is
@@ -45,8 +49,17 @@ pub const MAPS_FD: RawFd = 7;
 pub const SNAPSHOT_HALF_BYTES: u64 = 1 << 30;
 
 /// How much of the stack below its caller [`Snapshot::run_then_restore`]
-/// zeroes: more than an invocation uses (the engine's stack limit is lower).
-const STACK_ZEROED_BYTES: usize = 8 << 20;
+/// clears: more than an invocation uses (the engine's stack limit is
+/// lower). The first [`STACK_WRITTEN_BYTES`] of it are written with zeroes
+/// (they stay mapped: an invocation uses them every time), the rest
+/// dropped (the kernel hands out zeroed pages at the next touch).
+const STACK_CLEARED_BYTES: usize = 8 << 20;
+const STACK_WRITTEN_BYTES: usize = 256 << 10;
+
+/// `/proc/self/pagemap`: the page is present, and it is a file's (here:
+/// still the snapshot's) rather than this process's own copy.
+const PAGE_PRESENT: u64 = 1 << 63;
+const PAGE_FILE: u64 = 1 << 61;
 
 /// Whether the server gave this worker a snapshot file.
 pub fn snapshots_requested() -> bool {
@@ -54,25 +67,31 @@ pub fn snapshots_requested() -> bool {
     unsafe { libc::fcntl(SNAPSHOT_FD, libc::F_GETFD) >= 0 }
 }
 
-/// Open `/proc/self/maps` at [`MAPS_FD`]. Call before lockdown.
+/// Open `/proc/self/maps` at [`MAPS_FD`] and `/proc/self/pagemap` at
+/// [`PAGEMAP_FD`]. Call before lockdown.
 pub fn open_own_maps() -> Result<(), JailError> {
-    let err = |e: io::Error| JailError::Snapshot(format!("cannot open /proc/self/maps: {e}"));
+    open_at(c"/proc/self/maps", MAPS_FD)?;
+    open_at(c"/proc/self/pagemap", PAGEMAP_FD)
+}
+
+fn open_at(path: &std::ffi::CStr, at: RawFd) -> Result<(), JailError> {
+    let err = |e: io::Error| JailError::Snapshot(format!("cannot open {}: {e}", path.to_string_lossy()));
     // SAFETY: fcntl(F_GETFD) only queries whether the descriptor is open.
-    if unsafe { libc::fcntl(MAPS_FD, libc::F_GETFD) } >= 0 {
-        return Err(err(io::Error::other(format!("descriptor {MAPS_FD} is already in use"))));
+    if unsafe { libc::fcntl(at, libc::F_GETFD) } >= 0 {
+        return Err(err(io::Error::other(format!("descriptor {at} is already in use"))));
     }
-    // SAFETY: open with a static NUL-terminated path.
-    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(err(io::Error::last_os_error()));
     }
-    if fd != MAPS_FD {
+    if fd != at {
         // SAFETY: dup3 onto a descriptor checked free above, then close the
         // original, which this function alone holds.
-        let placed = unsafe { libc::dup3(fd, MAPS_FD, libc::O_CLOEXEC) };
+        let placed = unsafe { libc::dup3(fd, at, libc::O_CLOEXEC) };
         // SAFETY: as above.
         unsafe { libc::close(fd) };
-        if placed != MAPS_FD {
+        if placed != at {
             return Err(err(io::Error::last_os_error()));
         }
     }
@@ -89,6 +108,28 @@ pub fn keep_heap_contiguous() -> Result<(), JailError> {
     let set =
         unsafe { libc::mallopt(libc::M_MMAP_MAX, 0) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1 };
     if set { Ok(()) } else { Err(JailError::Snapshot("glibc refused the malloc settings".into())) }
+}
+
+/// How many runs of written pages [`Written`] keeps (the rest are not
+/// faulted in ahead).
+const WRITTEN_RUNS: usize = 128;
+
+/// The page ranges an invocation wrote, as [`Snapshot::run_then_restore`]
+/// found them: plain data, kept on the caller's stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    runs: [(usize, usize); WRITTEN_RUNS],
+    count: usize,
+}
+
+impl Written {
+    /// Nothing recorded.
+    pub const NONE: Written = Written { runs: [(0, 0); WRITTEN_RUNS], count: 0 };
+
+    /// How many bytes the invocation wrote (in the runs kept).
+    pub fn bytes(&self) -> usize {
+        self.runs.iter().take(self.count).map(|(_, len)| len).sum()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,31 +217,54 @@ impl Snapshot {
     /// Run `f` on a bitwise copy of `value`, then put the process's
     /// writable memory back as it was when the snapshot was taken.
     ///
+    /// With `record`, also find out which pages `f` wrote (from the page
+    /// map), drop only those, and return them for [`Snapshot::prefault`]:
+    /// for a worker likely to be idle next, since it costs more than
+    /// dropping every page of the snapshot, which is done otherwise
+    /// (measured: 8–12% less throughput back to back; docs/PERFORMANCE.md).
+    ///
     /// `value` must be as it was at the snapshot, and `f` must leave the
     /// process's descriptors and mappings as it found them (dropping its
     /// copy is fine: the memory that frees comes back). What `f` returns
     /// must not point into memory it allocated (`R: Copy` keeps out owned
     /// buffers). If the memory cannot be put back, the process ends.
-    pub fn run_then_restore<T, R: Copy + 'static>(&self, value: &T, f: impl FnOnce(T) -> R) -> R {
+    pub fn run_then_restore<T, R: Copy + 'static>(
+        &self,
+        value: &T,
+        record: bool,
+        f: impl FnOnce(T) -> R,
+    ) -> (R, Written) {
         // SAFETY: the copy is consumed by `f`; whatever `f` does to it or
         // to what it points to (it frees the runtime, say) is undone below
         // before `value` can be used again, since everything `value` points
         // to lies in the restored memory.
         let copy = unsafe { std::ptr::read(value) };
         let result = f(copy);
-        if self.restore().is_err() {
+        let mut written = Written::NONE;
+        if self.restore(record.then_some(&mut written)).is_err() {
             crate::exit_now(1);
         }
-        result
+        (result, written)
     }
 
-    fn restore(&self) -> io::Result<()> {
+    /// Make this process's own copies, again, of the pages the last
+    /// invocation wrote (each as the snapshot has it): for a worker with
+    /// nothing to do, so that the next invocation, after a gap, does not
+    /// take those copy-on-write faults itself. The contents do not change.
+    pub fn prefault(&self, written: &Written) {
+        for (start, len) in written.runs.iter().take(written.count) {
+            // SAFETY: simulates write faults on pages of a region mapped
+            // from the snapshot: each becomes a private copy of what it
+            // reads as now; nothing is written.
+            unsafe { libc::madvise(*start as *mut libc::c_void, *len, libc::MADV_POPULATE_WRITE) };
+        }
+    }
+
+    fn restore(&self, mut written: Option<&mut Written>) -> io::Result<()> {
         for r in &self.regions {
-            // SAFETY: drops this process's private copies of pages in a
-            // region mapped from the snapshot file: they read as the file's
-            // contents again.
-            if unsafe { libc::madvise(r.start as *mut libc::c_void, r.len, libc::MADV_DONTNEED) } != 0 {
-                return Err(io::Error::last_os_error());
+            match written.as_deref_mut() {
+                Some(written) => drop_written_pages(*r, written)?,
+                None => drop_range(r.start, r.len)?,
             }
         }
         // SAFETY: sets the program break back to where it was; glibc's own
@@ -209,18 +273,81 @@ impl Snapshot {
         if brk != self.brk {
             return Err(io::Error::other("the heap could not shrink back"));
         }
-        // The stack below this frame is dead: zero it (the kernel hands out
-        // zeroed pages at the next touch), so nothing an invocation left
-        // there is there for the next one.
+        // The stack below this frame is dead: clear it, so nothing an
+        // invocation left there is there for the next one.
         let here = &raw const brk as usize;
         let top = (here.saturating_sub(64 << 10)) & !(page_size() - 1);
-        let bottom = top.saturating_sub(STACK_ZEROED_BYTES);
+        let written = top.saturating_sub(STACK_WRITTEN_BYTES);
+        let bottom = top.saturating_sub(STACK_CLEARED_BYTES);
         // SAFETY: below the current frame and the 64 KB under it (more than
-        // the libc call needs), the stack holds nothing live; parts of the
-        // range that are not mapped are skipped (ENOMEM, ignored).
-        unsafe { libc::madvise(bottom as *mut libc::c_void, top - bottom, libc::MADV_DONTNEED) };
+        // this function's callees need), the stack holds nothing live. The
+        // part written is within the stack's reserve (its limit is 8 MB and
+        // an invocation's own is lower); the part dropped may be partly
+        // unmapped, which madvise skips (ENOMEM, ignored).
+        unsafe {
+            std::ptr::write_bytes(written as *mut u8, 0, top - written);
+            libc::madvise(bottom as *mut libc::c_void, written - bottom, libc::MADV_DONTNEED);
+        }
         Ok(())
     }
+}
+
+/// Drop this process's own copies of the pages of `r` (the ones written
+/// since the snapshot): they read as the snapshot again. Pages still
+/// mapped from the file stay mapped, so the next invocation does not fault
+/// on what it only reads. Without the page map, the whole region goes.
+/// Drop this process's own copies of the pages in a range of a region
+/// mapped from the snapshot file (the file is unchanged): they read as the
+/// snapshot again.
+fn drop_range(start: usize, len: usize) -> io::Result<()> {
+    // SAFETY: see above; no other memory is touched.
+    if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn drop_written_pages(r: Region, written: &mut Written) -> io::Result<()> {
+    let page = page_size();
+    let mut drop_range = |start: usize, len: usize| -> io::Result<()> {
+        drop_range(start, len)?;
+        if let Some(slot) = written.runs.get_mut(written.count) {
+            *slot = (start, len);
+            written.count += 1;
+        }
+        Ok(())
+    };
+    let mut entries = [0u64; 512];
+    let pages = r.len / page;
+    let mut done = 0usize;
+    let mut run: Option<usize> = None;
+    while done < pages {
+        let n = (pages - done).min(entries.len());
+        let offset = ((r.start / page + done) * 8) as libc::off_t;
+        // SAFETY: pread writes at most n * 8 bytes into the stack array of
+        // 512 entries (n <= 512).
+        let read = unsafe { libc::pread(PAGEMAP_FD, entries.as_mut_ptr().cast(), n * 8, offset) };
+        if usize::try_from(read).ok() != Some(n * 8) {
+            return drop_range(r.start, r.len);
+        }
+        for (i, entry) in entries.iter().take(n).enumerate() {
+            let own = entry & PAGE_PRESENT != 0 && entry & PAGE_FILE == 0;
+            let at = r.start + (done + i) * page;
+            match (own, run) {
+                (true, None) => run = Some(at),
+                (false, Some(start)) => {
+                    drop_range(start, at - start)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        done += n;
+    }
+    if let Some(start) = run {
+        drop_range(start, r.start + r.len - start)?;
+    }
+    Ok(())
 }
 
 fn page_size() -> usize {

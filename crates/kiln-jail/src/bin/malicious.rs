@@ -365,8 +365,10 @@ fn snapshot() -> ExitCode {
         }
     };
     let at_snapshot = program_break();
-    for _ in 0..3 {
-        let (counter, first, grew) = snapshot.run_then_restore(&kept, |mut copy| {
+    // The middle round drops every page of the snapshot; the others find
+    // and drop only the pages written.
+    for round in 0..3 {
+        let ((counter, first, grew), written) = snapshot.run_then_restore(&kept, round != 1, |mut copy| {
             let seen =
                 (COUNTER.load(std::sync::atomic::Ordering::SeqCst), copy.first().copied().unwrap_or(0));
             COUNTER.store(99, std::sync::atomic::Ordering::SeqCst);
@@ -379,8 +381,17 @@ fn snapshot() -> ExitCode {
         });
         // Straight to the channel: anything kept in memory from here would
         // be undone by the next restore.
-        let _ = channel
-            .write_all(format!("round=counter:{counter},first:{},grew:{grew}\n", first as char).as_bytes());
+        // What it wrote includes the static and the buffer; faulting that
+        // in again ahead of the next round changes nothing it will see.
+        snapshot.prefault(&written);
+        let _ = channel.write_all(
+            format!(
+                "round=counter:{counter},first:{},grew:{grew},wrote:{}\n",
+                first as char,
+                written.bytes() > 0
+            )
+            .as_bytes(),
+        );
     }
     let _ = channel.write_all(
         format!(
