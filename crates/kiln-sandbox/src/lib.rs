@@ -107,11 +107,12 @@ pub struct SandboxConfig {
     pub recycle_after: u32,
     /// Let workers write to the server's stderr (development only).
     pub inherit_stderr: bool,
-    /// Programs with at least this many bytes of bytecode run every
-    /// invocation in a process forked from a prepared template (reading the
-    /// bytecode and running the top level once per worker); smaller ones in
-    /// a fresh runtime the worker prepares ahead, which costs less than a
-    /// fork for them. 0 always forks; `usize::MAX` never does.
+    /// Without [`SandboxConfig::reset_instead_of_fork`]: programs with at
+    /// least this many bytes of bytecode run every invocation in a process
+    /// forked from a prepared template (reading the bytecode and running
+    /// the top level once per worker); smaller ones in a fresh runtime the
+    /// worker prepares ahead, which costs less than a fork for them. 0
+    /// always forks; `usize::MAX` never does.
     pub fork_above_bytes: usize,
     /// Workers that fork per invocation put their code on transparent huge
     /// pages (`kiln_jail::WorkerSpec::huge_pages`): each keeps a private
@@ -119,14 +120,15 @@ pub struct SandboxConfig {
     /// `kiln`), and a forked call takes about 10% less CPU than with the
     /// code left in the shared file mapping (docs/PERFORMANCE.md).
     pub huge_pages: bool,
-    /// Programs at or above [`SandboxConfig::fork_above_bytes`] run every
-    /// invocation from one prepared runtime in the worker itself, which
-    /// puts all of its writable memory back as it was after each
-    /// (`kiln_jail::Snapshot`), instead of in a process forked per
-    /// invocation. Both start every invocation from the same state; a
-    /// fork also starts it in a new process, at about twice the CPU
-    /// (docs/PERFORMANCE.md). `kiln serve --process-per-invocation` turns
-    /// this off.
+    /// Every program runs each invocation from one prepared runtime in the
+    /// worker itself, which puts all of its writable memory back as it was
+    /// after each (`kiln_jail::Snapshot`), instead of in a process forked
+    /// per invocation or a fresh runtime per invocation (as
+    /// [`SandboxConfig::fork_above_bytes`] chooses without this). A fork
+    /// also starts every invocation in a new process, at about twice the
+    /// CPU for a large program; a fresh runtime costs about a third more
+    /// for a trivial one (docs/PERFORMANCE.md). `kiln serve
+    /// --process-per-invocation` turns this off.
     pub reset_instead_of_fork: bool,
 }
 
@@ -145,10 +147,10 @@ enum Serving {
 
 impl Serving {
     fn for_program(config: &SandboxConfig, bytes: usize) -> Serving {
-        if bytes < config.fork_above_bytes {
-            Serving::InPlace
-        } else if config.reset_instead_of_fork {
+        if config.reset_instead_of_fork {
             Serving::Reset
+        } else if bytes < config.fork_above_bytes {
+            Serving::InPlace
         } else {
             Serving::Forked
         }
@@ -1103,10 +1105,10 @@ mod tests {
     }
 
     #[test]
-    fn large_programs_reset_unless_told_to_fork_and_small_ones_run_in_place() {
+    fn programs_reset_unless_told_to_fork_by_size() {
         let mut config = SandboxConfig::for_current_exe().unwrap_or_else(|e| panic!("{e}"));
         assert!(config.reset_instead_of_fork, "on by default");
-        assert_eq!(Serving::for_program(&config, FORK_ABOVE_BYTES - 1), Serving::InPlace);
+        assert_eq!(Serving::for_program(&config, 0), Serving::Reset);
         assert_eq!(Serving::for_program(&config, FORK_ABOVE_BYTES), Serving::Reset);
         config.reset_instead_of_fork = false;
         assert_eq!(Serving::for_program(&config, FORK_ABOVE_BYTES - 1), Serving::InPlace);

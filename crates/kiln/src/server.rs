@@ -373,10 +373,9 @@ async fn drain(
     }
 }
 
-/// The server's sandbox settings. By default small programs run each
-/// invocation in a fresh runtime in a reused worker process, and larger
-/// ones from one prepared runtime in a worker that puts its memory back
-/// after each invocation; `process_per_invocation` forks
+/// The server's sandbox settings. By default every program runs each
+/// invocation from one prepared runtime in a worker that puts its memory
+/// back after each invocation; `process_per_invocation` forks
 /// for every program, so that even an engine exploit cannot outlive the
 /// invocation it started in.
 fn sandbox_config(
