@@ -203,8 +203,10 @@ impl Snapshot {
             }
             at += r.len as u64;
         }
-        if let Some((old_offset, old_bytes)) = old {
-            SharedFile::map(old_offset, old_bytes)?.remove();
+        // The old half's memory is freed if it can be; the new snapshot is
+        // in place either way.
+        if let Some(old) = old.and_then(|(offset, bytes)| SharedFile::map(offset, bytes).ok()) {
+            old.remove();
         }
         Ok(Snapshot { regions, brk, offset, bytes })
     }
