@@ -241,7 +241,7 @@ impl Snapshot {
         // before `value` can be used again, since everything `value` points
         // to lies in the restored memory.
         let copy = unsafe { std::ptr::read(value) };
-        let result = f(copy);
+        let result = below_a_gap(copy, f);
         let mut written = Written::NONE;
         if self.restore(record.then_some(&mut written)).is_err() {
             crate::exit_now(1);
@@ -276,7 +276,9 @@ impl Snapshot {
             return Err(io::Error::other("the heap could not shrink back"));
         }
         // The stack below this frame is dead: clear it, so nothing an
-        // invocation left there is there for the next one.
+        // invocation left there is there for the next one. The invocation
+        // ran below a gap (`below_a_gap`) at least this far down, so the
+        // 64 KB left for the calls made here held none of its frames.
         let here = &raw const brk as usize;
         let top = (here.saturating_sub(64 << 10)) & !(page_size() - 1);
         let written = top.saturating_sub(STACK_WRITTEN_BYTES);
@@ -350,6 +352,19 @@ fn drop_written_pages(r: Region, written: &mut Written) -> io::Result<()> {
         drop_range(start, r.start + r.len - start)?;
     }
     Ok(())
+}
+
+/// Room on the stack between the caller of [`Snapshot::run_then_restore`]
+/// and the invocation's frames, where the restore's own calls run: all of
+/// the invocation's stack then lies below what the restore clears.
+const STACK_GAP_BYTES: usize = 96 << 10;
+
+/// Call `f` with [`STACK_GAP_BYTES`] of untouched stack above its frames.
+#[inline(never)]
+fn below_a_gap<T, R>(value: T, f: impl FnOnce(T) -> R) -> R {
+    let gap = std::mem::MaybeUninit::<[u8; STACK_GAP_BYTES]>::uninit();
+    std::hint::black_box(&gap);
+    f(value)
 }
 
 fn page_size() -> usize {

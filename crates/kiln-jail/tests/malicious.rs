@@ -296,16 +296,17 @@ fn a_worker_that_snapshots_itself_gets_its_memory_back_after_each_invocation() {
     spawned.channel.read_to_string(&mut report).unwrap();
     assert!(spawned.child.wait().unwrap().success(), "{report}");
     // Every round starts from the state at the snapshot, although the one
-    // before changed a static and a heap buffer and grew the heap by 64 MB;
-    // afterwards the process is as it was, its heap shrunk back.
+    // before changed a static and a heap buffer and grew the heap by 64 MB,
+    // and leaves nothing on its stack; afterwards the process is as it was,
+    // its heap shrunk back.
     let rounds: Vec<&str> = report.lines().filter_map(|l| l.strip_prefix("round=")).collect();
     assert_eq!(
         rounds,
         [
-            "counter:1,first:a,grew:true,wrote:true",
+            "counter:1,first:a,grew:true,wrote:true,stack_left:0",
             // Restored without recording what was written.
-            "counter:1,first:a,grew:true,wrote:false",
-            "counter:1,first:a,grew:true,wrote:true"
+            "counter:1,first:a,grew:true,wrote:false,stack_left:0",
+            "counter:1,first:a,grew:true,wrote:true,stack_left:0"
         ],
         "{report}"
     );

@@ -368,17 +368,31 @@ fn snapshot() -> ExitCode {
     // The middle round drops every page of the snapshot; the others find
     // and drop only the pages written.
     for round in 0..3 {
-        let ((counter, first, grew), written) = snapshot.run_then_restore(&kept, round != 1, |mut copy| {
-            let seen =
-                (COUNTER.load(std::sync::atomic::Ordering::SeqCst), copy.first().copied().unwrap_or(0));
-            COUNTER.store(99, std::sync::atomic::Ordering::SeqCst);
-            copy.fill(b'z');
-            let big = vec![7u8; 64 << 20];
-            std::hint::black_box(&big);
-            let grew = program_break() >= at_snapshot + (64 << 20);
-            std::mem::forget(big);
-            (seen.0, seen.1, grew)
-        });
+        let ((counter, first, grew, marked), written) =
+            snapshot.run_then_restore(&kept, round != 1, |mut copy| {
+                // Something of this invocation's on its stack, for the check
+                // that the restore clears it.
+                let secret = std::hint::black_box([0x5au8; 4096]);
+                let marked = secret.as_ptr() as usize;
+                let seen =
+                    (COUNTER.load(std::sync::atomic::Ordering::SeqCst), copy.first().copied().unwrap_or(0));
+                COUNTER.store(99, std::sync::atomic::Ordering::SeqCst);
+                copy.fill(b'z');
+                let big = vec![7u8; 64 << 20];
+                std::hint::black_box(&big);
+                let grew = program_break() >= at_snapshot + (64 << 20);
+                std::mem::forget(big);
+                (seen.0, seen.1, grew, marked)
+            });
+        // The invocation's stack is dead now, and must hold nothing of it.
+        let left = (0..4096)
+            .filter(|i| {
+                // SAFETY: a read of the dead stack below this frame, which
+                // stays mapped (zeroed in place, or dropped and read back as
+                // zeroes); volatile, as nothing live is there.
+                unsafe { std::ptr::read_volatile((marked + i) as *const u8) == 0x5a }
+            })
+            .count();
         // Straight to the channel: anything kept in memory from here would
         // be undone by the next restore.
         // What it wrote includes the static and the buffer; faulting that
@@ -386,7 +400,7 @@ fn snapshot() -> ExitCode {
         snapshot.prefault(&written);
         let _ = channel.write_all(
             format!(
-                "round=counter:{counter},first:{},grew:{grew},wrote:{}\n",
+                "round=counter:{counter},first:{},grew:{grew},wrote:{},stack_left:{left}\n",
                 first as char,
                 written.bytes() > 0
             )
