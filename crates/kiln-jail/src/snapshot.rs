@@ -212,11 +212,6 @@ impl Snapshot {
         Ok(Snapshot { regions, brk, offset, bytes })
     }
 
-    /// How many bytes of memory the snapshot holds.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     /// Run `f` on a bitwise copy of `value`, then put the process's
     /// writable memory back as it was when the snapshot was taken.
     ///

@@ -289,12 +289,19 @@ fn a_worker_outlives_the_thread_that_asked_for_it() {
     spawned.child.wait().unwrap();
 }
 
-#[test]
-fn a_worker_that_snapshots_itself_gets_its_memory_back_after_each_invocation() {
-    let mut spawned = spawn(&spec("snapshot", true, false)).unwrap();
+/// Start `spec`, read everything it writes to its channel, and check it
+/// exited cleanly.
+fn report_of(spec: &WorkerSpec) -> String {
+    let mut spawned = spawn(spec).unwrap();
     let mut report = String::new();
     spawned.channel.read_to_string(&mut report).unwrap();
     assert!(spawned.child.wait().unwrap().success(), "{report}");
+    report
+}
+
+#[test]
+fn a_worker_that_snapshots_itself_gets_its_memory_back_after_each_invocation() {
+    let report = report_of(&spec("snapshot", true, false));
     // Every round starts from the state at the snapshot, although the one
     // before changed a static and a heap buffer and grew the heap by 64 MB,
     // and leaves nothing on its stack; afterwards the process is as it was,
@@ -315,18 +322,13 @@ fn a_worker_that_snapshots_itself_gets_its_memory_back_after_each_invocation() {
 
 #[test]
 fn only_a_worker_asked_for_snapshots_gets_a_snapshot_file() {
-    let mut spawned = spawn(&spec("report", true, false)).unwrap();
-    let mut report = String::new();
-    spawned.channel.read_to_string(&mut report).unwrap();
-    assert!(spawned.child.wait().unwrap().success(), "{report}");
-    let fds = report.lines().find_map(|l| l.strip_prefix("fds=")).unwrap_or_default();
-    assert!(!fds.split(',').any(|fd| fd == kiln_jail::SNAPSHOT_FD.to_string()), "{fds}");
+    let has_snapshot_file = |spec: &WorkerSpec| {
+        let report = report_of(spec);
+        let fds = report.lines().find_map(|l| l.strip_prefix("fds=")).unwrap_or_default().to_owned();
+        fds.split(',').any(|fd| fd == kiln_jail::SNAPSHOT_FD.to_string())
+    };
+    assert!(!has_snapshot_file(&spec("report", true, false)));
     let mut asked = spec("report", true, false);
     asked.snapshots = true;
-    let mut spawned = spawn(&asked).unwrap();
-    let mut report = String::new();
-    spawned.channel.read_to_string(&mut report).unwrap();
-    assert!(spawned.child.wait().unwrap().success(), "{report}");
-    let fds = report.lines().find_map(|l| l.strip_prefix("fds=")).unwrap_or_default();
-    assert!(fds.split(',').any(|fd| fd == kiln_jail::SNAPSHOT_FD.to_string()), "{fds}");
+    assert!(has_snapshot_file(&asked));
 }
