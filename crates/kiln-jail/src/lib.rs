@@ -24,8 +24,8 @@ mod snapshot;
 
 pub use huge_code::{HugeCode, move_code_to_huge_pages};
 pub use snapshot::{
-    MAPS_FD, PAGEMAP_FD, SNAPSHOT_FD, SNAPSHOT_HALF_BYTES, Snapshot, Written, keep_heap_contiguous,
-    open_own_maps, snapshots_requested,
+    COPY_BACK_LIMIT_BYTES, MAPS_FD, PAGEMAP_FD, Restored, SNAPSHOT_FD, SNAPSHOT_HALF_BYTES, Snapshot,
+    keep_heap_contiguous, open_own_maps, snapshots_requested,
 };
 
 use std::ffi::OsString;

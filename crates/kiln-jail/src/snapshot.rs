@@ -10,11 +10,20 @@
 //! heap, the executable's and libraries' data, thread-local storage) into a
 //! memory file the server made for the worker ([`SNAPSHOT_FD`]) and maps the
 //! copy privately over the original, and [`Snapshot::run_then_restore`]
-//! runs one invocation, then drops every page it wrote (`MADV_DONTNEED`:
-//! the next read sees the file again), shrinks the heap back to where it
-//! was, and zeroes the stack below the caller. Whatever the invocation
-//! allocated, freed, wrote or left lying around is gone, including the
-//! allocator's own bookkeeping.
+//! runs one invocation, then puts back every page the process has written
+//! since the snapshot (found in its own page map: the pages that are its
+//! own copies rather than the file's) by copying the snapshot's bytes over
+//! it, shrinks the heap back to where it was, and zeroes the stack below
+//! the caller. Whatever the invocation allocated, freed, wrote or left
+//! lying around is gone, including the allocator's own bookkeeping.
+//!
+//! Copying back rather than dropping the pages (`MADV_DONTNEED`, the first
+//! version) keeps them the process's own: the next invocation writes to
+//! them without a copy-on-write fault each. A call to either handler of
+//! `kiln bench invoke` leaves 190–250 KB to copy back of a 1.9–2.2 MB
+//! snapshot, a fraction of what the faults cost (docs/PERFORMANCE.md). Past
+//! [`COPY_BACK_LIMIT_BYTES`] the pages are dropped after all, so that one
+//! invocation that wrote much does not make every later one pay for it.
 //!
 //! What it does not put back is the kernel's side: descriptors, mappings
 //! made outside the heap, the filter. Under the invocation allow-list app
@@ -39,7 +48,8 @@ pub const SNAPSHOT_FD: RawFd = 6;
 pub const MAPS_FD: RawFd = 7;
 
 /// The worker's own `/proc/self/pagemap`, opened with [`MAPS_FD`]: which
-/// pages an invocation wrote, so that only those are dropped.
+/// pages the process has written since the snapshot, so that only those
+/// are copied back.
 pub const PAGEMAP_FD: RawFd = 8;
 
 /// The file holds two snapshots' worth, one half each: a new snapshot is
@@ -61,6 +71,7 @@ const STACK_WRITTEN_BYTES: usize = 256 << 10;
 /// still the snapshot's) rather than this process's own copy.
 const PAGE_PRESENT: u64 = 1 << 63;
 const PAGE_FILE: u64 = 1 << 61;
+const PAGE_SWAPPED: u64 = 1 << 62;
 
 /// Whether the server gave this worker a snapshot file.
 pub fn snapshots_requested() -> bool {
@@ -111,26 +122,21 @@ pub fn keep_heap_contiguous() -> Result<(), JailError> {
     if set { Ok(()) } else { Err(JailError::Snapshot("glibc refused the malloc settings".into())) }
 }
 
-/// How many runs of written pages [`Written`] keeps (the rest are not
-/// faulted in ahead).
-const WRITTEN_RUNS: usize = 128;
+/// The most a restore copies back: past it, the pages this process owns
+/// are dropped instead (read as the snapshot again at the next touch). An
+/// invocation that wrote much of the snapshot once would otherwise make
+/// every later restore copy all of it.
+pub const COPY_BACK_LIMIT_BYTES: usize = 4 << 20;
 
-/// The page ranges an invocation wrote, as [`Snapshot::run_then_restore`]
-/// found them: plain data, kept on the caller's stack.
-#[derive(Debug, Clone, Copy)]
-pub struct Written {
-    runs: [(usize, usize); WRITTEN_RUNS],
-    count: usize,
-}
-
-impl Written {
-    /// Nothing recorded.
-    pub const NONE: Written = Written { runs: [(0, 0); WRITTEN_RUNS], count: 0 };
-
-    /// How many bytes the invocation wrote (in the runs kept).
-    pub fn bytes(&self) -> usize {
-        self.runs.iter().take(self.count).map(|(_, len)| len).sum()
-    }
+/// How a restore put the memory back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// The pages this process owned were copied back from the snapshot,
+    /// this many bytes.
+    Copied(usize),
+    /// More than [`COPY_BACK_LIMIT_BYTES`] was owned: every page of the
+    /// snapshot was dropped.
+    Dropped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +154,9 @@ pub struct Snapshot {
     /// Where in the file this snapshot lies (0 or [`SNAPSHOT_HALF_BYTES`]).
     offset: u64,
     bytes: usize,
+    /// A read-only view of this snapshot's half of the file: what pages
+    /// are copied back from.
+    source: SharedFile,
 }
 
 impl Snapshot {
@@ -181,7 +190,14 @@ impl Snapshot {
             unsafe { std::ptr::copy_nonoverlapping(r.start as *const u8, copy.ptr.add(at), r.len) };
             at += r.len;
         }
-        drop(copy);
+        // SAFETY: makes the view just written read-only; it stays mapped as
+        // the source `restore` copies pages back from.
+        if unsafe { libc::mprotect(copy.ptr.cast(), copy.len, libc::PROT_READ) } != 0 {
+            return Err(JailError::Snapshot(format!(
+                "cannot protect the snapshot: {}",
+                io::Error::last_os_error()
+            )));
+        }
         let mut at = 0u64;
         for r in &regions {
             // SAFETY: replaces the region with a private mapping of the same
@@ -209,62 +225,52 @@ impl Snapshot {
         if let Some(old) = old.and_then(|(offset, bytes)| SharedFile::map(offset, bytes).ok()) {
             old.remove();
         }
-        Ok(Snapshot { regions, brk, offset, bytes })
+        Ok(Snapshot { regions, brk, offset, bytes, source: copy })
     }
 
     /// Run `f` on a bitwise copy of `value`, then put the process's
     /// writable memory back as it was when the snapshot was taken.
-    ///
-    /// With `record`, also find out which pages `f` wrote (from the page
-    /// map), drop only those, and return them for [`Snapshot::prefault`]:
-    /// for a worker likely to be idle next, since it costs more than
-    /// dropping every page of the snapshot, which is done otherwise
-    /// (measured: 8–12% less throughput back to back; docs/PERFORMANCE.md).
     ///
     /// `value` must be as it was at the snapshot, and `f` must leave the
     /// process's descriptors and mappings as it found them (dropping its
     /// copy is fine: the memory that frees comes back). What `f` returns
     /// must not point into memory it allocated (`R: Copy` keeps out owned
     /// buffers). If the memory cannot be put back, the process ends.
-    pub fn run_then_restore<T, R: Copy + 'static>(
-        &self,
-        value: &T,
-        record: bool,
-        f: impl FnOnce(T) -> R,
-    ) -> (R, Written) {
+    pub fn run_then_restore<T, R: Copy + 'static>(&self, value: &T, f: impl FnOnce(T) -> R) -> (R, Restored) {
         // SAFETY: the copy is consumed by `f`; whatever `f` does to it or
         // to what it points to (it frees the runtime, say) is undone below
         // before `value` can be used again, since everything `value` points
         // to lies in the restored memory.
         let copy = unsafe { std::ptr::read(value) };
         let result = below_a_gap(copy, f);
-        let mut written = Written::NONE;
-        if self.restore(record.then_some(&mut written)).is_err() {
-            crate::exit_now(1);
-        }
-        (result, written)
-    }
-
-    /// Make this process's own copies, again, of the pages the last
-    /// invocation wrote (each as the snapshot has it): for a worker with
-    /// nothing to do, so that the next invocation, after a gap, does not
-    /// take those copy-on-write faults itself. The contents do not change.
-    pub fn prefault(&self, written: &Written) {
-        for (start, len) in written.runs.iter().take(written.count) {
-            // SAFETY: simulates write faults on pages of a region mapped
-            // from the snapshot: each becomes a private copy of what it
-            // reads as now; nothing is written.
-            unsafe { libc::madvise(*start as *mut libc::c_void, *len, libc::MADV_POPULATE_WRITE) };
+        match self.restore() {
+            Ok(restored) => (result, restored),
+            Err(_) => crate::exit_now(1),
         }
     }
 
-    fn restore(&self, mut written: Option<&mut Written>) -> io::Result<()> {
+    /// Copy the snapshot back over every page this process owns (has
+    /// written since the snapshot, in this invocation or one before), or
+    /// past [`COPY_BACK_LIMIT_BYTES`] drop them all; set the heap back;
+    /// clear the dead stack.
+    fn restore(&self) -> io::Result<Restored> {
+        let mut at = 0usize;
+        let mut copied = 0usize;
         for r in &self.regions {
-            match written.as_deref_mut() {
-                Some(written) => drop_written_pages(*r, written)?,
-                None => drop_range(r.start, r.len)?,
-            }
+            let source = self.source.ptr.wrapping_add(at);
+            // SAFETY: the source view is `self.bytes` long and holds the
+            // regions in order, this one's copy from `at` on.
+            copied += unsafe { copy_back_own_pages(*r, source)? };
+            at += r.len;
         }
+        let restored = if copied > COPY_BACK_LIMIT_BYTES {
+            for r in &self.regions {
+                drop_range(r.start, r.len)?;
+            }
+            Restored::Dropped
+        } else {
+            Restored::Copied(copied)
+        };
         // SAFETY: sets the program break back to where it was; glibc's own
         // record of it is in the memory just restored.
         let brk = unsafe { libc::syscall(libc::SYS_brk, self.brk) } as usize;
@@ -288,14 +294,10 @@ impl Snapshot {
             clear_dirty_tail(written, top);
             libc::madvise(bottom as *mut libc::c_void, written - bottom, libc::MADV_DONTNEED);
         }
-        Ok(())
+        Ok(restored)
     }
 }
 
-/// Drop this process's own copies of the pages of `r` (the ones written
-/// since the snapshot): they read as the snapshot again. Pages still
-/// mapped from the file stay mapped, so the next invocation does not fault
-/// on what it only reads. Without the page map, the whole region goes.
 /// Drop this process's own copies of the pages in a range of a region
 /// mapped from the snapshot file (the file is unchanged): they read as the
 /// snapshot again.
@@ -307,15 +309,23 @@ fn drop_range(start: usize, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn drop_written_pages(r: Region, written: &mut Written) -> io::Result<()> {
+/// Copy the snapshot's contents back over this process's own copies of
+/// the pages of `r` (those written since the snapshot, now or before), so
+/// that they read as the snapshot again and stay this process's: the next
+/// invocation that writes them does not fault. Returns how many bytes
+/// were copied.
+///
+/// # Safety
+/// `source` must point to `r.len` readable bytes: the snapshot of `r`.
+unsafe fn copy_back_own_pages(r: Region, source: *const u8) -> io::Result<usize> {
     let page = page_size();
-    let mut drop_range = |start: usize, len: usize| -> io::Result<()> {
-        drop_range(start, len)?;
-        if let Some(slot) = written.runs.get_mut(written.count) {
-            *slot = (start, len);
-            written.count += 1;
-        }
-        Ok(())
+    let mut copied = 0usize;
+    let mut copy = |start: usize, end: usize| {
+        // SAFETY: [start, end) lies in `r`, mapped and writable, and
+        // `source` holds `r`'s snapshot at the same offsets; the two do not
+        // overlap (the source is a mapping of its own).
+        unsafe { std::ptr::copy_nonoverlapping(source.add(start - r.start), start as *mut u8, end - start) };
+        copied += end - start;
     };
     let mut entries = [0u64; 512];
     let pages = r.len / page;
@@ -328,15 +338,14 @@ fn drop_written_pages(r: Region, written: &mut Written) -> io::Result<()> {
         // 512 entries (n <= 512).
         let read = unsafe { libc::pread(PAGEMAP_FD, entries.as_mut_ptr().cast(), n * 8, offset) };
         if usize::try_from(read).ok() != Some(n * 8) {
-            return drop_range(r.start, r.len);
+            return Err(io::Error::other("cannot read the page map"));
         }
         for (i, entry) in entries.iter().take(n).enumerate() {
-            let own = entry & PAGE_PRESENT != 0 && entry & PAGE_FILE == 0;
             let at = r.start + (done + i) * page;
-            match (own, run) {
+            match (is_own(*entry), run) {
                 (true, None) => run = Some(at),
                 (false, Some(start)) => {
-                    drop_range(start, at - start)?;
+                    copy(start, at);
                     run = None;
                 }
                 _ => {}
@@ -345,9 +354,17 @@ fn drop_written_pages(r: Region, written: &mut Written) -> io::Result<()> {
         done += n;
     }
     if let Some(start) = run {
-        drop_range(start, r.start + r.len - start)?;
+        copy(start, r.start + r.len);
     }
-    Ok(())
+    Ok(copied)
+}
+
+/// Whether a page-map entry is a page this process may have written: one
+/// of its own (present and not the file's) or swapped out. A page neither
+/// present nor swapped reads as the file.
+fn is_own(entry: u64) -> bool {
+    let present = entry & PAGE_PRESENT != 0;
+    (present && entry & PAGE_FILE == 0) || entry & PAGE_SWAPPED != 0
 }
 
 /// Zero `[from, to)`, a stretch of dead stack that was all zeroes before
@@ -391,7 +408,10 @@ fn program_break() -> usize {
     unsafe { libc::syscall(libc::SYS_brk, 0) as usize }
 }
 
-/// A shared, writable view of part of the snapshot file.
+/// A shared view of part of the snapshot file: writable as mapped (to
+/// write a snapshot, or free one), read-only once `take` has protected it
+/// as a snapshot's source.
+#[derive(Debug)]
 struct SharedFile {
     ptr: *mut u8,
     len: usize,

@@ -53,9 +53,7 @@ use kiln_jail::Forked;
 const MAX_PRELOADED: usize = 16;
 
 /// How long a standby child waits for a request before it prepares a
-/// runtime of its own (see `Worker::standby`), and a worker that resets
-/// before it faults in what the next invocation will write
-/// (`Worker::serve_reset`).
+/// runtime of its own (see `Worker::standby`).
 const OWN_RUNTIME_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How a forked child ends, for the template: it served its request; it
@@ -344,26 +342,13 @@ impl Worker {
     /// memory allocated after it is handed out again once it is restored.
     fn serve_reset(&mut self, mut snapshot: kiln_jail::Snapshot, modules: Vec<String>) -> Result<(), ()> {
         let program = self.program.ok_or(())?;
-        // The pages the last invocation wrote, if it was recorded.
-        let mut written = kiln_jail::Written::NONE;
         loop {
-            // A worker idle for a moment copies, ahead of the invocation to
-            // come, the pages the last one wrote (those the next most likely
-            // writes too), as a forked standby prepares a runtime of its own
-            // after a gap; and records what the next writes, as it is likely
-            // to be idle again after it. Back to back, neither: both cost
-            // more than they save.
-            let idle = matches!(kiln_jail::wait_readable(&self.channel, OWN_RUNTIME_AFTER), Ok(false));
-            if idle {
-                snapshot.prefault(&written);
-            }
             let Some(template) = self.template.as_ref() else { return Err(()) };
             let channel = &mut self.channel;
             // Whatever the invocation does to memory is undone when this
             // returns; what it returns is plain data.
-            let served;
-            (served, written) =
-                snapshot.run_then_restore(template, idle, |prepared| serve_one(channel, prepared, &modules));
+            let (served, _restored) =
+                snapshot.run_then_restore(template, |prepared| serve_one(channel, prepared, &modules));
             match served {
                 Served::Invoked(module) => {
                     if let Some(module) = module.and_then(|i| modules.get(i))
@@ -371,8 +356,6 @@ impl Worker {
                     {
                         self.preload(program, module.clone());
                         snapshot = kiln_jail::Snapshot::take(Some(snapshot)).map_err(drop)?;
-                        // Pages written under the old snapshot mean nothing now.
-                        written = kiln_jail::Written::NONE;
                     }
                 }
                 Served::Shutdown => return Ok(()),

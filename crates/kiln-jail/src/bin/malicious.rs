@@ -336,8 +336,10 @@ fn program_break() -> usize {
 
 /// Serve three "invocations" from a snapshot, as a worker that resets does
 /// (locked down, under the invocation allow-list), each of which changes a
-/// static, a heap buffer it was handed, and grows the heap by 64 MB; report
-/// on the channel what each saw on entry and what is left afterwards.
+/// static, a heap buffer it was handed (the middle one all of its 8 MB,
+/// more than a restore copies back), and grows the heap by 64 MB; report
+/// on the channel what each saw on entry, how the restore went and what is
+/// left afterwards.
 fn snapshot() -> ExitCode {
     let Ok(mut channel) = kiln_jail::inherited_channel() else {
         eprintln!("no channel");
@@ -355,7 +357,7 @@ fn snapshot() -> ExitCode {
         let _ = channel.write_all(format!("lockdown failed: {e}\n").as_bytes());
         return ExitCode::from(2);
     }
-    let kept: Vec<u8> = vec![b'a'; 4096];
+    let kept: Vec<u8> = vec![b'a'; 2 * kiln_jail::COPY_BACK_LIMIT_BYTES];
     COUNTER.store(1, std::sync::atomic::Ordering::SeqCst);
     let snapshot = match kiln_jail::Snapshot::take(None) {
         Ok(s) => s,
@@ -365,19 +367,21 @@ fn snapshot() -> ExitCode {
         }
     };
     let at_snapshot = program_break();
-    // The middle round drops every page of the snapshot; the others find
-    // and drop only the pages written.
+    let ends = |v: &[u8]| (v.first().copied().unwrap_or(0) as char, v.last().copied().unwrap_or(0) as char);
     for round in 0..3 {
-        let ((counter, first, grew, marked), written) =
-            snapshot.run_then_restore(&kept, round != 1, |mut copy| {
+        let ((counter, (first, last), grew, marked), restored) =
+            snapshot.run_then_restore(&kept, |mut copy| {
                 // Something of this invocation's on its stack, for the check
                 // that the restore clears it.
                 let secret = std::hint::black_box([0x5au8; 4096]);
                 let marked = secret.as_ptr() as usize;
-                let seen =
-                    (COUNTER.load(std::sync::atomic::Ordering::SeqCst), copy.first().copied().unwrap_or(0));
+                let seen = (COUNTER.load(std::sync::atomic::Ordering::SeqCst), ends(&copy));
                 COUNTER.store(99, std::sync::atomic::Ordering::SeqCst);
-                copy.fill(b'z');
+                let wide = if round == 1 { copy.len() } else { 4096 };
+                copy.iter_mut().take(wide).for_each(|b| *b = b'z');
+                if let Some(b) = copy.last_mut() {
+                    *b = b'z';
+                }
                 let big = vec![7u8; 64 << 20];
                 std::hint::black_box(&big);
                 let grew = program_break() >= at_snapshot + (64 << 20);
@@ -393,25 +397,23 @@ fn snapshot() -> ExitCode {
                 unsafe { std::ptr::read_volatile((marked + i) as *const u8) == 0x5a }
             })
             .count();
+        let restored = match restored {
+            kiln_jail::Restored::Copied(n) if n > 0 => "copied",
+            kiln_jail::Restored::Copied(_) => "nothing",
+            kiln_jail::Restored::Dropped => "dropped",
+        };
         // Straight to the channel: anything kept in memory from here would
         // be undone by the next restore.
-        // What it wrote includes the static and the buffer; faulting that
-        // in again ahead of the next round changes nothing it will see.
-        snapshot.prefault(&written);
         let _ = channel.write_all(
-            format!(
-                "round=counter:{counter},first:{},grew:{grew},wrote:{},stack_left:{left}\n",
-                first as char,
-                written.bytes() > 0
-            )
-            .as_bytes(),
+            format!("round=counter:{counter},ends:{first}{last},grew:{grew},restored:{restored},stack_left:{left}\n")
+                .as_bytes(),
         );
     }
+    let (first, last) = ends(&kept);
     let _ = channel.write_all(
         format!(
-            "after=counter:{},first:{},brk_back:{}\n",
+            "after=counter:{},ends:{first}{last},brk_back:{}\n",
             COUNTER.load(std::sync::atomic::Ordering::SeqCst),
-            kept.first().copied().unwrap_or(0) as char,
             program_break() == at_snapshot
         )
         .as_bytes(),
