@@ -174,7 +174,7 @@ struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long in-flight requests and invocations may take to finish before the server stops anyway
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
-    /// Run every invocation of every app in a process of its own, forked from the app's prepared worker, where by default a reused worker process puts its memory back after each invocation, at more than twice the CPU per call of a large app: see docs/THREAT_MODEL.md for what this bounds
+    /// Run every invocation of every app in a process of its own, forked from the app's prepared worker, where by default a reused worker process puts its memory back after each invocation, at about seven times the CPU per call: see docs/THREAT_MODEL.md for what this bounds
     #[arg(long)]
     process_per_invocation: bool,
     /// Keep the code of workers that fork per invocation in the executable's shared file mapping instead of a private copy on huge pages: saves about 24 MB per such worker; forked invocations then run about 10% slower (docs/PERFORMANCE.md)
