@@ -249,39 +249,44 @@ impl Snapshot {
         }
     }
 
-    /// Copy the snapshot back over every page this process owns (has
-    /// written since the snapshot, in this invocation or one before), or
-    /// past [`COPY_BACK_LIMIT_BYTES`] drop them all; set the heap back;
-    /// clear the dead stack.
-    fn restore(&self) -> io::Result<Restored> {
+    /// How many pages of the kept memory differ from the snapshot now:
+    /// none right after [`Snapshot::run_then_restore`] returns. A check,
+    /// for tests and diagnostics: it reads all of the kept memory.
+    pub fn pages_differing(&self) -> usize {
+        let page = page_size();
         let mut at = 0usize;
-        let mut copied = 0usize;
+        let mut differing = 0usize;
         for r in &self.regions {
-            let source = self.source.ptr.wrapping_add(at);
-            // SAFETY: the source view is `self.bytes` long and holds the
-            // regions in order, this one's copy from `at` on.
-            copied += unsafe { copy_back_own_pages(*r, source)? };
+            for offset in (0..r.len).step_by(page) {
+                // SAFETY: both ranges are mapped and readable: a page of a
+                // kept region, and its copy in the source view (`bytes`
+                // long, the regions in order).
+                let (now, kept) = unsafe {
+                    (
+                        std::slice::from_raw_parts((r.start + offset) as *const u8, page),
+                        std::slice::from_raw_parts(self.source.ptr.add(at + offset), page),
+                    )
+                };
+                differing += usize::from(now != kept);
+            }
             at += r.len;
         }
-        let restored = if copied > COPY_BACK_LIMIT_BYTES {
-            for r in &self.regions {
-                drop_range(r.start, r.len)?;
-            }
-            Restored::Dropped
-        } else {
-            Restored::Copied(copied)
-        };
-        // SAFETY: sets the program break back to where it was; glibc's own
-        // record of it is in the memory just restored.
-        let brk = unsafe { libc::syscall(libc::SYS_brk, self.brk) } as usize;
-        if brk != self.brk {
-            return Err(io::Error::other("the heap could not shrink back"));
-        }
+        differing
+    }
+
+    /// Clear the dead stack, set the heap back, then copy the snapshot
+    /// back over every page this process owns (has written since the
+    /// snapshot, in this invocation or one before), or past
+    /// [`COPY_BACK_LIMIT_BYTES`] drop them all. The memory comes last:
+    /// nothing done after it writes to what was kept (a failed call would
+    /// set `errno`, which lies in it).
+    fn restore(&self) -> io::Result<Restored> {
         // The stack below this frame is dead: clear it, so nothing an
         // invocation left there is there for the next one. The invocation
         // ran below a gap (`below_a_gap`) at least this far down, so the
         // 64 KB left for the calls made here held none of its frames.
-        let here = &raw const brk as usize;
+        let frame = 0u8;
+        let here = &raw const frame as usize;
         let top = (here.saturating_sub(64 << 10)) & !(page_size() - 1);
         let written = top.saturating_sub(STACK_WRITTEN_BYTES);
         let bottom = top.saturating_sub(STACK_CLEARED_BYTES);
@@ -294,7 +299,28 @@ impl Snapshot {
             clear_dirty_tail(written, top);
             libc::madvise(bottom as *mut libc::c_void, written - bottom, libc::MADV_DONTNEED);
         }
-        Ok(restored)
+        // SAFETY: sets the program break back to where it was; glibc's own
+        // record of it is in the memory restored next.
+        let brk = unsafe { libc::syscall(libc::SYS_brk, self.brk) } as usize;
+        if brk != self.brk {
+            return Err(io::Error::other("the heap could not shrink back"));
+        }
+        let mut at = 0usize;
+        let mut copied = 0usize;
+        for r in &self.regions {
+            let source = self.source.ptr.wrapping_add(at);
+            // SAFETY: the source view is `self.bytes` long and holds the
+            // regions in order, this one's copy from `at` on.
+            copied += unsafe { copy_back_own_pages(*r, source)? };
+            at += r.len;
+        }
+        if copied <= COPY_BACK_LIMIT_BYTES {
+            return Ok(Restored::Copied(copied));
+        }
+        for r in &self.regions {
+            drop_range(r.start, r.len)?;
+        }
+        Ok(Restored::Dropped)
     }
 }
 

@@ -329,17 +329,32 @@ fn code_mapping(smaps: &str, address: usize) -> String {
 /// Set by `snapshot` before it takes its snapshot; an invocation changes it.
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// A small deterministic generator for `snapshot`'s writes and blocks.
+struct XorShift(u64);
+
+impl XorShift {
+    /// A number below `n` (0 for 0).
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % (n.max(1) as u64)) as usize
+    }
+}
+
 fn program_break() -> usize {
     // SAFETY: brk(0) changes nothing and returns the current break.
     unsafe { libc::syscall(libc::SYS_brk, 0) as usize }
 }
 
-/// Serve three "invocations" from a snapshot, as a worker that resets does
-/// (locked down, under the invocation allow-list), each of which changes a
-/// static, a heap buffer it was handed (the middle one all of its 8 MB,
-/// more than a restore copies back), and grows the heap by 64 MB; report
-/// on the channel what each saw on entry, how the restore went and what is
-/// left afterwards.
+/// Serve six "invocations" from a snapshot, as a worker that resets does
+/// (locked down, under the invocation allow-list). Each changes a static,
+/// bytes of a heap buffer it was handed (both ends, and 128 at
+/// random; the third all of its 8 MB, more than a restore copies back),
+/// allocates, frees and leaks blocks of random sizes and grows the heap by
+/// 64 MB. Report on the channel what each saw on entry, how the restore
+/// went, how many pages of the kept memory then differ from the snapshot,
+/// and what is left on the stack and afterwards.
 fn snapshot() -> ExitCode {
     let Ok(mut channel) = kiln_jail::inherited_channel() else {
         eprintln!("no channel");
@@ -368,7 +383,7 @@ fn snapshot() -> ExitCode {
     };
     let at_snapshot = program_break();
     let ends = |v: &[u8]| (v.first().copied().unwrap_or(0) as char, v.last().copied().unwrap_or(0) as char);
-    for round in 0..3 {
+    for round in 0..6u64 {
         let ((counter, (first, last), grew, marked), restored) =
             snapshot.run_then_restore(&kept, |mut copy| {
                 // Something of this invocation's on its stack, for the check
@@ -377,17 +392,38 @@ fn snapshot() -> ExitCode {
                 let marked = secret.as_ptr() as usize;
                 let seen = (COUNTER.load(std::sync::atomic::Ordering::SeqCst), ends(&copy));
                 COUNTER.store(99, std::sync::atomic::Ordering::SeqCst);
-                let wide = if round == 1 { copy.len() } else { 4096 };
-                copy.iter_mut().take(wide).for_each(|b| *b = b'z');
-                if let Some(b) = copy.last_mut() {
-                    *b = b'z';
+                let mut random = XorShift(0x9e37_79b9_7f4a_7c15 ^ (round + 1));
+                if round == 2 {
+                    copy.fill(b'z');
                 }
+                for _ in 0..128 {
+                    let at = random.below(copy.len());
+                    if let Some(b) = copy.get_mut(at) {
+                        *b = b'z';
+                    }
+                }
+                if let Some((first, rest)) = copy.split_first_mut() {
+                    *first = b'z';
+                    if let Some(last) = rest.last_mut() {
+                        *last = b'z';
+                    }
+                }
+                let mut blocks: Vec<Vec<u8>> = Vec::new();
+                for i in 0..200 {
+                    blocks.push(vec![i as u8; 1 + random.below(64 << 10)]);
+                    if random.below(3) == 0 {
+                        drop(blocks.swap_remove(random.below(blocks.len())));
+                    }
+                }
+                std::mem::forget(blocks);
                 let big = vec![7u8; 64 << 20];
                 std::hint::black_box(&big);
                 let grew = program_break() >= at_snapshot + (64 << 20);
                 std::mem::forget(big);
                 (seen.0, seen.1, grew, marked)
             });
+        // Before anything here writes to memory the snapshot kept.
+        let differing = snapshot.pages_differing();
         // The invocation's stack is dead now, and must hold nothing of it.
         let left = (0..4096)
             .filter(|i| {
@@ -405,8 +441,10 @@ fn snapshot() -> ExitCode {
         // Straight to the channel: anything kept in memory from here would
         // be undone by the next restore.
         let _ = channel.write_all(
-            format!("round=counter:{counter},ends:{first}{last},grew:{grew},restored:{restored},stack_left:{left}\n")
-                .as_bytes(),
+            format!(
+                "round=counter:{counter},ends:{first}{last},grew:{grew},restored:{restored},differing:{differing},stack_left:{left}\n"
+            )
+            .as_bytes(),
         );
     }
     let (first, last) = ends(&kept);
