@@ -99,17 +99,34 @@ pub struct WorkerSpec {
     /// ([`Snapshot`]), at [`SNAPSHOT_FD`]: for a worker that serves every
     /// invocation from one prepared state and puts its memory back after
     /// each. Made here because the worker cannot size a file (its
-    /// file-size limit is 0).
+    /// file-size limit is 0). Also turns off glibc's restartable sequences
+    /// ([`SNAPSHOT_TUNABLE`]).
     pub snapshots: bool,
 }
 
 /// The glibc setting [`WorkerSpec::huge_pages`] passes.
 pub const HUGE_PAGES_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 
+/// The glibc setting [`WorkerSpec::snapshots`] passes: no restartable
+/// sequences. With them, glibc registers an area in the thread's
+/// thread-local storage where the kernel writes the CPU the thread runs on
+/// whenever it moves; that storage is part of a snapshot, and the kernel
+/// is then the one writer to it that a restore cannot order around.
+/// Without them, only the process itself writes its kept memory.
+pub const SNAPSHOT_TUNABLE: &str = "glibc.pthread.rseq=0";
+
+/// The `GLIBC_TUNABLES` a worker gets, if any: the only variable in its
+/// environment.
+fn tunables(spec: &WorkerSpec) -> Option<String> {
+    let asked = [(spec.huge_pages, HUGE_PAGES_TUNABLE), (spec.snapshots, SNAPSHOT_TUNABLE)];
+    let set: Vec<&str> = asked.iter().filter(|(on, _)| *on).map(|(_, t)| *t).collect();
+    (!set.is_empty()).then(|| set.join(":"))
+}
+
 /// Whether the server started this worker with [`WorkerSpec::huge_pages`]
 /// (which also asks it to [`move_code_to_huge_pages`]).
 pub fn huge_pages_requested() -> bool {
-    std::env::var_os("GLIBC_TUNABLES").is_some_and(|v| v == HUGE_PAGES_TUNABLE)
+    std::env::var("GLIBC_TUNABLES").is_ok_and(|v| v.split(':').any(|t| t == HUGE_PAGES_TUNABLE))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +207,7 @@ fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
     command
         .args(&spec.args)
         .env_clear()
-        .envs(spec.huge_pages.then_some(("GLIBC_TUNABLES", HUGE_PAGES_TUNABLE)))
+        .envs(tunables(spec).map(|t| ("GLIBC_TUNABLES", t)))
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

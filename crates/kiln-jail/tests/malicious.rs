@@ -331,3 +331,17 @@ fn only_a_worker_asked_for_snapshots_gets_a_snapshot_file() {
     asked.snapshots = true;
     assert!(has_snapshot_file(&asked));
 }
+
+#[test]
+fn a_worker_that_snapshots_itself_has_no_restartable_sequences_for_the_kernel_to_write() {
+    // The kernel writes the CPU a thread moves to into the thread's
+    // registered area, which lies in memory a snapshot keeps: a worker that
+    // resets registers none, and gets that one setting and nothing else.
+    let mut asked = spec("report", true, false);
+    asked.snapshots = true;
+    let report = report_of(&asked);
+    assert!(report.lines().any(|l| l == "rseq_size=0"), "{report}");
+    let tunables = format!("tunables={}", kiln_jail::SNAPSHOT_TUNABLE);
+    assert!(report.lines().any(|l| l == tunables), "{report}");
+    assert!(report.lines().any(|l| l == "env=1"), "{report}");
+}

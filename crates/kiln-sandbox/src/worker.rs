@@ -349,6 +349,16 @@ impl Worker {
             // returns; what it returns is plain data.
             let (served, _restored) =
                 snapshot.run_then_restore(template, |prepared| serve_one(channel, prepared, &modules));
+            // Debug builds (every test) check every restore byte for byte,
+            // before anything here writes to memory.
+            if cfg!(debug_assertions) {
+                let differing = snapshot.pages_differing();
+                if differing != 0 {
+                    return self.refuse_next(format!(
+                        "{differing} pages of this worker's memory differ from its snapshot after a restore"
+                    ));
+                }
+            }
             match served {
                 Served::Invoked(module) => {
                     if let Some(module) = module.and_then(|i| modules.get(i))
@@ -362,6 +372,17 @@ impl Worker {
                 Served::Failed => return Err(()),
             }
         }
+    }
+
+    /// Answer the next invocation with a platform error saying `why`, then
+    /// end: for a worker that can no longer serve (the server would replace
+    /// a worker that just ended without anyone hearing why).
+    fn refuse_next(&mut self, why: String) -> Result<(), ()> {
+        if let Ok(ToWorker::Invoke { .. }) = read_frame(&mut self.channel, MAX_PROGRAM_FRAME_BYTES) {
+            let error = kiln_ipc::InvocationError::new(kiln_ipc::ErrorCode::PlatformError, why);
+            let _ = self.send(&FromWorker::Done { outcome: kiln_ipc::Outcome::Err(error) });
+        }
+        Err(())
     }
 
     /// The next child's channel, from the server (`ToWorker::Standby`, the

@@ -286,8 +286,15 @@ fn report() -> ExitCode {
     let nnp = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
     // SAFETY: sched_getscheduler takes a pid only.
     let policy = unsafe { libc::sched_getscheduler(0) };
+    unsafe extern "C" {
+        /// glibc's: the size of the thread's registered restartable
+        /// sequence area, 0 if none.
+        static __rseq_size: u32;
+    }
+    // SAFETY: a read of a constant glibc (2.35 and later) sets at startup.
+    let rseq_size = unsafe { __rseq_size };
     let text = format!(
-        "uid_map={}\ninterfaces={}\nfds={}\nenv={}\ntunables={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\npolicy={policy}\nmoved={moved}\ncode={}\n",
+        "rseq_size={rseq_size}\nuid_map={}\ninterfaces={}\nfds={}\nenv={}\ntunables={}\nnofile={}\nfsize={}\ncore={}\nno_new_privs={nnp}\npolicy={policy}\nmoved={moved}\ncode={}\n",
         read("/proc/self/uid_map").split_whitespace().collect::<Vec<_>>().join(" "),
         interfaces.join(","),
         fds.join(","),
