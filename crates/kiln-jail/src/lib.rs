@@ -216,7 +216,7 @@ fn spawn_here(spec: &WorkerSpec) -> Result<Spawned, JailError> {
         .stderr(if spec.inherit_stderr { Stdio::piped() } else { Stdio::null() });
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe operations are allowed. It makes raw system calls
-    // only (dup2, close_range, memfd_create, ftruncate, close, unshare,
+    // only (dup2, fcntl, close_range, memfd_create, ftruncate, close, unshare,
     // setrlimit, prctl, sched_setscheduler), allocates nothing,
     // takes no locks and touches no Rust state beyond the copied integers.
     unsafe {
@@ -244,9 +244,17 @@ fn child_before_exec(
     namespaces: NamespacePolicy,
     snapshots: bool,
 ) -> io::Result<()> {
-    // 1. The channel becomes fd 3 (dup2 clears close-on-exec on the copy).
-    // SAFETY: dup2 on descriptors this process owns; no memory is involved.
-    check(unsafe { libc::dup2(worker_fd, IPC_FD) })?;
+    // 1. The channel becomes fd 3, open across exec: dup2 clears
+    //    close-on-exec on the copy, but onto itself it does nothing at all,
+    //    so an end that already is fd 3 (made while fd 0 was free, say) has
+    //    the flag cleared by hand.
+    if worker_fd == IPC_FD {
+        // SAFETY: fcntl(F_SETFD) changes only the descriptor's flags.
+        check(unsafe { libc::fcntl(IPC_FD, libc::F_SETFD, 0) })?;
+    } else {
+        // SAFETY: dup2 on descriptors this process owns; no memory is involved.
+        check(unsafe { libc::dup2(worker_fd, IPC_FD) })?;
+    }
     // 2. Every other inherited descriptor above the channel closes at exec.
     //    (Marked close-on-exec rather than closed now: the standard library
     //    reports a failed exec through a pipe of its own until then.)
