@@ -124,10 +124,13 @@ pub(crate) fn invoke(iterations: usize, setup: Setup, only: Option<&str>) -> Res
             }
             two.block(per_block)?;
         }
+        let label = |case: &KilnCase, what: &str| format!("kiln ({}), {what}", case.serving);
+        let labels = [label(&one, "1 worker, 1 client"), label(&two, "2 workers, 2 clients")];
         let (one, two) = (one.finish(), two.finish());
         let vm = vm.map(NodeVm::finish).transpose()?;
         let mut paced = KilnCase::new(dir.path(), 1, 1, Some(Duration::from_millis(10)), setup)?;
         paced.block(iterations.min(500))?;
+        let paced_label = label(&paced, "1 worker, one call every 10 ms (latency only)");
         let paced = paced.finish();
         let process = match &node_version {
             Some(_) => Some(node_process(dir.path(), 40)?),
@@ -154,13 +157,10 @@ pub(crate) fn invoke(iterations: usize, setup: Setup, only: Option<&str>) -> Res
             )
         };
         let short = |(s, cpu, _): &(Stats, Option<f64>, Vec<f64>)| (*s, *cpu);
-        let _ = writeln_out(&mut report, &line("kiln, 1 worker, 1 client", &short(&one), block_ratio(&one)));
-        let _ =
-            writeln_out(&mut report, &line("kiln, 2 workers, 2 clients", &short(&two), block_ratio(&two)));
-        let _ = writeln_out(
-            &mut report,
-            &line("kiln, 1 worker, one call every 10 ms (latency only)", &short(&paced), "-".into()),
-        );
+        let [one_label, two_label] = &labels;
+        let _ = writeln_out(&mut report, &line(one_label, &short(&one), block_ratio(&one)));
+        let _ = writeln_out(&mut report, &line(two_label, &short(&two), block_ratio(&two)));
+        let _ = writeln_out(&mut report, &line(&paced_label, &short(&paced), "-".into()));
         if let Some(v) = &vm {
             let _ = writeln_out(&mut report, &line("node:vm, fresh context each", &short(v), "1.0×".into()));
         }
@@ -259,6 +259,8 @@ struct KilnCase {
     /// Machine CPU time over the blocks, in microseconds (`None` once a
     /// reading failed).
     cpu_us: Option<f64>,
+    /// How the workers served, as they said after the warm-up.
+    serving: String,
 }
 
 impl KilnCase {
@@ -295,9 +297,12 @@ impl KilnCase {
             wall: Duration::ZERO,
             block_rates: Vec::new(),
             cpu_us: Some(0.0),
+            serving: String::new(),
         };
         // Warm up (compile, start the workers, fill caches), unmeasured.
         case.block(200)?;
+        let reset: Vec<bool> = case.sandbox.jail_reports().iter().map(|r| r.memory_reset).collect();
+        case.serving = serving(&reset, setup.process_per_invocation);
         case.samples.clear();
         case.wall = Duration::ZERO;
         case.block_rates.clear();
@@ -363,6 +368,21 @@ impl KilnCase {
         let calls = self.samples.len().max(1) as f64;
         let cpu = self.cpu_us.map(|us| us / calls);
         (stats(self.samples, self.wall), cpu, self.block_rates)
+    }
+}
+
+/// How a case's workers served, from what each said when it loaded the
+/// program (`reset`: whether it puts its memory back after each
+/// invocation): a worker that could not take a snapshot serves in place
+/// instead, and a row must not pass that off as the default.
+fn serving(reset: &[bool], process_per_invocation: bool) -> String {
+    let resetting = reset.iter().filter(|r| **r).count();
+    match (resetting, reset.len()) {
+        (_, 0) => "no worker reported".to_owned(),
+        (r, n) if r == n => "reset".to_owned(),
+        (0, _) if process_per_invocation => "forked".to_owned(),
+        (0, _) => "NOT reset: in place or forked".to_owned(),
+        (r, n) => format!("reset in {r} of {n} workers"),
     }
 }
 
@@ -505,7 +525,7 @@ fn node_process(dir: &Path, iterations: usize) -> Result<Stats, Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Spread, block_ratios};
+    use super::{Spread, block_ratios, serving};
 
     #[test]
     fn block_ratios_pair_blocks_in_order_and_take_the_median() {
@@ -515,6 +535,15 @@ mod tests {
         // An even count takes the mean of the middle two.
         let spread = block_ratios(&[100.0, 400.0], &[100.0, 100.0]);
         assert_eq!(spread, Some(Spread { min: 1.0, median: 2.5, max: 4.0 }));
+    }
+
+    #[test]
+    fn a_row_names_how_its_workers_served_and_never_passes_off_a_fallback() {
+        assert_eq!(serving(&[true, true], false), "reset");
+        assert_eq!(serving(&[false], true), "forked");
+        assert_eq!(serving(&[false, false], false), "NOT reset: in place or forked");
+        assert_eq!(serving(&[true, false], false), "reset in 1 of 2 workers");
+        assert_eq!(serving(&[], false), "no worker reported");
     }
 
     #[test]
