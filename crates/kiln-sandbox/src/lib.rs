@@ -297,6 +297,13 @@ impl Sandbox {
             let state = lock(&pool.idle);
             stats.workers += state.live;
             stats.idle += state.idle.len();
+            for worker in &state.idle {
+                if worker.forked {
+                    stats.idle_forked += 1;
+                } else if worker.jail.as_ref().is_some_and(|j| j.memory_reset) {
+                    stats.idle_reset += 1;
+                }
+            }
         }
         stats
     }
@@ -490,12 +497,22 @@ pub struct PoolStats {
     pub pools: usize,
     pub workers: usize,
     pub idle: usize,
+    /// Idle workers that put their memory back after each invocation.
+    pub idle_reset: usize,
+    /// Idle workers that fork a process per invocation.
+    pub idle_forked: usize,
 }
 
 impl PoolStats {
     /// Workers running an invocation (or starting for one) now.
     pub fn busy(&self) -> usize {
         self.workers.saturating_sub(self.idle)
+    }
+
+    /// Idle workers that run invocations in place, a fresh runtime each:
+    /// where a worker asked to reset could not take its snapshot.
+    pub fn idle_in_place(&self) -> usize {
+        self.idle.saturating_sub(self.idle_reset + self.idle_forked)
     }
 }
 

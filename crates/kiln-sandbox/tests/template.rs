@@ -204,5 +204,15 @@ fn workers_of_large_programs_put_their_memory_back_unless_told_to_fork() {
         assert!(!reports.is_empty(), "{mode}: no idle worker to ask");
         let expected = mode == "reset";
         assert!(reports.iter().all(|r| r.memory_reset == expected), "{mode}: {reports:?}");
+        // The metrics count the idle workers by how they serve.
+        let stats = sandbox.pool_stats();
+        let by_serving = (stats.idle_reset, stats.idle_forked, stats.idle_in_place());
+        let expected = match mode {
+            "reset" => (stats.idle, 0, 0),
+            "forked" => (0, stats.idle, 0),
+            _ => (0, 0, stats.idle),
+        };
+        assert!(stats.idle > 0, "{mode}: {stats:?}");
+        assert_eq!(by_serving, expected, "{mode}: {stats:?}");
     }
 }

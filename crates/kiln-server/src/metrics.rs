@@ -13,7 +13,10 @@
 //!   app code's `fetch` hops and product calls (`allowed`/`denied`), read
 //!   from its counters when scraped.
 //! - `kiln_sandbox_pools`, `kiln_sandbox_workers{state}`: the worker pools
-//!   (`busy`, `idle`), read from the sandbox when scraped.
+//!   (`busy`, `idle`), read from the sandbox when scraped;
+//!   `kiln_sandbox_idle_workers{serving}`: the idle ones by how they serve
+//!   (`reset`, `forked`, `in_place`: in place where a worker could not
+//!   take its snapshot).
 //! - `kiln_draining`: 1 once the server has been asked to stop.
 //!
 //! **Where it is served.** On a separate plain-HTTP listener that `kiln
@@ -243,6 +246,15 @@ impl Metrics {
             family(&mut out, "kiln_sandbox_workers", "gauge", "Sandbox workers, busy or idle.");
             let _ = writeln!(out, "kiln_sandbox_workers{{state=\"busy\"}} {}", p.busy());
             let _ = writeln!(out, "kiln_sandbox_workers{{state=\"idle\"}} {}", p.idle);
+            family(
+                &mut out,
+                "kiln_sandbox_idle_workers",
+                "gauge",
+                "Idle sandbox workers by how they serve: reset (memory put back after each invocation, the default), forked (a process per invocation) or in_place (a fresh runtime each: a worker that could not reset).",
+            );
+            let _ = writeln!(out, "kiln_sandbox_idle_workers{{serving=\"reset\"}} {}", p.idle_reset);
+            let _ = writeln!(out, "kiln_sandbox_idle_workers{{serving=\"forked\"}} {}", p.idle_forked);
+            let _ = writeln!(out, "kiln_sandbox_idle_workers{{serving=\"in_place\"}} {}", p.idle_in_place());
         }
         family(&mut out, "kiln_draining", "gauge", "1 once the server has been asked to stop.");
         let _ = writeln!(out, "kiln_draining {}", u8::from(self.draining.load(Ordering::Relaxed)));
@@ -372,7 +384,7 @@ mod tests {
         m.http_answered(StatusCode::CREATED);
         m.http_answered(StatusCode::TOO_MANY_REQUESTS);
         m.webtrigger_rate_limited();
-        let pools = kiln_sandbox::PoolStats { pools: 2, workers: 5, idle: 3 };
+        let pools = kiln_sandbox::PoolStats { pools: 2, workers: 5, idle: 3, idle_reset: 1, idle_forked: 1 };
         let decisions = kiln_host::DecisionCounts::default();
         let text = m.render_with(&Sources { decisions: Some(&decisions), pools: Some(pools) });
         assert!(text.contains("kiln_http_requests_total{class=\"2xx\"} 2"), "{text}");
@@ -383,6 +395,9 @@ mod tests {
         assert!(text.contains("kiln_product_decisions_total{outcome=\"allowed\"} 0"), "{text}");
         assert!(text.contains("kiln_sandbox_workers{state=\"busy\"} 2"), "{text}");
         assert!(text.contains("kiln_sandbox_workers{state=\"idle\"} 3"), "{text}");
+        assert!(text.contains("kiln_sandbox_idle_workers{serving=\"reset\"} 1"), "{text}");
+        assert!(text.contains("kiln_sandbox_idle_workers{serving=\"forked\"} 1"), "{text}");
+        assert!(text.contains("kiln_sandbox_idle_workers{serving=\"in_place\"} 1"), "{text}");
         assert!(text.contains("kiln_draining 0"), "{text}");
         m.set_draining();
         assert!(m.render().contains("kiln_draining 1"));
