@@ -301,8 +301,7 @@ impl KilnCase {
         };
         // Warm up (compile, start the workers, fill caches), unmeasured.
         case.block(200)?;
-        let reset: Vec<bool> = case.sandbox.jail_reports().iter().map(|r| r.memory_reset).collect();
-        case.serving = serving(&reset, setup.process_per_invocation);
+        case.serving = serving(&case.sandbox.pool_stats());
         case.samples.clear();
         case.wall = Duration::ZERO;
         case.block_rates.clear();
@@ -371,18 +370,17 @@ impl KilnCase {
     }
 }
 
-/// How a case's workers served, from what each said when it loaded the
-/// program (`reset`: whether it puts its memory back after each
-/// invocation): a worker that could not take a snapshot serves in place
-/// instead, and a row must not pass that off as the default.
-fn serving(reset: &[bool], process_per_invocation: bool) -> String {
-    let resetting = reset.iter().filter(|r| **r).count();
-    match (resetting, reset.len()) {
-        (_, 0) => "no worker reported".to_owned(),
-        (r, n) if r == n => "reset".to_owned(),
-        (0, _) if process_per_invocation => "forked".to_owned(),
-        (0, _) => "NOT reset: in place or forked".to_owned(),
-        (r, n) => format!("reset in {r} of {n} workers"),
+/// How a case's (idle) workers served, as the sandbox counts them: a
+/// worker that could not take a snapshot serves in place instead, and a row
+/// must not pass that off as the default.
+fn serving(stats: &kiln_sandbox::PoolStats) -> String {
+    let (reset, forked, in_place) = (stats.idle_reset, stats.idle_forked, stats.idle_in_place());
+    match stats.idle {
+        0 => "no idle worker".to_owned(),
+        n if reset == n => "reset".to_owned(),
+        n if forked == n => "forked".to_owned(),
+        n if in_place == n => "NOT reset: in place".to_owned(),
+        _ => format!("NOT all reset: {reset} reset, {forked} forked, {in_place} in place"),
     }
 }
 
@@ -539,11 +537,18 @@ mod tests {
 
     #[test]
     fn a_row_names_how_its_workers_served_and_never_passes_off_a_fallback() {
-        assert_eq!(serving(&[true, true], false), "reset");
-        assert_eq!(serving(&[false], true), "forked");
-        assert_eq!(serving(&[false, false], false), "NOT reset: in place or forked");
-        assert_eq!(serving(&[true, false], false), "reset in 1 of 2 workers");
-        assert_eq!(serving(&[], false), "no worker reported");
+        let stats = |idle, idle_reset, idle_forked| kiln_sandbox::PoolStats {
+            pools: 1,
+            workers: idle,
+            idle,
+            idle_reset,
+            idle_forked,
+        };
+        assert_eq!(serving(&stats(2, 2, 0)), "reset");
+        assert_eq!(serving(&stats(1, 0, 1)), "forked");
+        assert_eq!(serving(&stats(2, 0, 0)), "NOT reset: in place");
+        assert_eq!(serving(&stats(2, 1, 0)), "NOT all reset: 1 reset, 0 forked, 1 in place");
+        assert_eq!(serving(&stats(0, 0, 0)), "no idle worker");
     }
 
     #[test]
