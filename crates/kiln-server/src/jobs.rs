@@ -46,7 +46,9 @@
 //!   after the same window.
 //! - **Shutdown.** When the shutdown signal turns true the worker stops
 //!   claiming and waits for the events it is delivering (renewing their
-//!   leases meanwhile), then returns.
+//!   leases meanwhile), then returns. It drops its receiver of the signal
+//!   once it has stopped claiming, so the sender's `closed()` says when no
+//!   further event can be claimed.
 //!
 //! Not supported, failing loudly when met: consumers and triggers served by
 //! a Forge Remote `endpoint` (the event fails with a message saying so).
@@ -304,6 +306,8 @@ pub fn node_id() -> String {
 
 /// Start delivering jobs until `shutdown` turns true (or its sender is
 /// dropped); the handle finishes once the events in flight are settled.
+/// The worker drops `shutdown` as soon as it has stopped claiming, before
+/// that settling: `watch::Sender::closed` resolves then.
 pub fn spawn(
     executor: Arc<dyn Execute>,
     store: Store,
@@ -368,7 +372,9 @@ impl Worker {
                 last_renew = tokio::time::Instant::now();
             }
             let free = self.settings.max_in_flight.saturating_sub(tasks.len());
-            if free > 0 {
+            // Housekeeping and renewing took time: a signal that came
+            // meanwhile stops this round's claim too.
+            if free > 0 && !*shutdown.borrow() {
                 match self.claim(free).await {
                     Ok(rows) => {
                         for row in rows {
@@ -392,7 +398,9 @@ impl Worker {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
-        // Stop claiming; settle what is in flight, keeping it ours.
+        // Stop claiming, and say so by letting go of the signal; settle
+        // what is in flight, keeping it ours.
+        drop(shutdown);
         while !tasks.is_empty() {
             tokio::select! {
                 _ = tasks.join_next() => {}

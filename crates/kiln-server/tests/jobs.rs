@@ -701,6 +701,9 @@ async fn shutdown_waits_for_the_event_in_flight_and_claims_no_more() {
         // Wait until the slow event is running.
         f.until_state(&f.a, JobKind::Consumer, "work-queue", "slow", JobState::Running).await;
         worker.stop.send(true).unwrap();
+        // The worker lets go of the signal once it claims no more; an
+        // event pushed after that stays where it is.
+        tokio::time::timeout(Duration::from_secs(10), worker.stop.closed()).await.unwrap();
         f.push(&f.a, "work-queue", "job", "after-stop", json!({})).await;
         tokio::time::timeout(Duration::from_secs(10), worker.handle).await.unwrap().unwrap();
         // By the time the worker has returned, its event is settled.
